@@ -1,0 +1,3 @@
+"""fraud-monitor: command line, configuration and the local stack."""
+
+__version__ = "0.1.0"

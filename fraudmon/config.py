@@ -1,0 +1,162 @@
+"""Configuration: one typed object read from `config/monitor.yaml`, then overridden by environment variables.
+
+Environment overrides: the short names below (`FRAUDMON_KAFKA_BOOTSTRAP`, `FRAUDMON_REDIS_URL`, ...) and, for any
+setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDGET_MS=30`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fraudmon.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "monitor.yaml"
+ENV_PREFIX = "FRAUDMON_"
+
+SHORT_ENV_NAMES = {
+    "FRAUDMON_KAFKA_BOOTSTRAP": ("kafka", "bootstrap_servers"),
+    "FRAUDMON_REDIS_URL": ("redis", "url"),
+    "FRAUDMON_MODEL": ("worker", "model_path"),
+    "FRAUDMON_RULES": ("worker", "rules_path"),
+    "FRAUDMON_LATENCY_BUDGET_MS": ("worker", "latency_budget_ms"),
+    "FRAUDMON_METRICS_PORT": ("worker", "metrics_port"),
+    "FRAUDMON_LOG_JSON": ("logging", "json_logs"),
+    "FRAUDMON_LOG_LEVEL": ("logging", "level"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """Security options in the keyword form both kafka-python and aiokafka accept."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                options[name] = getattr(self, name)
+        return options
+
+
+class TopicSettings(_Section):
+    transactions: str = "transactions"
+    flagged: str = "flagged-transactions"
+    scores: str = "transaction-scores"
+    dead_letter: str = "transactions-dlq"
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+    def all(self) -> list[str]:
+        return [self.transactions, self.flagged, self.scores, self.dead_letter]
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "fm:"
+
+
+class WorkerSettings(_Section):
+    app_id: str = "fraud-monitor"
+    model_path: str = "models/default.onnx"
+    rules_path: str = "config/rules.yaml"
+    latency_budget_ms: float = Field(50.0, gt=0)
+    max_batch: int = Field(500, ge=1)
+    batch_window_ms: float = Field(5.0, ge=0)
+    max_message_bytes: int = Field(65536, ge=256)
+    metrics_port: int = Field(8000, ge=0, le=65535)
+    web_port: int = Field(6066, ge=1, le=65535)
+    reload_interval_s: float = Field(2.0, gt=0)
+    redis_retry_after_s: float = Field(1.0, gt=0)
+
+
+class StackSettings(_Section):
+    data_dir: str = ".stack"
+    cache_dir: str = ".cache"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    prometheus_port: int = 9090
+    kafka_heap: str = "768m"
+
+
+class LoggingSettings(_Section):
+    level: str = "INFO"
+    json_logs: bool = False
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    stack: StackSettings = StackSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the project root unless absolute."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name in SHORT_ENV_NAMES:
+            section, key = SHORT_ENV_NAMES[name]
+        elif "__" in name:
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        else:
+            continue
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        data[section][key] = value
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file (default `config/monitor.yaml`, or `$FRAUDMON_CONFIG`) and apply env overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path or environ.get("FRAUDMON_CONFIG")
+    config_path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path} must hold a mapping of sections (kafka, redis, worker, ...)")
+        data = loaded
+    elif explicit:
+        raise ConfigError(f"config file {config_path} does not exist")
+    _apply_env(data, environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({config_path}): {problems}") from exc

@@ -1,0 +1,29 @@
+"""Exceptions users can catch by name. Each message says what to fix."""
+
+
+class FraudMonitorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(FraudMonitorError):
+    """The configuration file or an environment override is invalid."""
+
+
+class StackError(FraudMonitorError):
+    """The local stack (Kafka, Redis, Prometheus) could not be installed or started."""
+
+
+class InputDataError(FraudMonitorError):
+    """An input file (CSV, JSON lines) is malformed; the message names the row and column."""
+
+
+class ModelError(FraudMonitorError):
+    """A model file or model card is missing, corrupt, or the two disagree."""
+
+
+class RulesError(FraudMonitorError):
+    """The rules file is invalid."""
+
+
+class StateUnavailable(FraudMonitorError):
+    """The rule state store (Redis) did not answer inside the latency budget."""

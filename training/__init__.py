@@ -1,0 +1,1 @@
+"""Offline side: synthetic data, the Keras autoencoder, thresholds, evaluation and ONNX export."""
