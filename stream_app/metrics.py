@@ -1,0 +1,71 @@
+"""The worker's Prometheus metrics (SPEC: Metrics), in a registry of their own so tests can read them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0, 100.0)
+
+
+class WorkerMetrics:
+    """All metrics one worker exports; label values come from small fixed sets (never ids)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.input_messages = Counter(
+            "fraud_input_messages", "Messages consumed from the transactions topic, valid or not.", registry=r
+        )
+        self.events = Counter("fraud_events", "Events by outcome.", ["outcome"], registry=r)
+        self.decisions = Counter("fraud_decisions", "Decisions published.", ["decision"], registry=r)
+        self.rule_hits = Counter("fraud_rule_hits", "Rule hits by rule id.", ["rule"], registry=r)
+        self.model_flags = Counter("fraud_model_flags", "Events whose model score exceeded the threshold.", registry=r)
+        self.model_score = Histogram(
+            "fraud_model_score", "Anomaly score per event.", buckets=SCORE_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "fraud_inference_seconds", "onnxruntime call per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.processing_seconds = Histogram(
+            "fraud_processing_seconds", "In-worker time per event (consumed to decided).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "fraud_end_to_end_seconds", "Event timestamp to decision published.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.budget_exceeded = Counter(
+            "fraud_latency_budget_exceeded", "Events decided later than the latency budget.", registry=r
+        )
+        self.degraded = Counter("fraud_degraded", "Degraded decisions by cause.", ["cause"], registry=r)
+        self.model_info = Gauge("fraud_model_info", "The model being served.", ["version", "name"], registry=r)
+        self.model_threshold = Gauge("fraud_model_threshold", "Decision threshold of the served model.", registry=r)
+        self.model_expected_alert_rate = Gauge(
+            "fraud_model_expected_alert_rate",
+            "Share of normal traffic the model card expects above the threshold.", registry=r,
+        )
+        self.latency_budget_seconds = Gauge("fraud_latency_budget_seconds", "Configured latency budget.", registry=r)
+        self.reloads = Counter("fraud_model_reloads", "Hot reloads by kind and result.", ["kind", "result"], registry=r)
+        self.consumer_lag = Gauge(
+            "fraud_consumer_lag", "Messages behind the high watermark.", ["topic", "partition"], registry=r
+        )
+        for outcome in ("scored", "dead_letter"):
+            self.events.labels(outcome)
+        for decision in ("flag", "pass"):
+            self.decisions.labels(decision)
+        for kind in ("model", "rules"):
+            for result in ("ok", "refused"):
+                self.reloads.labels(kind, result)
+        for cause in ("redis_unavailable", "model_error"):
+            self.degraded.labels(cause)
+
+    def set_model(self, name: str, version: str, threshold: float, expected_alert_rate: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version, name=name).set(1)
+        self.model_threshold.set(threshold)
+        self.model_expected_alert_rate.set(expected_alert_rate)
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on `port` in a background thread (0 disables it)."""
+        if port:
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)
