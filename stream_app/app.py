@@ -1,0 +1,127 @@
+"""The Faust app: `faust -A stream_app.app worker -l info` (or `fraudmon worker`).
+
+The agent is glue: it takes micro-batches from `transactions`, hands them to the `DecisionEngine`, and publishes
+decisions to `transaction-scores` (all) and `flagged-transactions` (flags), and dead letters to the DLQ.
+Configuration comes from `config/monitor.yaml` and `FRAUDMON_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import sys
+import time
+
+import faust
+
+from fraudmon.config import KafkaSettings, load_settings
+from fraudmon.errors import FraudMonitorError
+from fraudmon.logs import configure_logging
+from stream_app.engine import RawMessage
+from stream_app.runtime import HotReloader, build_engine, wait_for_kafka
+
+log = logging.getLogger("stream_app")
+
+
+def _credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+    """Kafka security settings passed through to Faust (SASL and/or SSL)."""
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=kafka.ssl_cafile)
+        if kafka.ssl_certfile:
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username, password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism or "PLAIN", ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context else None
+
+
+try:
+    settings = load_settings()
+    configure_logging(settings.logging.level, settings.logging.json_logs)
+    engine = build_engine(settings)
+except FraudMonitorError as exc:
+    print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+worker = settings.worker
+topics = settings.topics
+reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path))
+
+app = faust.App(
+    worker.app_id,
+    broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap_servers.split(",")],
+    broker_credentials=_credentials(settings.kafka),
+    value_serializer="raw",
+    key_serializer="raw",
+    web_enabled=False,
+    topic_partitions=topics.partitions,
+    topic_replication_factor=topics.replication_factor,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    producer_linger=0.002,
+    broker_max_poll_records=worker.max_batch,
+    stream_buffer_maxsize=max(4096, worker.max_batch * 4),
+)
+
+transactions_topic = app.topic(topics.transactions, key_type=bytes, value_type=bytes)
+scores_topic = app.topic(topics.scores, key_type=bytes, value_type=bytes)
+flagged_topic = app.topic(topics.flagged, key_type=bytes, value_type=bytes)
+dead_letter_topic = app.topic(topics.dead_letter, key_type=bytes, value_type=bytes)
+
+
+@app.on_worker_init.connect
+def _on_worker_init(app: faust.App, **_: object) -> None:
+    wait_for_kafka(settings.kafka.bootstrap_servers)
+    engine.metrics.serve(worker.metrics_port)
+    log.info(
+        "serving model %s (%s), %d rules, latency budget %.0f ms, metrics on :%d",
+        engine.model.name, engine.model.version, len(engine.rules.rules), worker.latency_budget_ms,
+        worker.metrics_port,
+    )
+
+
+@app.agent(transactions_topic)
+async def decide(stream: faust.StreamT) -> None:
+    """Micro-batches in, decisions and dead letters out."""
+    within = worker.batch_window_ms / 1000.0
+    metrics = engine.metrics
+    async for batch in stream.take_events(worker.max_batch, within=within):
+        messages = [
+            RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+            for e in batch
+        ]
+        outcome = engine.process(messages)
+        for key, letter in outcome.dead_letters:
+            await dead_letter_topic.send(key=key, value=json.dumps(letter).encode())
+        for decision in outcome.decisions:
+            key = decision["account_id"].encode()
+            value = json.dumps(decision, separators=(",", ":")).encode()
+            await scores_topic.send(key=key, value=value)
+            if decision["decision"] == "flag":
+                await flagged_topic.send(key=key, value=value)
+        published_s = time.time()
+        observe = metrics.end_to_end_seconds.observe
+        for event in outcome.events:
+            observe(max(0.0, published_s - event.timestamp_ms / 1000.0))
+
+
+@app.timer(worker.reload_interval_s)
+async def hot_reload() -> None:
+    reloader.check()
+
+
+@app.timer(5.0)
+async def export_consumer_lag() -> None:
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        if tp.topic != topics.transactions:
+            continue
+        position = await consumer.position(tp)
+        highwater = consumer.highwater(tp)
+        if position is not None and highwater is not None:
+            engine.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+

@@ -1,0 +1,120 @@
+"""Building the engine from settings (the start-up checks) and hot-reloading the model and the rules."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraudmon.config import Settings
+from fraudmon.errors import FraudMonitorError
+from stream_app.engine import DecisionEngine
+from stream_app.metrics import WorkerMetrics
+from stream_app.rules import load_rules
+from stream_app.scoring import load_model
+from stream_app.state import StateStore, make_state_store
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(
+    settings: Settings, metrics: WorkerMetrics | None = None, store: StateStore | None = None
+) -> DecisionEngine:
+    """Load and check the model, its card and the rules; raise a `FraudMonitorError` saying what to fix."""
+    model = load_model(settings.resolve(settings.worker.model_path))
+    rules = load_rules(settings.resolve(settings.worker.rules_path))
+    return DecisionEngine(
+        model,
+        rules,
+        store if store is not None else make_state_store(settings),
+        metrics=metrics,
+        latency_budget_ms=settings.worker.latency_budget_ms,
+        retry_after_s=settings.worker.redis_retry_after_s,
+        max_message_bytes=settings.worker.max_message_bytes,
+    )
+
+
+def wait_for_kafka(bootstrap_servers: str, retry_s: float = 2.0, give_up_s: float | None = None) -> None:
+    """Block until one bootstrap server accepts a TCP connection, logging each failed attempt."""
+    started = time.monotonic()
+    hosts = [h.strip().rpartition(":") for h in bootstrap_servers.split(",") if h.strip()]
+    attempt = 0
+    while True:
+        for host, _, port in hosts:
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
+                    if attempt:
+                        log.info("Kafka at %s answers now", bootstrap_servers)
+                    return
+            except OSError as exc:
+                error = exc
+        attempt += 1
+        log.warning("Kafka at %s unreachable (%s); retrying in %.0fs (attempt %d)",
+                    bootstrap_servers, error, retry_s, attempt)
+        if give_up_s is not None and time.monotonic() - started > give_up_s:
+            raise FraudMonitorError(f"Kafka at {bootstrap_servers} unreachable for {give_up_s:.0f}s: {error}")
+        time.sleep(retry_s)
+
+
+@dataclass
+class _Watched:
+    paths: tuple[Path, ...]
+    signature: tuple[tuple[float, int], ...]
+
+
+def _signature(paths: tuple[Path, ...]) -> tuple[tuple[float, int], ...]:
+    result = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            result.append((stat.st_mtime, stat.st_size))
+        except FileNotFoundError:
+            result.append((0.0, -1))
+    return tuple(result)
+
+
+class HotReloader:
+    """Swaps in a changed model (ONNX + card) or rules file after validating it; keeps the old one otherwise."""
+
+    def __init__(self, engine: DecisionEngine, model_path: Path, rules_path: Path) -> None:
+        self.engine = engine
+        self.model_path = model_path
+        card = model_path.with_suffix(".json")
+        self._model = _Watched((model_path, card), _signature((model_path, card)))
+        self._rules = _Watched((rules_path,), _signature((rules_path,)))
+
+    def check(self) -> list[str]:
+        """Reload what changed since the last check; return what happened, e.g. `["rules: ok"]`."""
+        events = []
+        if self._changed(self._rules):
+            events.append(self._reload("rules", self._swap_rules))
+        if self._changed(self._model):
+            events.append(self._reload("model", lambda: self.engine.set_model(load_model(self.model_path))))
+        return events
+
+    def _swap_rules(self) -> None:
+        self.engine.rules = load_rules(self._rules.paths[0])
+
+    @staticmethod
+    def _changed(watched: _Watched) -> bool:
+        current = _signature(watched.paths)
+        if current == watched.signature:
+            return False
+        watched.signature = current
+        return True
+
+    def _reload(self, kind: str, swap) -> str:
+        try:
+            swap()
+        except FraudMonitorError as exc:
+            self.engine.metrics.reloads.labels(kind, "refused").inc()
+            log.error("hot reload of the %s refused, the previous one keeps serving: %s", kind, exc)
+            return f"{kind}: refused ({exc})"
+        self.engine.metrics.reloads.labels(kind, "ok").inc()
+        if kind == "model":
+            log.info("model %s (%s) now serving", self.engine.model.name, self.engine.model.version)
+        else:
+            log.info("rules reloaded: %d rules", len(self.engine.rules.rules))
+        return f"{kind}: ok"
