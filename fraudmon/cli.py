@@ -192,6 +192,25 @@ def demo_command(
         _fail("not every event reached a decision or the dead-letter topic in time", code=1)
 
 
+@app.command("bench")
+def bench_command(
+    events: int = typer.Option(50000, help="Events pre-filled for the throughput run."),
+    rates: str = typer.Option("500,1000,2000", help="Comma-separated events/s for the latency runs."),
+    seconds: float = typer.Option(10.0, help="Seconds per latency run."),
+    out_dir: Path = typer.Option(Path("bench/results"), help="Where bench.json and latency.png go."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Benchmark one worker against a bare aiokafka passthrough on the running local stack."""
+    from fraudmon.bench import print_report, run_bench
+
+    settings = _settings(config)
+    LocalStack(settings).up()
+    report = run_bench(settings, events=events, rates=[int(r) for r in rates.split(",")], seconds=seconds,
+                       out_dir=out_dir)
+    print_report(report)
+    typer.echo(f"\nwritten: {out_dir / 'bench.json'}, {out_dir / 'latency.png'}")
+
+
 # commands: each line registers one command from the module that owns it.
 
 

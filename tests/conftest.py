@@ -76,3 +76,84 @@ def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
         return name
 
     return make
+
+
+class WorkerProcess:
+    """A real `fraudmon worker` subprocess on its own topics and consumer group."""
+
+    def __init__(self, settings: Settings, topics: dict[str, str], group: str, metrics_port: int,
+                 extra_env: dict[str, str], log_path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from fraudmon.config import PROJECT_ROOT
+
+        self.metrics_port = metrics_port
+        self.log_path = log_path
+        env = {
+            **os.environ,
+            "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
+            "FRAUDMON_REDIS_URL": settings.redis.url,
+            "FRAUDMON_TOPICS__TRANSACTIONS": topics["transactions"],
+            "FRAUDMON_TOPICS__SCORES": topics["scores"],
+            "FRAUDMON_TOPICS__FLAGGED": topics["flagged"],
+            "FRAUDMON_TOPICS__DEAD_LETTER": topics["dead_letter"],
+            "FRAUDMON_WORKER__APP_ID": group,
+            "FRAUDMON_METRICS_PORT": str(metrics_port),
+            "FRAUDMON_WORKER__RELOAD_INTERVAL_S": "0.5",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **extra_env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT, env=env,
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        from fraudmon.demo import stop_process
+
+        stop_process(self.process)
+
+
+@pytest.fixture
+def worker_topics(kafka_bootstrap: str) -> dict[str, str]:
+    """Fresh input/output topics for one worker test."""
+    run = uuid.uuid4().hex[:8]
+    topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter")}
+    create_topics(kafka_bootstrap, list(topics.values()), 6)
+    return topics
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    """`start_worker(topics, group=None, metrics_port=None, wait=True, **env) -> WorkerProcess`; stopped after."""
+    from fraudmon.demo import wait_for_group
+
+    started: list[WorkerProcess] = []
+
+    def start(topics: dict[str, str], group: str | None = None, metrics_port: int | None = None,
+              wait: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
+        group = group or f"test-worker-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProcess(settings, topics, group, metrics_port or free_port(), env or {},
+                               tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        if wait:
+            try:
+                wait_for_group(settings, group, timeout_s=90)
+            except Exception:
+                raise AssertionError(f"worker did not join its group; log:\n{worker.log()[-3000:]}") from None
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,297 @@
+"""The worker end to end on a real Kafka and a real Redis: decisions, dead letters, rules, metrics,
+Redis outages, redelivery, scale-out, start-up checks, and no TensorFlow in the worker process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from fraudmon.config import PROJECT_ROOT
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+TEST_RULES = """
+flag_severity: high
+rules:
+  - {id: velocity, type: velocity, enabled: true, severity: high, max_count: 10, window: 60s}
+  - {id: new_country, type: new_country, enabled: true, severity: high, min_history: 3}
+  - {id: ip_fanout, type: ip_fanout, enabled: true, severity: high, max_accounts: 8, window: 10m}
+  - {id: new_counterparty_amount, type: new_counterparty_amount, enabled: true, severity: high, min_amount: 1000}
+  - {id: new_account_amount, type: new_account_amount, enabled: true, severity: high, max_age: 1d, min_amount: 500}
+  - {id: amount_zscore, type: amount_zscore, enabled: true, severity: medium, z: 6, min_history: 5}
+  - {id: amount_over, type: amount_over, enabled: true, severity: high, limit: 10000}
+"""
+
+MALFORMED = [b"not json", b"[]", b'{"transaction_id": "m1"}', b'{"transaction_id":"m2","account_id":"a",'
+             b'"amount":NaN,"timestamp":1}', b'{"transaction_id":"m3","account_id":"a","amount":1,"timestamp":"x"}',
+             b"\xff\xfe\x00", b'{"transaction_id":"m4","account_id":"a","amount":-5,"timestamp":1}']
+
+
+class Traffic:
+    """Crafted events: plain normal traffic plus one pattern per rule type, in event-time order per account."""
+
+    def __init__(self) -> None:
+        self.base_ms = int(time.time() * 1000) - 15 * 60 * 1000
+        self.events: list[dict] = []
+        self.expected: dict[str, set[str]] = {}  # rule id -> transaction ids it must flag
+
+    def add(self, account: str, offset_s: float, amount: float, *, expect: str | None = None, **fields) -> str:
+        tx = f"tx-{len(self.events):05d}-{account}"
+        event = {
+            "transaction_id": tx, "account_id": account, "amount": amount,
+            "timestamp": int(self.base_ms + offset_s * 1000), "country": "DE", "channel": "card_present",
+            "ip": f"10.1.{len(account) % 250}.{abs(hash(account)) % 250}", "merchant_category": "5411",
+            "account_created_at": "2020-01-01T00:00:00Z", **fields,
+        }
+        self.events.append(event)
+        if expect:
+            self.expected.setdefault(expect, set()).add(tx)
+        return tx
+
+    @classmethod
+    def build(cls, normal_accounts: int = 200) -> Traffic:
+        t = cls()
+        for i in range(normal_accounts):
+            for j in range(3):
+                t.add(f"acc-normal-{i}", i * 0.5 + j * 200, 20 + (i * 7 + j * 13) % 60, ip=f"10.0.{i // 250}.{i % 250}")
+        for j in range(15):
+            t.add("acc-velo", 10 + j * 2, 3.0, expect="velocity" if j >= 10 else None, ip="10.9.0.1")
+        for j in range(5):
+            t.add("acc-travel", 20 + j * 60, 40.0, ip="10.9.0.2")
+        t.add("acc-travel", 400, 45.0, country="BR", ip="10.9.0.2", expect="new_country")
+        for j in range(12):
+            t.add(f"acc-fan-{j}", 30 + j * 5, 25.0, ip="198.51.100.66", expect="ip_fanout" if j >= 8 else None)
+        for j in range(3):
+            t.add("acc-payer", 40 + j * 30, 50.0, channel="transfer", counterparty_id="cp-usual", ip="10.9.0.3")
+        t.add("acc-payer", 200, 5000.0, channel="transfer", counterparty_id="cp-new", ip="10.9.0.3",
+              expect="new_counterparty_amount")
+        created = datetime.fromtimestamp((t.base_ms - 3600_000) / 1000, tz=UTC).isoformat()
+        t.add("acc-fresh", 50, 900.0, account_created_at=created, ip="10.9.0.4", expect="new_account_amount")
+        for j in range(8):
+            t.add("acc-habit", 60 + j * 20, 50.0 + (j % 3), ip="10.9.0.5")
+        t.add("acc-habit", 300, 2000.0, ip="10.9.0.5", expect="amount_zscore")
+        t.add("acc-big", 70, 20000.0, ip="10.9.0.6", expect="amount_over")
+        t.events.sort(key=lambda e: e["timestamp"])
+        return t
+
+
+def produce(bootstrap: str, topic: str, events: list[dict], malformed: list[bytes] = ()) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    for event in events:
+        producer.send(topic, key=event["account_id"].encode(), value=json.dumps(event).encode())
+    for i, raw in enumerate(malformed):
+        producer.send(topic, key=f"bad-{i}".encode(), value=raw)
+    producer.flush()
+    producer.close()
+
+
+def collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[dict]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    consumer.seek_to_beginning()
+    values: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            values.extend(json.loads(r.value) for r in records)
+        if len(values) >= expected:
+            time.sleep(1.0)  # anything beyond the expected count (duplicates) would show up now
+            for records in consumer.poll(timeout_ms=500).values():
+                values.extend(json.loads(r.value) for r in records)
+            break
+    consumer.close()
+    return values
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    raise AssertionError(f"{prefix!r} not on /metrics")
+
+
+@pytest.fixture
+def rules_file(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(TEST_RULES)
+    return path
+
+
+def test_stream_decisions_dead_letters_rules_and_metrics(kafka_bootstrap, worker_topics, start_worker, rules_file):
+    traffic = Traffic.build()
+    worker = start_worker(worker_topics, env={"FRAUDMON_RULES": str(rules_file)})
+    produce(kafka_bootstrap, worker_topics["transactions"], traffic.events, MALFORMED)
+
+    decisions = collect(kafka_bootstrap, worker_topics["scores"], len(traffic.events))
+    letters = collect(kafka_bootstrap, worker_topics["dead_letter"], len(MALFORMED), timeout_s=20)
+    by_tx = {d["transaction_id"]: d for d in decisions}
+    assert len(decisions) == len(by_tx) == len(traffic.events), "exactly one decision per valid event"
+    assert set(by_tx) == {e["transaction_id"] for e in traffic.events}
+
+    assert len(letters) == len(MALFORMED)
+    assert all(letter["error"] and letter["topic"] == worker_topics["transactions"] for letter in letters)
+    assert all(isinstance(letter["offset"], int) and 0 <= letter["partition"] < 6 for letter in letters)
+    assert any("amount: must be finite" in letter["error"] for letter in letters)
+
+    for rule_id, tx_ids in traffic.expected.items():
+        for tx in tx_ids:
+            hits = {hit["id"] for hit in by_tx[tx]["rules"]}
+            assert rule_id in hits, f"{rule_id} should fire on {tx}: {by_tx[tx]}"
+    normal = [d for d in decisions if d["account_id"].startswith("acc-normal")]
+    assert normal and not [d for d in normal if d["rules"]], "no rule fires on plain normal traffic"
+    flagged = collect(kafka_bootstrap, worker_topics["flagged"], 1, timeout_s=10)
+    assert {d["transaction_id"] for d in flagged} == {tx for tx, d in by_tx.items() if d["decision"] == "flag"}
+
+    text = worker.metrics_text()
+    assert metric_value(text, "fraud_input_messages_total") == len(traffic.events) + len(MALFORMED)
+    assert metric_value(text, "fraud_events_total", 'outcome="scored"') == len(traffic.events)
+    assert metric_value(text, "fraud_events_total", 'outcome="dead_letter"') == len(MALFORMED)
+    flags = sum(1 for d in decisions if d["decision"] == "flag")
+    assert metric_value(text, "fraud_decisions_total", 'decision="flag"') == flags
+    assert metric_value(text, "fraud_rule_hits_total", 'rule="amount_over"') == 1
+    assert metric_value(text, "fraud_end_to_end_seconds_count") == len(traffic.events)
+
+
+def test_redis_outage_degrades_then_recovers(kafka_bootstrap, worker_topics, start_worker, rules_file, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    try:
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(redis_url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        start_worker(worker_topics, env={"FRAUDMON_RULES": str(rules_file), "FRAUDMON_REDIS_URL": redis_url,
+                                         "FRAUDMON_WORKER__REDIS_RETRY_AFTER_S": "0.5"})
+        healthy = Traffic.build(normal_accounts=20)
+        produce(kafka_bootstrap, worker_topics["transactions"], healthy.events)
+        first = collect(kafka_bootstrap, worker_topics["scores"], len(healthy.events))
+        assert len(first) == len(healthy.events) and not any(d["degraded"] for d in first)
+
+        server.terminate()
+        server.wait(timeout=10)
+        outage = [dict(e, transaction_id=e["transaction_id"] + "-outage") for e in healthy.events[:50]]
+        produce(kafka_bootstrap, worker_topics["transactions"], outage)
+        during = collect(kafka_bootstrap, worker_topics["scores"], len(first) + len(outage))[len(first):]
+        assert len(during) == len(outage), "decisions keep flowing while Redis is down"
+        assert all(d["degraded"] and "skipped:redis_state" in d["reasons"] for d in during)
+
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                                  stdout=subprocess.DEVNULL)
+        time.sleep(1.5)
+        after = Traffic.build(normal_accounts=5)
+        after.events = [dict(e, transaction_id=e["transaction_id"] + "-after") for e in after.events]
+        produce(kafka_bootstrap, worker_topics["transactions"], after.events)
+        total = len(first) + len(outage) + len(after.events)
+        recovered = {d["transaction_id"]: d for d in collect(kafka_bootstrap, worker_topics["scores"], total)}
+        later = [recovered[e["transaction_id"]] for e in after.events]
+        assert not any(d["degraded"] for d in later), "full checks again without a restart"
+        velocity_tx = next(tx + "-after" for tx in after.expected["velocity"])
+        assert "velocity" in {h["id"] for h in recovered[velocity_tx]["rules"]}, "state-based rules work again"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_redelivered_events_count_once(kafka_bootstrap, worker_topics, start_worker, rules_file):
+    start_worker(worker_topics, env={"FRAUDMON_RULES": str(rules_file)})
+    now_ms = int(time.time() * 1000)
+    burst = [{"transaction_id": f"redeliver-{i}", "account_id": "acc-redeliver", "amount": 5.0,
+              "timestamp": now_ms - 20_000 + i * 1000, "ip": "10.8.0.1"} for i in range(9)]
+    produce(kafka_bootstrap, worker_topics["transactions"], burst)
+    produce(kafka_bootstrap, worker_topics["transactions"], burst)  # at-least-once delivery: the same events again
+    probe = {"transaction_id": "redeliver-probe", "account_id": "acc-redeliver", "amount": 5.0,
+             "timestamp": now_ms - 5_000, "ip": "10.8.0.1"}
+    produce(kafka_bootstrap, worker_topics["transactions"], [probe])
+    decisions = collect(kafka_bootstrap, worker_topics["scores"], 19)
+    probe_decision = next(d for d in decisions if d["transaction_id"] == "redeliver-probe")
+    # 9 earlier events + the probe = 10, not above max_count 10; counted twice it would be 19 and fire.
+    assert "velocity" not in {h["id"] for h in probe_decision["rules"]}
+    repeats = [d for d in decisions if d["transaction_id"] == "redeliver-3"]
+    assert len(repeats) == 2 and repeats[0]["rules"] == repeats[1]["rules"], "a redelivery is judged the same"
+
+
+def test_two_workers_split_partitions_and_decide_each_event_once(
+    kafka_bootstrap, settings, worker_topics, start_worker, rules_file
+):
+    group = "test-two-workers"
+    env = {"FRAUDMON_RULES": str(rules_file)}
+    start_worker(worker_topics, group=group, env=env)
+    start_worker(worker_topics, group=group, env=env, wait=False)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    deadline = time.monotonic() + 60
+    assignments: list[set[int]] = []
+    while time.monotonic() < deadline:
+        described = admin.describe_consumer_groups([group])[0]
+        if described.state == "Stable" and len(described.members) == 2:
+            assignments = []
+            for member in described.members:
+                topics = member.member_assignment.assignment if member.member_assignment else []
+                assignments.append({p for topic, parts in topics if topic == worker_topics["transactions"]
+                                    for p in parts})
+            if all(assignments):
+                break
+        time.sleep(0.5)
+    admin.close()
+    assert len(assignments) == 2 and all(assignments), f"both workers own partitions: {assignments}"
+    assert assignments[0].isdisjoint(assignments[1]) and len(assignments[0] | assignments[1]) == 6
+
+    traffic = Traffic.build(normal_accounts=300)
+    produce(kafka_bootstrap, worker_topics["transactions"], traffic.events)
+    decisions = collect(kafka_bootstrap, worker_topics["scores"], len(traffic.events))
+    assert len(decisions) == len({d["transaction_id"] for d in decisions}) == len(traffic.events)
+
+
+@pytest.mark.parametrize(
+    ("env_name", "content", "message"),
+    [
+        ("FRAUDMON_MODEL", None, "does not exist"),
+        ("FRAUDMON_MODEL", b"this is not an onnx graph", "onnx"),
+        ("FRAUDMON_RULES", b"rules: [{id: x, type: teleport}]", "teleport"),
+    ],
+)
+def test_startup_refuses_bad_model_or_rules_with_a_message(tmp_path, settings, env_name, content, message):
+    import os
+
+    if env_name == "FRAUDMON_MODEL":
+        path = tmp_path / "broken.onnx"
+        if content is not None:
+            path.write_bytes(content)
+            shutil.copy(PROJECT_ROOT / "models" / "default.json", tmp_path / "broken.json")
+    else:
+        path = tmp_path / "rules.yaml"
+        path.write_bytes(content)
+    env = {**os.environ, env_name: str(path), "FRAUDMON_REDIS_URL": settings.redis.url}
+    result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert message.lower() in result.stderr.lower(), result.stderr
+
+
+def test_worker_process_never_imports_tensorflow(settings):
+    import os
+
+    code = (
+        "import sys; import stream_app.app, stream_app.replay, fraudmon.cli; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
