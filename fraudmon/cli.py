@@ -212,6 +212,14 @@ def bench_command(
 
 
 # commands: each line registers one command from the module that owns it.
+from fraudmon.produce import produce_command  # noqa: E402
+from training.commands import evaluate_command, train_command  # noqa: E402
+from training.simulate import simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
+app.command("produce")(produce_command)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:

@@ -1,0 +1,501 @@
+"""`fraudmon produce`: send transaction events to Kafka at a steady rate, from the simulator or a file.
+
+Files are validated completely before the first message is sent. Three formats, told apart by the header:
+the project's own events as JSON lines or CSV (as `fraudmon simulate` writes them), and the public card-holder
+CSV `Time,V1..V28,Amount,Class`, whose labels go to a ground-truth file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import typer
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fraudmon.config import Settings, load_settings
+from fraudmon.errors import FraudMonitorError, InputDataError
+from stream_app.schema import Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
+from training.simulate import CSV_COLUMNS, GroundTruth, SimulationConfig, simulate, write_ground_truth
+
+CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
+CREDITCARD_COLUMNS = ("Time", *CREDITCARD_FEATURES, "Amount")  # plus the optional label `Class`
+AMOUNT, CLASS = 29, 30  # positions in a parsed card-holder row
+CREDITCARD_SCENARIO = "creditcard"
+DEFAULT_BASE_TIME = datetime(2013, 9, 1, tzinfo=UTC)  # the card-holder dataset covers two days of September 2013
+DEFAULT_FILE_ACCOUNTS = 1_000
+REQUIRED_EVENT_COLUMNS = ("transaction_id", "account_id", "amount", "timestamp")
+MAX_CHUNK = 1_000  # events sent between two looks at the clock, the stop flag and the progress bar
+FileKind = Literal["events-jsonl", "events-csv", "creditcard"]
+
+
+class ProduceError(FraudMonitorError):
+    """Kafka could not be reached, or the topic does not exist."""
+
+
+@dataclass(frozen=True)
+class ProduceSummary:
+    """What a produce run did. `delivered` and `failed` count broker acknowledgements, malformed included."""
+
+    topic: str
+    sent: int
+    delivered: int
+    failed: int
+    malformed: int
+    elapsed_s: float  # sending, from the first message to the last (the pacing window)
+    flush_s: float  # waiting for the last acknowledgements afterwards
+    interrupted: bool = False
+    first_error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Achieved events per second over the sending window."""
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        """The closing summary, one fact per line."""
+        lines = [
+            f"topic      {self.topic}",
+            f"sent       {self.sent} events" + (f" + {self.malformed} malformed" if self.malformed else ""),
+            f"delivered  {self.delivered}",
+            f"failed     {self.failed}" + (f" (first error: {self.first_error})" if self.first_error else ""),
+            f"elapsed    {self.elapsed_s:.2f} s sending + {self.flush_s:.2f} s flushing",
+            f"rate       {self.rate:,.0f} events/s",
+        ]
+        if self.interrupted:
+            lines.append("stopped early on request")
+        return lines
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class EventFile:
+    """An input file that passed validation; `events()` reads it again, lazily, in file order."""
+
+    path: Path
+    kind: FileKind
+    rows: int
+    base_time: datetime = DEFAULT_BASE_TIME
+    accounts: int = DEFAULT_FILE_ACCOUNTS
+    table: np.ndarray | None = field(default=None, repr=False)  # card-holder rows: Time, V1..V28, Amount
+    labels: np.ndarray | None = field(default=None, repr=False)  # card-holder Class, when the file has it
+
+    def events(self) -> Iterator[Event]:
+        """The file's events in order."""
+        if self.kind == "creditcard":
+            return self._creditcard_events()
+        if self.kind == "events-csv":
+            return (event for _, event in _events_csv(self.path))
+        return (event for _, event in _events_jsonl(self.path))
+
+    def ground_truth(self) -> list[GroundTruth] | None:
+        """Labels of a card-holder file with a `Class` column (scenario `creditcard`); None for other files."""
+        if self.labels is None:
+            return None
+        return [
+            GroundTruth(f"cc-{i}", label, CREDITCARD_SCENARIO if label else "normal")
+            for i, label in enumerate(self.labels.tolist())
+        ]
+
+    def _creditcard_events(self) -> Iterator[Event]:
+        base_ms = int(self.base_time.timestamp() * 1000)
+        for i, row in enumerate(self.table if self.table is not None else ()):
+            features = row[1:AMOUNT]
+            yield Event(
+                transaction_id=f"cc-{i}",
+                account_id=f"cc-acc-{zlib.crc32(features.tobytes()) % self.accounts}",
+                amount=float(row[AMOUNT]),
+                timestamp_ms=base_ms + round(float(row[0]) * 1000),
+                currency="EUR",
+                features=dict(zip(CREDITCARD_FEATURES, features.tolist(), strict=True)),
+            )
+
+
+def open_event_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,
+                    accounts: int = DEFAULT_FILE_ACCOUNTS) -> EventFile:
+    """Validate a whole input file and tell its format; raise `InputDataError` naming the row and column.
+
+    `base_time` is the moment of `Time = 0` in a card-holder file; its rows are spread over `accounts`
+    synthetic accounts by a hash of their features (stable across runs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path}: no such file")
+    with path.open(encoding="utf-8-sig") as source:
+        first = source.readline()
+    if not first.strip():
+        raise InputDataError(f"{path}: the file is empty or starts with a blank line; expected a header or JSON")
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or first.lstrip().startswith("{"):
+        rows = sum(1 for _ in _events_jsonl(path))
+        return EventFile(path, "events-jsonl", rows, base_time, accounts)
+    header = next(csv.reader([first]))
+    if "transaction_id" in header:
+        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in header]
+        if missing:
+            raise InputDataError(f"{path}: required column {missing[0]} is missing from the header (line 1); "
+                                 f"event CSV files need {', '.join(REQUIRED_EVENT_COLUMNS)}")
+        rows = sum(1 for _ in _events_csv(path))
+        return EventFile(path, "events-csv", rows, base_time, accounts)
+    if any(c in header for c in ("Time", "Amount", "V1", "Class")):
+        table, labels = _read_creditcard(path)
+        return EventFile(path, "creditcard", len(table), base_time, accounts, table, labels)
+    raise InputDataError(
+        f"{path}: unrecognised header {first.strip()[:80]!r}; expected event columns "
+        f"({', '.join(CSV_COLUMNS[:4])}, ...), JSON lines, or the card-holder columns Time,V1..V28,Amount,Class"
+    )
+
+
+def read_events_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,
+                     accounts: int = DEFAULT_FILE_ACCOUNTS) -> tuple[list[Event], list[GroundTruth]]:
+    """All events of a file in memory, with the labels it carries (card-holder `Class`; empty otherwise)."""
+    source = open_event_file(path, base_time=base_time, accounts=accounts)
+    return list(source.events()), source.ground_truth() or []
+
+
+def _events_jsonl(path: Path) -> Iterator[tuple[int, Event]]:
+    with path.open(encoding="utf-8-sig") as source:
+        for line_no, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, event_from_dict(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputDataError(f"{path} file line {line_no}: not JSON ({exc.msg})") from None
+            except InvalidEvent as exc:
+                raise InputDataError(f"{path} file line {line_no}, field {exc}") from None
+
+
+def _events_csv(path: Path) -> Iterator[tuple[int, Event]]:
+    with path.open(newline="", encoding="utf-8-sig") as source:
+        reader = csv.DictReader(source)
+        for row_no, row in enumerate(reader, start=1):
+            where = f"{path} data row {row_no} (file line {reader.line_num})"
+            if None in row or any(value is None for value in row.values()):
+                raise InputDataError(f"{where}: {len(reader.fieldnames or [])} columns in the header but a "
+                                     "different number in this row")
+            data: dict[str, Any] = {k: v for k, v in row.items() if v != ""}
+            try:
+                data["amount"] = float(data["amount"])
+            except KeyError:
+                raise InputDataError(f"{where}, column amount: empty; every event needs an amount") from None
+            except ValueError:
+                raise InputDataError(f"{where}, column amount: {row['amount'][:30]!r} is not a number") from None
+            try:
+                yield row_no, event_from_dict(data)
+            except InvalidEvent as exc:
+                raise InputDataError(f"{where}, column {exc}") from None
+
+
+def _read_creditcard(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with path.open(newline="", encoding="utf-8-sig") as source:
+        reader = csv.reader(source)
+        header = next(reader)
+        for column in CREDITCARD_COLUMNS:
+            if column not in header:
+                raise InputDataError(
+                    f"{path}: required column {column} is missing from the header (line 1); the card-holder "
+                    "format is Time,V1..V28,Amount,Class (Class optional)"
+                )
+        has_class = "Class" in header
+        names = [*CREDITCARD_COLUMNS, "Class"] if has_class else list(CREDITCARD_COLUMNS)
+        index = [header.index(c) for c in names]
+        values: list[list[float]] = []
+        for row_no, row in enumerate(reader, start=1):
+            if not row:
+                continue
+            try:
+                values.append([float(row[i]) for i in index])
+            except (ValueError, IndexError):
+                raise _creditcard_error(path, row_no, reader.line_num, row, names, index) from None
+            if not all(math.isfinite(v) for v in values[-1]):
+                raise _creditcard_error(path, row_no, reader.line_num, row, names, index)
+            if values[-1][AMOUNT] < 0:
+                raise InputDataError(f"{path} data row {row_no} (file line {reader.line_num}), column Amount: "
+                                     f"{row[index[AMOUNT]]!r} is negative")
+            if has_class and values[-1][CLASS] not in (0.0, 1.0):
+                raise InputDataError(f"{path} data row {row_no} (file line {reader.line_num}), column Class: "
+                                     f"{row[index[CLASS]]!r} is not 0 or 1")
+    if not values:
+        raise InputDataError(f"{path}: a header but no data rows")
+    table = np.asarray(values, dtype=np.float64)
+    labels = table[:, CLASS].astype(np.int64) if has_class else None
+    return table[:, :CLASS], labels
+
+
+def _creditcard_error(path: Path, row_no: int, line_no: int, row: list[str], names: list[str],
+                      index: list[int]) -> InputDataError:
+    where = f"{path} data row {row_no} (file line {line_no})"
+    for name, i in zip(names, index, strict=True):
+        if i >= len(row):
+            return InputDataError(f"{where}, column {name}: missing (the row has {len(row)} fields)")
+        try:
+            value = float(row[i])
+        except ValueError:
+            return InputDataError(f"{where}, column {name}: {row[i][:30]!r} is not a number")
+        if not math.isfinite(value):
+            return InputDataError(f"{where}, column {name}: {row[i]!r} is not a finite number")
+    return InputDataError(f"{where}: unreadable row")
+
+
+# ---------------------------------------------------------------------------------------------------- sending
+
+
+def malformed_messages(n: int) -> list[tuple[bytes, bytes]]:
+    """`n` (key, value) messages the worker must dead-letter: one of each kind in turn."""
+    now = format_timestamp(time.time() * 1000)
+    kinds = [
+        lambda k: b"{not json: " + k.encode(),
+        lambda k: json.dumps({"transaction_id": k, "account_id": "acc-malformed", "timestamp": now}).encode(),
+        lambda k: (f'{{"transaction_id":"{k}","account_id":"acc-malformed","amount":NaN,'
+                   f'"timestamp":"{now}"}}').encode(),
+        lambda k: json.dumps({"transaction_id": k, "account_id": "acc-malformed", "amount": 10.0,
+                              "timestamp": "yesterday at noon"}).encode(),
+        lambda k: b"[1, 2, 3]",
+        lambda k: b"\xff\xfe binary " + k.encode(),
+    ]
+    return [(f"malformed-{i}".encode(), kinds[i % len(kinds)](f"malformed-{i}")) for i in range(n)]
+
+
+class _Deliveries:
+    """Counts acknowledgements; the callbacks run on the producer's I/O thread."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: str | None = None
+        self._lock = threading.Lock()
+
+    def ok(self, _metadata: Any) -> None:
+        with self._lock:
+            self.delivered += 1
+
+    def error(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failed += 1
+            self.first_error = self.first_error or f"{exc.__class__.__name__}: {exc}"
+
+
+def make_producer(settings: Settings, compression: str | None = None) -> KafkaProducer:
+    """An idempotent producer (acks=all) on the configured brokers, with their security options."""
+    kafka = settings.kafka
+    try:
+        return KafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers.split(","), acks="all", enable_idempotence=True,
+            linger_ms=5, batch_size=128 * 1024, compression_type=compression, max_block_ms=15_000,
+            bootstrap_timeout_ms=10_000, client_id="fraudmon-produce", **kafka.client_options(),
+        )
+    except KafkaTimeoutError:
+        raise ProduceError(f"no Kafka broker answers at {kafka.bootstrap_servers}: start the stack "
+                           "(`fraudmon stack up`) or pass --bootstrap host:port") from None
+    except (ValueError, RuntimeError) as exc:  # unknown codec, or its library is not installed
+        raise ProduceError(f"compression {compression!r} is not available ({exc}); use gzip or none") from None
+
+
+def produce_events(
+    settings: Settings,
+    events: Iterable[Event],
+    *,
+    topic: str | None = None,
+    rate: float | None = None,
+    count: int | None = None,
+    duration: float | None = None,
+    live_time: bool = False,
+    malformed: int = 0,
+    progress: bool = False,
+    total: int | None = None,
+    compression: str | None = None,
+    stop: threading.Event | None = None,
+) -> ProduceSummary:
+    """Send `events` to `topic` (default: the transactions topic), keyed by account, and wait for the acks.
+
+    `rate` events/s is kept on a schedule (event i is due at i/rate s) and sent in chunks, so the achieved rate
+    holds at thousands per second; None or 0 sends as fast as possible. The run ends when the events run out,
+    after `count` events, or after `duration` seconds (with a rate: exactly rate x duration events). With
+    `live_time` each event's timestamp becomes its send time (its account creation time moves with it, so
+    account age is kept). `malformed` extra bad messages are spread through the run; `total` (the number of
+    events, when `events` has no len) sizes the progress bar and that spread. `stop` ends the run early.
+    """
+    topic = topic or settings.topics.transactions
+    rate = rate or None
+    limit = count
+    if rate and duration:
+        limit = round(rate * duration) if limit is None else min(limit, round(rate * duration))
+    if total is None and hasattr(events, "__len__"):
+        total = len(events)
+    expected = min(x for x in (limit, total) if x is not None) if (limit or total) else None
+    bad = malformed_messages(malformed)
+    bad_at = [(k + 1) * expected // (malformed + 1) if expected else 0 for k in range(malformed)]
+
+    producer = make_producer(settings, compression)
+    deliveries = _Deliveries()
+    ok, error, send = deliveries.ok, deliveries.error, producer.send
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    source = iter(events)
+    sent = bad_sent = 0
+    interrupted = exhausted = False
+
+    def send_bad(until: float) -> None:
+        nonlocal bad_sent
+        while bad_sent < len(bad) and bad_at[bad_sent] <= until:
+            key, value = bad[bad_sent]
+            send(topic, value=value, key=key).add_callback(ok).add_errback(error)
+            bad_sent += 1
+
+    columns = (TextColumn("producing to {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[speed]}"), TimeElapsedColumn())
+    started = time.perf_counter()
+    try:
+        try:
+            producer.partitions_for(topic)
+        except KafkaError as exc:
+            raise ProduceError(f"topic {topic!r} is not available on {settings.kafka.bootstrap_servers} "
+                               f"({exc.__class__.__name__}): create it (`fraudmon stack up` creates the "
+                               "configured topics) or pass --topic") from None
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("produce", total=expected, topic=topic, speed="")
+            started = time.perf_counter()
+            while not exhausted and (limit is None or sent < limit):
+                elapsed = time.perf_counter() - started
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                    break
+                if duration and not rate and elapsed >= duration:
+                    break
+                due = sent + MAX_CHUNK
+                if rate:
+                    due = min(due, int(elapsed * rate) + 1)
+                    if due <= sent:
+                        time.sleep(sent / rate - elapsed)
+                        continue
+                if limit is not None:
+                    due = min(due, limit)
+                now_ms = int(time.time() * 1000)
+                now_text = format_timestamp(now_ms)
+                before = sent
+                while sent < due:
+                    try:
+                        event = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    data = event_to_dict(event)
+                    if live_time:
+                        data["timestamp"] = now_text
+                        if event.account_created_ms is not None:
+                            data["account_created_at"] = format_timestamp(
+                                event.account_created_ms + now_ms - event.timestamp_ms)
+                    send(topic, value=dumps(data).encode(), key=event.account_id.encode()) \
+                        .add_callback(ok).add_errback(error)
+                    sent += 1
+                    send_bad(sent)
+                bar.update(task, advance=sent - before, speed=f"{sent / max(elapsed, 1e-3):,.0f}/s")
+            send_bad(math.inf)
+    except KeyboardInterrupt:
+        interrupted = True
+    except KafkaError as exc:  # e.g. the send buffer stayed full: the brokers went away mid-run
+        deliveries.error(exc)
+    finally:
+        elapsed = time.perf_counter() - started
+        try:
+            producer.flush(timeout=180)
+        except KafkaError as exc:
+            deliveries.error(exc)
+        producer.close(timeout=10)
+    return ProduceSummary(
+        topic=topic, sent=sent, delivered=deliveries.delivered, failed=deliveries.failed, malformed=bad_sent,
+        elapsed_s=elapsed, flush_s=time.perf_counter() - started - elapsed, interrupted=interrupted,
+        first_error=deliveries.first_error,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- command
+
+
+def produce_command(
+    simulate_: bool = typer.Option(False, "--simulate", help="Send a freshly simulated, labelled stream."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", exists=True, dir_okay=False,
+        help="Replay a file: events as JSON lines or CSV, or the card-holder CSV Time,V1..V28,Amount,Class."),
+    events: int | None = typer.Option(
+        None, "--events", "-n", min=1,
+        help="Simulator: number of events (default --count, or rate x duration, or 10000)."),
+    accounts: int | None = typer.Option(
+        None, "--accounts", min=30,
+        help="Simulator: accounts (default events/2, at least 1000). Card-holder CSV: accounts to spread rows "
+             f"over (default {DEFAULT_FILE_ACCOUNTS})."),
+    fraud_rate: float = typer.Option(0.005, "--fraud-rate", min=0.0, max=0.5, help="Simulator: share of fraud."),
+    seed: int = typer.Option(42, "--seed", help="Simulator: random seed."),
+    rate: float = typer.Option(1000.0, "--rate", "-r", min=0.0, help="Events per second; 0 = as fast as possible."),
+    count: int | None = typer.Option(None, "--count", min=1, help="Stop after this many events."),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, help="Stop after this many seconds."),
+    topic: str | None = typer.Option(None, "--topic", "-t", help="Topic (default: topics.transactions)."),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka host:port (default: kafka settings)."),
+    truth: Path | None = typer.Option(
+        None, "--truth", help="Write the labels of the sent events here (transaction_id,label,scenario)."),
+    live_time: bool | None = typer.Option(
+        None, "--live-time/--keep-time",
+        help="Stamp events with their send time, or keep their own (default: live for --simulate, keep for files)."),
+    base_time: datetime = typer.Option(
+        DEFAULT_BASE_TIME.replace(tzinfo=None), "--base-time", formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="Card-holder CSV: the UTC moment of Time = 0."),
+    malformed: int = typer.Option(0, "--malformed", min=0, help="Also send this many malformed messages."),
+    compression: str = typer.Option("none", "--compression", help="none, gzip, snappy, lz4 or zstd."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (default config/monitor.yaml)."),
+) -> None:
+    """Send transaction events to Kafka at a steady rate: simulated, or replayed from a file."""
+    if simulate_ == (file is not None):
+        raise typer.BadParameter("give exactly one source: --simulate or --file PATH")
+    try:
+        settings = load_settings(config)
+        if bootstrap:
+            settings = settings.model_copy(update={
+                "kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
+        labels: list[GroundTruth] | None
+        if file is not None:
+            source = open_event_file(file, base_time=base_time.replace(tzinfo=UTC),
+                                     accounts=accounts or DEFAULT_FILE_ACCOUNTS)
+            labels = source.ground_truth()
+            if truth and labels is None:
+                raise InputDataError(f"{file} carries no labels (only the card-holder CSV has Class); the labels "
+                                     "of simulated events are in the --truth file `fraudmon simulate` wrote")
+            typer.echo(f"{file}: {source.rows} events ({source.kind}), validated")
+            stream: Iterable[Event] = source.events()
+            total: int | None = source.rows
+        else:
+            n = events or count or (round(rate * duration) if rate and duration else 10_000)
+            simulated, labels = simulate(SimulationConfig(
+                n_events=n, n_accounts=accounts or max(1_000, n // 2), start=datetime.now(UTC),
+                duration=timedelta(seconds=max(1.0, n / rate if rate else duration or 60.0)),
+                fraud_rate=fraud_rate, seed=seed,
+            ))
+            stream, total = simulated, None
+        summary = produce_events(
+            settings, stream, topic=topic, rate=rate, count=count, duration=duration,
+            live_time=simulate_ if live_time is None else live_time, malformed=malformed, progress=progress,
+            total=total, compression=None if compression == "none" else compression,
+        )
+    except (FraudMonitorError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for line in summary.lines():
+        typer.echo(line)
+    if truth and labels is not None:
+        written = write_ground_truth(truth, labels[: summary.sent])
+        typer.echo(f"truth      {written} labels ({sum(t.label for t in labels[: summary.sent])} fraud) -> {truth}")
+    if summary.failed:
+        raise typer.Exit(1)

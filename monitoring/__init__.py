@@ -1,0 +1,1 @@
+"""Prometheus configuration, alert rules, the Grafana dashboard and the helpers the tests use to check them."""

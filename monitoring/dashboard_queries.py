@@ -1,0 +1,125 @@
+"""The PromQL that the alert rules and the Grafana dashboard run, as data the tests can check and execute.
+
+`panel_queries()` lists every dashboard panel's queries, `render()` replaces Grafana's variables so a query can
+be sent to Prometheus' HTTP API as is, `rule_expressions()` lists the alert and recording rules, and
+`metric_names()` pulls the metric names out of an expression (to compare them with the worker's /metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MONITORING_DIR = Path(__file__).resolve().parent
+DASHBOARD_PATH = MONITORING_DIR / "grafana" / "dashboards" / "fraud-monitor.json"
+RULE_PATHS = tuple(sorted(MONITORING_DIR.glob("alerts*.yml")))
+
+# Series Prometheus itself creates: not exported by the worker.
+PROMETHEUS_SERIES = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds",
+                               "scrape_samples_scraped"})
+
+_KEYWORDS = frozenset({
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+    "inf", "nan",
+})
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^}]*\}")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_OFFSET = re.compile(r"\boffset\s+-?[0-9a-z]+|@\s*[-+0-9.a-z()]+", re.IGNORECASE)
+_VARIABLE = re.compile(r"\$\{?\w+\}?")
+_NUMBER = re.compile(r"(?<![\w:])(?:0x[0-9a-f]+|\d+\.?\d*(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?)", re.IGNORECASE)
+_IDENTIFIER = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One query (Grafana target) of one dashboard panel."""
+
+    panel: str
+    ref_id: str
+    expr: str
+    instant: bool
+
+    def rendered(self, rate_interval: str = "1m") -> str:
+        return render(self.expr, rate_interval=rate_interval)
+
+
+@dataclass(frozen=True)
+class RuleExpression:
+    """One alerting or recording rule: `name` is the alert name or the recorded series name."""
+
+    name: str
+    kind: str  # "alert" or "record"
+    expr: str
+    rule: dict[str, Any]
+
+
+def _walk_panels(panels: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _walk_panels(panel.get("panels", []))  # panels inside collapsed rows
+
+
+def load_dashboard(path: Path = DASHBOARD_PATH) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def panel_queries(path: Path = DASHBOARD_PATH) -> list[PanelQuery]:
+    """Every PromQL target of every panel, in dashboard order."""
+    queries = []
+    for panel in _walk_panels(load_dashboard(path)["panels"]):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                queries.append(PanelQuery(panel["title"], target["refId"], target["expr"],
+                                          bool(target.get("instant")) and not target.get("range")))
+    return queries
+
+
+def render(expr: str, rate_interval: str = "1m", interval: str = "15s", range_: str = "1h") -> str:
+    """Replace Grafana's built-in variables with fixed durations, giving plain PromQL for /api/v1/query."""
+    values = {"__rate_interval": rate_interval, "__interval": interval, "__range": range_}
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(0).strip("${}")
+        if name not in values:
+            raise ValueError(f"dashboard query uses ${name}, which render() does not know: {expr}")
+        return values[name]
+
+    return _VARIABLE.sub(substitute, expr)
+
+
+def rule_expressions(paths: Iterable[Path] = RULE_PATHS) -> list[RuleExpression]:
+    """Every rule of every group in the rule files."""
+    rules = []
+    for path in paths:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                kind = "alert" if "alert" in rule else "record"
+                rules.append(RuleExpression(rule[kind], kind, str(rule["expr"]), rule))
+    return rules
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (not functions, keywords, labels, durations or numbers)."""
+    text = _STRING.sub(" ", expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    text = _OFFSET.sub(" ", text)
+    text = _VARIABLE.sub(" ", text)
+    text = _NUMBER.sub(" ", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        name = match.group(0)
+        followed_by_paren = text[match.end():].lstrip().startswith("(")
+        if followed_by_paren or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names

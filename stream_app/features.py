@@ -1,0 +1,193 @@
+"""Feature vectors from events, defined once for the trainer and the worker (numpy only, no TensorFlow).
+
+The model card's ordered `feature_names` decides what `vectorize` computes, so serving always builds exactly
+the vector the model was trained on. Built-in names are stateless functions of one event (see `BUILTIN`);
+any other name is read from the event's precomputed `features` (e.g. `V1`..`V28` of the card-holder data).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from stream_app.schema import CHANNELS, Event
+
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday = 0
+
+# A small fixed grouping of ISO 18245 merchant category codes (first matching group wins; else `other`).
+MCC_GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
+    "grocery": ((5411, 5411), (5422, 5499)),
+    "dining": ((5811, 5814),),
+    "travel": ((3000, 3999), (4011, 4131), (4411, 4411), (4511, 4511), (4722, 4722), (7011, 7011),
+               (7512, 7512)),
+    "fuel": ((5541, 5542), (5983, 5983)),
+    "high_value": ((5094, 5094), (5732, 5732), (5944, 5944)),  # electronics, jewellery: resold easily
+    "digital": ((4814, 4816), (4899, 4899), (5733, 5735), (5815, 5818), (7372, 7372)),
+    "cash": ((4829, 4829), (6010, 6012), (6050, 6051), (6211, 6211), (6540, 6540), (7995, 7995)),
+    "retail": ((5200, 5399), (5600, 5999)),
+}
+MCC_GROUP_NAMES = (*MCC_GROUPS, "other")
+
+
+_EURO = ("AT", "BE", "CY", "DE", "EE", "ES", "FI", "FR", "GR", "HR", "IE", "IT", "LT", "LU", "LV", "MT", "NL",
+         "PT", "SI", "SK")
+COUNTRY_CURRENCY: dict[str, str] = {
+    **dict.fromkeys(_EURO, "EUR"),
+    "GB": "GBP", "US": "USD", "CH": "CHF", "SE": "SEK", "DK": "DKK", "NO": "NOK", "CZ": "CZK", "PL": "PLN",
+    "HU": "HUF", "RO": "RON", "BG": "BGN", "CA": "CAD", "AU": "AUD", "JP": "JPY", "CN": "CNY", "IN": "INR",
+    "BR": "BRL", "MX": "MXN", "NG": "NGN", "ZA": "ZAR", "VN": "VND", "ID": "IDR", "PH": "PHP", "TH": "THB",
+    "TR": "TRY",
+}
+"""Local currency per country, for `currency_foreign` (unlisted countries count as not foreign)."""
+
+
+class FeatureError(ValueError):
+    """A feature name is unknown, or an event lacks a feature the model needs."""
+
+
+@lru_cache(maxsize=4096)
+def mcc_group(code: str | None) -> str:
+    """The group of a merchant category code (`other` when missing, non-numeric or not grouped)."""
+    if not code or not code.isdigit():
+        return "other"
+    value = int(code)
+    for group, ranges in MCC_GROUPS.items():
+        if any(low <= value <= high for low, high in ranges):
+            return group
+    return "other"
+
+
+class _Columns:
+    """Per-batch raw columns, each extracted from the events once and shared by the features using it."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self._cache: dict[str, np.ndarray | list] = {}
+
+    def _get(self, key: str, build: Callable[[], np.ndarray | list]) -> np.ndarray | list:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def amount(self) -> np.ndarray:
+        return self._get("amount", lambda: np.fromiter((e.amount for e in self.events), np.float64,
+                                                       len(self.events)))
+
+    def timestamp_ms(self) -> np.ndarray:
+        return self._get("ts", lambda: np.fromiter((e.timestamp_ms for e in self.events), np.int64,
+                                                   len(self.events)))
+
+    def hour(self) -> np.ndarray:
+        return self._get("hour", lambda: (self.timestamp_ms() % MS_PER_DAY) / MS_PER_HOUR)
+
+    def weekday(self) -> np.ndarray:
+        return self._get("dow", lambda: (self.timestamp_ms() // MS_PER_DAY + EPOCH_WEEKDAY) % 7)
+
+    def channel(self) -> list:
+        return self._get("channel", lambda: [e.channel for e in self.events])
+
+    def mcc_group(self) -> list:
+        return self._get("mcc", lambda: [mcc_group(e.merchant_category) for e in self.events])
+
+    def age_days(self) -> np.ndarray:
+        """Account age in days at the event; NaN when the event has no `account_created_ms`."""
+        def build() -> np.ndarray:
+            created = np.array([np.nan if e.account_created_ms is None else e.account_created_ms
+                                for e in self.events], dtype=np.float64)
+            return np.maximum(self.timestamp_ms() - created, 0.0) / MS_PER_DAY
+        return self._get("age", build)
+
+    def present(self, attribute: str) -> np.ndarray:
+        return self._get(f"has:{attribute}", lambda: np.fromiter(
+            (getattr(e, attribute) is not None for e in self.events), np.float64, len(self.events)))
+
+
+def _equals(values: list, target: str | None) -> np.ndarray:
+    return np.fromiter((v == target for v in values), np.float64, len(values))
+
+
+def _currency_foreign(c: _Columns) -> np.ndarray:
+    local = COUNTRY_CURRENCY.get
+    return np.fromiter(
+        (e.currency is not None and local(e.country or "", e.currency) != e.currency for e in c.events),
+        np.float64, len(c.events),
+    )
+
+
+def _amount_round(c: _Columns) -> np.ndarray:
+    amount = c.amount()
+    return ((amount >= 10) & (np.mod(amount, 10) == 0)).astype(np.float64)
+
+
+BUILTIN: dict[str, Callable[[_Columns], np.ndarray]] = {
+    "amount_log": lambda c: np.log1p(c.amount()),
+    "amount_round": _amount_round,
+    "hour_sin": lambda c: np.sin(2 * np.pi * c.hour() / 24),
+    "hour_cos": lambda c: np.cos(2 * np.pi * c.hour() / 24),
+    "dow_sin": lambda c: np.sin(2 * np.pi * c.weekday() / 7),
+    "dow_cos": lambda c: np.cos(2 * np.pi * c.weekday() / 7),
+    **{f"channel_{name}": (lambda c, name=name: _equals(c.channel(), name)) for name in CHANNELS},
+    "channel_missing": lambda c: _equals(c.channel(), None),
+    **{f"mcc_{group}": (lambda c, group=group: _equals(c.mcc_group(), group)) for group in MCC_GROUP_NAMES},
+    "currency_foreign": _currency_foreign,
+    "has_counterparty": lambda c: c.present("counterparty_id"),
+    "has_device": lambda c: c.present("device_id"),
+    "has_ip": lambda c: c.present("ip"),
+    "account_age_days_log": lambda c: np.nan_to_num(np.log1p(c.age_days()), nan=0.0),
+    "account_age_missing": lambda c: np.isnan(c.age_days()).astype(np.float64),
+}
+"""Built-in stateless features, by name."""
+
+EVENT_FEATURES: tuple[str, ...] = (
+    "amount_log", "amount_round", "hour_sin", "hour_cos", "dow_sin", "dow_cos",
+    *(f"channel_{name}" for name in (*CHANNELS, "missing")),
+    *(f"mcc_{group}" for group in MCC_GROUP_NAMES),
+    "currency_foreign", "has_counterparty", "has_device", "has_ip", "account_age_days_log", "account_age_missing",
+)
+"""The default feature set for the project's own events."""
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def default_feature_names(events: Sequence[Event]) -> list[str]:
+    """`V1..V28 + amount_log` style when every event carries precomputed `features`, else `EVENT_FEATURES`."""
+    if events and all(e.features for e in events):
+        shared = set(events[0].features)
+        for event in events:
+            shared &= event.features.keys()
+        passthrough = sorted(shared - BUILTIN.keys(), key=_natural_key)
+        if passthrough:
+            return [*passthrough, "amount_log"]
+    return list(EVENT_FEATURES)
+
+
+def _passthrough(events: Sequence[Event], name: str) -> np.ndarray:
+    try:
+        return np.fromiter((e.features[name] for e in events), np.float64, len(events))
+    except KeyError:
+        missing = next(e for e in events if name not in e.features)
+        if not any(name in e.features for e in events):
+            raise FeatureError(
+                f"unknown feature {name!r}: not a built-in feature ({', '.join(BUILTIN)}) and not in the "
+                f"events' `features` (e.g. transaction {missing.transaction_id})"
+            ) from None
+        raise FeatureError(
+            f"transaction {missing.transaction_id} has no features.{name}, which the model needs"
+        ) from None
+
+
+def vectorize(events: Sequence[Event], feature_names: Sequence[str]) -> np.ndarray:
+    """The float32 matrix `[len(events), len(feature_names)]`, columns in `feature_names` order."""
+    out = np.empty((len(events), len(feature_names)), dtype=np.float32)
+    columns = _Columns(events)
+    for j, name in enumerate(feature_names):
+        builtin = BUILTIN.get(name)
+        out[:, j] = builtin(columns) if builtin is not None else _passthrough(events, name)
+    return out

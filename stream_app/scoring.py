@@ -1,0 +1,138 @@
+"""The serving adapter: an ONNX autoencoder and its model card, checked against each other at load.
+
+onnxruntime and numpy only (no TensorFlow). `load_model` refuses anything that would score wrongly: a missing
+or corrupt file, a card that does not belong to the graph, a graph whose width differs from the card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from fraudmon.errors import ModelError
+
+INPUT_NAME = "features"
+OUTPUT_NAMES = ("score", "feature_errors")
+REQUIRED_CARD_KEYS = ("name", "version", "feature_names", "n_features", "threshold", "onnx_sha256")
+
+
+def _session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # small batches: threads cost more than they save
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+@dataclass
+class OnnxModel:
+    """A loaded, checked model: `score` a float32 batch `[n, f]` into scores `[n]` and feature errors `[n, f]`."""
+
+    session: ort.InferenceSession = field(repr=False)
+    card: dict[str, Any] = field(repr=False)
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.card["version"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.card["feature_names"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card["threshold"]["value"])
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly scores `[n]` and per-feature squared errors `[n, f]` (float32)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        width = int(self.card["n_features"])
+        if x.ndim != 2 or x.shape[1] != width:
+            raise ModelError(f"model {self.name} takes [n, {width}] features, got shape {list(x.shape)}")
+        if x.shape[0] == 0:
+            return np.empty(0, np.float32), np.empty((0, width), np.float32)
+        scores, errors = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        return scores, errors
+
+    def top_features(self, errors_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+        """The `k` features with the largest reconstruction error, largest first: the explanation of a score."""
+        errors_row = np.asarray(errors_row)
+        k = min(k, errors_row.size)
+        top = np.argpartition(-errors_row, k - 1)[:k] if k else np.empty(0, int)
+        top = top[np.argsort(-errors_row[top], kind="stable")]
+        names = self.card["feature_names"]
+        return [(names[i], float(errors_row[i])) for i in top]
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    if not card_path.is_file():
+        raise ModelError(f"model card {card_path} does not exist: the card is the .onnx path with .json")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"model card {card_path} is not valid JSON ({exc}): restore it or retrain") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"model card {card_path} must be a JSON object")
+    missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
+    if missing:
+        raise ModelError(f"model card {card_path} lacks {', '.join(missing)}: retrain or pick the matching card")
+    names, threshold = card["feature_names"], card["threshold"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"model card {card_path}: feature_names must be a non-empty list of names")
+    if card["n_features"] != len(names):
+        raise ModelError(f"model card {card_path}: n_features is {card['n_features']} but feature_names "
+                         f"lists {len(names)}")
+    if not isinstance(threshold, dict) or not isinstance(threshold.get("value"), int | float) \
+            or not np.isfinite(threshold["value"]):
+        raise ModelError(f"model card {card_path}: threshold.value must be a finite number")
+    return card
+
+
+def load_model(onnx_path: str | Path, card_path: str | Path | None = None) -> OnnxModel:
+    """Load an ONNX model and its card (default: same path with `.json`), refusing any mismatch."""
+    onnx_path = Path(onnx_path)
+    card_path = Path(card_path) if card_path is not None else onnx_path.with_suffix(".json")
+    if not onnx_path.is_file():
+        raise ModelError(f"model file {onnx_path} does not exist: train one with `fraudmon train` or fix the path")
+    card = _read_card(card_path)
+    data = onnx_path.read_bytes()
+    try:
+        session = ort.InferenceSession(data, sess_options=_session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"{onnx_path} is not a valid ONNX model ({str(exc)[:200]}): retrain or restore it") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card["onnx_sha256"]:
+        raise ModelError(f"model card {card_path} was written for another graph (sha256 {card['onnx_sha256'][:12]}"
+                         f"…, {onnx_path} has {digest[:12]}…): retrain or pick the matching card")
+    inputs = session.get_inputs()
+    outputs = [o.name for o in session.get_outputs()]
+    if [i.name for i in inputs] != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(outputs):
+        raise ModelError(f"{onnx_path} takes {[i.name for i in inputs]} and returns {outputs}; expected input "
+                         f"{INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}: export it with `fraudmon train`")
+    width = inputs[0].shape[-1] if len(inputs[0].shape) == 2 else None
+    n = len(card["feature_names"])
+    if width != n:
+        raise ModelError(f"model card {card_path} lists {n} features but {onnx_path} takes {width}: "
+                         f"retrain or pick the matching card")
+    model = OnnxModel(session=session, card=card, path=onnx_path)
+    try:
+        scores, errors = model.score(np.zeros((2, n), dtype=np.float32))
+    except Exception as exc:
+        raise ModelError(f"{onnx_path} failed a probe run on zeros ({str(exc)[:200]}): retrain it") from None
+    if scores.shape != (2,) or errors.shape != (2, n) or not (np.isfinite(scores).all() and np.isfinite(errors).all()):
+        raise ModelError(f"{onnx_path} returned shapes {scores.shape}, {errors.shape} or non-finite values on a "
+                         f"probe of zeros (expected (2,), (2, {n})): retrain it")
+    return model

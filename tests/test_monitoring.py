@@ -1,0 +1,258 @@
+"""The monitoring config (monitoring/): Prometheus configs, alert rules and their promtool tests, the dashboard.
+
+promtool checks and unit-tests the real files; the metric names every alert and panel uses are compared with
+what the worker really exports (`stream_app.metrics.WorkerMetrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitoring.dashboard_queries import (
+    DASHBOARD_PATH,
+    MONITORING_DIR,
+    PROMETHEUS_SERIES,
+    RULE_PATHS,
+    load_dashboard,
+    metric_names,
+    panel_queries,
+    render,
+    rule_expressions,
+)
+
+PROMETHEUS_CONFIGS = (MONITORING_DIR / "prometheus.yml", MONITORING_DIR / "prometheus.docker.yml")
+RULE_TEST_PATHS = tuple(sorted((MONITORING_DIR / "tests").glob("*.yml")))
+PROVISIONING = MONITORING_DIR / "grafana" / "provisioning"
+SEVERITIES = {"critical", "warning"}
+DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool is not installed: run scripts/setup.sh (Debian package `prometheus`)")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [r.rule for r in rule_expressions() if r.kind == "alert"]
+
+
+# ---- promtool ------------------------------------------------------------------------------------------------
+def test_rule_files_exist() -> None:
+    assert RULE_PATHS, "no monitoring/alerts*.yml rule files"
+    assert RULE_TEST_PATHS, "no promtool tests in monitoring/tests/"
+
+
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_promtool_check_config(config: Path) -> None:
+    """Both configs are valid and load the rules (relative paths resolve against the config's directory)."""
+    result = promtool("check", "config", config)
+    assert_ok(result)
+    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_check_rules() -> None:
+    assert_ok(promtool("check", "rules", *RULE_PATHS))
+
+
+def test_promtool_unit_tests_pass() -> None:
+    result = promtool("test", "rules", *RULE_TEST_PATHS)
+    assert_ok(result)
+    assert result.stdout.count("SUCCESS") == len(RULE_TEST_PATHS), result.stdout
+
+
+def test_unit_tests_load_every_rule_file() -> None:
+    for path in RULE_TEST_PATHS:
+        loaded = {(path.parent / f).resolve() for f in yaml.safe_load(path.read_text())["rule_files"]}
+        assert loaded == {p.resolve() for p in RULE_PATHS}, f"{path.name} must load every monitoring/alerts*.yml"
+
+
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    """A new alert without promtool tests breaks the build: it needs a firing and an explicit not-firing case."""
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TEST_PATHS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+    names = {rule["alert"] for rule in alerts()}
+    problems = [f"{name}: no firing case" for name in sorted(names - firing)]
+    problems += [f"{name}: no not-firing case (exp_alerts: [])" for name in sorted(names - silent)]
+    problems += [f"{name}: tested but no such alert" for name in sorted((firing | silent) - names)]
+    assert not problems, "monitoring/tests/*.yml:\n" + "\n".join(problems)
+
+
+# ---- rule hygiene --------------------------------------------------------------------------------------------
+def test_alerts_have_severity_summary_description_and_sane_for() -> None:
+    names = [rule["alert"] for rule in alerts()]
+    assert len(names) == len(set(names)), "alert names must be unique"
+    for rule in alerts():
+        name = rule["alert"]
+        assert name.startswith("Fraud"), f"{name}: alert names start with Fraud (the dashboard filters on it)"
+        assert rule.get("labels", {}).get("severity") in SEVERITIES, f"{name}: severity must be one of {SEVERITIES}"
+        annotations = rule.get("annotations", {})
+        assert annotations.get("summary"), f"{name}: needs a summary"
+        assert len(annotations.get("description", "")) > 80, f"{name}: description must say what to check first"
+        assert DURATION.match(str(rule.get("for", "0s"))), f"{name}: bad `for` duration"
+
+
+def test_recording_rules_used_are_defined() -> None:
+    """Names with a colon are recording rules: every one an alert or panel uses must be recorded here."""
+    recorded = {r.name for r in rule_expressions() if r.kind == "record"}
+    used = {n for r in rule_expressions() for n in metric_names(r.expr)}
+    used |= {n for q in panel_queries() for n in metric_names(q.expr)}
+    assert {n for n in used if ":" in n} <= recorded
+
+
+# ---- metric names against the worker -------------------------------------------------------------------------
+def exported_names() -> set[str]:
+    """Sample names the worker's /metrics exposes, including those of labelled metrics without children yet."""
+    module = pytest.importorskip("stream_app.metrics")
+    from prometheus_client import generate_latest
+
+    text = generate_latest(module.WorkerMetrics().registry).decode()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "summary":
+                names |= {f"{name}_sum", f"{name}_count"}
+            elif kind == "counter" and not name.endswith("_total"):
+                names.add(f"{name}_total")
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_every_metric_used_is_exported_by_the_worker() -> None:
+    exported = exported_names()
+    used: dict[str, set[str]] = {}
+    for rule in rule_expressions():
+        for name in metric_names(rule.expr):
+            used.setdefault(name, set()).add(f"rule {rule.name}")
+    for query in panel_queries():
+        for name in metric_names(query.expr):
+            used.setdefault(name, set()).add(f"panel {query.panel!r}")
+    missing = {
+        name: sorted(where) for name, where in used.items()
+        if name not in exported and name not in PROMETHEUS_SERIES and ":" not in name
+    }
+    assert not missing, f"metrics used but not exported by stream_app.metrics.WorkerMetrics: {missing}"
+
+
+def test_series_the_alerts_rely_on_exist_from_start() -> None:
+    """`increase`/`rate` miss the first increment of a series that appears at 1, so the labelled series the
+    alerts watch must be exported at 0 before anything happens."""
+    module = pytest.importorskip("stream_app.metrics")
+    from prometheus_client import generate_latest
+
+    text = generate_latest(module.WorkerMetrics().registry).decode()
+    for series in (
+        'fraud_events_total{outcome="dead_letter"}', 'fraud_events_total{outcome="scored"}',
+        'fraud_decisions_total{decision="flag"}', 'fraud_decisions_total{decision="pass"}',
+        'fraud_model_reloads_total{kind="model",result="refused"}',
+        'fraud_model_reloads_total{kind="rules",result="refused"}',
+        'fraud_degraded_total{cause="redis_unavailable"}', "fraud_latency_budget_exceeded_total ",
+        "fraud_input_messages_total ", "fraud_model_flags_total ",
+    ):
+        assert series in text, f"{series.strip()} must be exported (at 0) from start-up"
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (job) (rate(fraud_events_total{outcome="scored"}[5m]))', {"fraud_events_total"}),
+        ("histogram_quantile(0.99, sum by (le) (rate(x_bucket[$__rate_interval]))) > on (job) max(b)",
+         {"x_bucket", "b"}),
+        ("a / on (job) group_left sum by (job) (c) > 0.05 and d offset 10m unless absent(up)", {"a", "c", "d", "up"}),
+        ("job:rec:rate10m > 3 * job:rec:rate6h and 1e3 < e", {"job:rec:rate10m", "job:rec:rate6h", "e"}),
+    ],
+)
+def test_metric_names_extraction(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+# ---- Prometheus configs --------------------------------------------------------------------------------------
+def scrape_config(path: Path, job: str = "fraud-worker") -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text())
+    return next(s for s in config["scrape_configs"] if s["job_name"] == job)
+
+
+def test_configs_scrape_the_worker_every_5s_and_load_the_rules() -> None:
+    for path in PROMETHEUS_CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        assert config["rule_files"] == ["alerts*.yml"], path.name
+        assert scrape_config(path)["scrape_interval"] == "5s", path.name
+
+
+def test_local_config_discovers_workers_from_target_files() -> None:
+    sd = scrape_config(MONITORING_DIR / "prometheus.yml")["file_sd_configs"]
+    assert sd == [{"files": ["targets/*.json"], "refresh_interval": "30s"}]
+    targets = [t for f in sorted((MONITORING_DIR / "targets").glob("*.json")) for g in json.loads(f.read_text())
+               for t in g["targets"]]
+    assert targets == ["127.0.0.1:8000"], "the shipped target is the default worker metrics port"
+
+
+def test_docker_config_scrapes_the_compose_worker() -> None:
+    static = scrape_config(MONITORING_DIR / "prometheus.docker.yml")["static_configs"]
+    assert static == [{"targets": ["worker:8000"]}]
+
+
+# ---- Grafana -------------------------------------------------------------------------------------------------
+def datasource_uid() -> str:
+    config = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    (datasource,) = config["datasources"]
+    assert datasource["type"] == "prometheus"
+    return datasource["uid"]
+
+
+def test_dashboard_is_provisioned_with_fixed_uids() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "fraud-monitor"
+    uid = datasource_uid()
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["targets"], f"{panel['title']}: no queries"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid, panel["title"]
+    provider = yaml.safe_load((PROVISIONING / "dashboards" / "dashboards.yml").read_text())["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert DASHBOARD_PATH.parent.name == "dashboards"
+
+
+def test_dashboard_covers_the_required_views() -> None:
+    used = {n for q in panel_queries() for n in metric_names(q.expr)}
+    for name in ("fraud_events_total", "fraud_decisions_total", "fraud_rule_hits_total", "fraud_model_flags_total",
+                 "fraud_end_to_end_seconds_bucket", "fraud_processing_seconds_bucket",
+                 "fraud_latency_budget_exceeded_total", "fraud_degraded_total", "fraud_model_info",
+                 "fraud_model_score_bucket", "fraud_consumer_lag"):
+        assert name in used, f"no panel shows {name}"
+    heatmaps = [p for p in load_dashboard()["panels"] if p["type"] == "heatmap"]
+    assert any("fraud_model_score_bucket" in t["expr"] and t.get("format") == "heatmap"
+               for p in heatmaps for t in p["targets"])
+
+
+def test_every_panel_query_renders_to_plain_promql() -> None:
+    for query in panel_queries():
+        assert "$" not in render(query.expr), query

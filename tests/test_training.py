@@ -1,0 +1,273 @@
+"""Data loading, the time split, normal-only training, and the whole `train` → report → `evaluate` run."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fraudmon.errors import InputDataError
+from stream_app.schema import event_from_dict
+from training.data import Dataset, load_dataset, time_split
+
+HEADER = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]
+
+
+def card_csv(path: Path, n: int = 20, fraud_every: int = 0, seed: int = 0, edit=None) -> Path:
+    """A card-holder CSV with `n` rows; `edit(rows)` may alter the string cells."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        fraud = bool(fraud_every) and i % fraud_every == fraud_every - 1
+        v = rng.normal(0, 1, 28) + (6 if fraud else 0)
+        rows.append([str(i), *(f"{x:.6f}" for x in v), f"{rng.gamma(2, 20):.2f}", "1" if fraud else "0"])
+    if edit:
+        edit(rows)
+    path.write_text("\n".join(",".join(r) for r in [HEADER, *rows]) + "\n")
+    return path
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "cc.csv"
+    path.write_text("Time,V1,V2,Amount,Class\n0,1,2,3,0\n")
+    with pytest.raises(InputDataError, match=r"lacks the card-holder columns V3, V4, .*V28"):
+        load_dataset(path, fmt="creditcard")
+    events = tmp_path / "events.csv"
+    events.write_text("transaction_id,amount\ntx-1,3\n")
+    with pytest.raises(InputDataError, match="lacks the event columns account_id, timestamp"):
+        load_dataset(events)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("transaction_id,scenario\ntx-1,normal\n")
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text('{"transaction_id":"tx-1","account_id":"a","amount":1,"timestamp":0}\n')
+    with pytest.raises(InputDataError, match="lacks the ground-truth columns label"):
+        load_dataset(jsonl, truth)
+
+
+def test_non_numeric_cell_names_row_and_column(tmp_path):
+    def corrupt(rows):
+        rows[4][7] = "abc"  # data row 5 = file line 6, column V7
+
+    with pytest.raises(InputDataError, match=r"line 6, column V7: 'abc' is not a number"):
+        load_dataset(card_csv(tmp_path / "cc.csv", edit=corrupt))
+    events = tmp_path / "events.csv"
+    events.write_text("transaction_id,account_id,amount,timestamp\ntx-1,a,1.5,0\ntx-2,a,lots,0\n")
+    with pytest.raises(InputDataError, match=r"line 3, column amount: 'lots' is not a number"):
+        load_dataset(events)
+
+
+def test_nan_and_inf_are_counted_and_dropped_or_refused(tmp_path):
+    def poison(rows):
+        rows[1][3] = "nan"
+        rows[2][3] = ""
+        rows[3][29] = "inf"
+        rows[4][29] = "-inf"
+
+    path = card_csv(tmp_path / "cc.csv", n=30, edit=poison)
+    dataset = load_dataset(path)
+    assert len(dataset) == 26
+    assert dataset.source["dropped_nonfinite"] == 4
+    assert dataset.source["dropped_detail"] == {"V3": 2, "Amount": 2}
+    assert all(np.isfinite(e.amount) and np.isfinite(list(e.features.values())).all() for e in dataset.events)
+    with pytest.raises(InputDataError, match=r"4 rows hold NaN or infinite values \(V3: 2, Amount: 2\)"):
+        load_dataset(path, on_nonfinite="raise")
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":NaN,"timestamp":0}\n'
+                     '{"transaction_id":"t2","account_id":"a","amount":1,"timestamp":0,"features":{"V1":Infinity}}\n'
+                     '{"transaction_id":"t3","account_id":"a","amount":1,"timestamp":0}\n')
+    dataset = load_dataset(jsonl)
+    assert [e.transaction_id for e in dataset.events] == ["t3"]
+    assert dataset.source["dropped_detail"] == {"amount": 1, "features.V1": 1}
+
+
+def test_invalid_events_and_labels_name_the_line(tmp_path):
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":1,"timestamp":0}\n{"amount":1}\n')
+    with pytest.raises(InputDataError, match="line 2: transaction_id: required"):
+        load_dataset(jsonl)
+    jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":1,"timestamp":0}\nnot json\n')
+    with pytest.raises(InputDataError, match="line 2: not JSON"):
+        load_dataset(jsonl)
+    jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":1,"timestamp":0}\n'
+                     '{"transaction_id":"t2","account_id":"a","amount":1,"timestamp":0}\n')
+    truth = tmp_path / "truth.csv"
+    truth.write_text("transaction_id,label,scenario\nt1,0,normal\n")
+    with pytest.raises(InputDataError, match=r"1 events have no row in .*truth.csv \(e.g. t2\)"):
+        load_dataset(jsonl, truth)
+    truth.write_text("transaction_id,label,scenario\nt1,0,normal\nt2,yes,x\n")
+    with pytest.raises(InputDataError, match="line 3, column label: 'yes' is not 0 or 1"):
+        load_dataset(jsonl, truth)
+
+
+def test_too_few_normal_training_rows_is_a_clear_error(tmp_path):
+    dataset = load_dataset(card_csv(tmp_path / "cc.csv", n=600))
+    with pytest.raises(InputDataError, match=r"only 336 normal training rows .*need at least 500"):
+        time_split(dataset)
+
+
+def test_time_split_trains_on_the_past_and_tests_on_the_future():
+    rng = np.random.default_rng(1)
+    times = rng.permutation(2000) * 1000  # file order is not time order
+    events = [event_from_dict({"transaction_id": f"t{i}", "account_id": "a", "amount": 1.0, "timestamp": int(t)})
+              for i, t in enumerate(times)]
+    labels = (rng.random(2000) < 0.05).astype(np.int8)
+    dataset = Dataset(events, labels)
+    split = time_split(dataset, test_fraction=0.3, val_fraction=0.2)
+    ts = dataset.timestamps
+    assert len(split.test) == 600 and len(split.val) == 280
+    assert ts[split.train].max() < ts[split.val].min() <= ts[split.val].max() < ts[split.test].min()
+    assert split.normal_only and labels[split.train].sum() == 0
+    past_normals = ((ts < ts[split.val].min()) & (labels == 0)).sum()
+    assert len(split.train) == past_normals  # every normal row of the training period, and only those
+    assert labels[split.val].sum() > 0 and labels[split.test].sum() > 0  # evaluation keeps the frauds
+    unlabelled = time_split(Dataset(events))
+    assert not unlabelled.normal_only and len(unlabelled.train) == 1120
+    assert len(time_split(dataset, normal_only=False).train) == 1120  # repeating an unlabelled run's split
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small but complete `train` run on simulated data (3 epochs)."""
+    from training.simulate import SimulationConfig, simulate, write_events, write_ground_truth
+    from training.train import TrainRequest, train
+
+    root = tmp_path_factory.mktemp("train")
+    events, truth = simulate(SimulationConfig(n_events=4000, n_accounts=200, fraud_rate=0.03, seed=3))
+    write_events(root / "events.jsonl", events)
+    write_ground_truth(root / "truth.csv", truth)
+    result = train(TrainRequest(data=root / "events.jsonl", truth=root / "truth.csv", name="small",
+                                out_dir=root / "models", overrides={"epochs": 3, "hidden": (16, 8)},
+                                verbose=0, command="test"))
+    return root, result
+
+
+def test_normal_only_training_really_excludes_frauds(trained):
+    """The scaling learned inside the graph equals the statistics of the normal training rows alone."""
+    import onnx
+    from onnx import numpy_helper
+
+    from stream_app.features import vectorize
+
+    root, result = trained
+    dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
+    split = time_split(dataset)
+    x = vectorize(dataset.events, result.card["feature_names"]).astype(np.float64)
+    in_period = np.flatnonzero(dataset.timestamps < dataset.timestamps[split.val].min())
+    assert dataset.labels[in_period].sum() > 0, "the test needs frauds inside the training period"
+    assert set(split.train) == set(in_period[dataset.labels[in_period] == 0])
+    graph = onnx.load(result.onnx_path).graph
+    (mean,) = [numpy_helper.to_array(t).reshape(-1) for t in graph.initializer if "scale/sub" in t.name]
+    np.testing.assert_allclose(mean, x[split.train].mean(axis=0), atol=1e-5,
+                               err_msg="the graph's scaling mean is not the mean of the normal training rows")
+    with_frauds = x[in_period].mean(axis=0)
+    assert not np.allclose(mean, with_frauds, atol=1e-5)
+    assert result.card["training"]["normal_only"] is True
+    assert result.card["training"]["split"]["train"]["frauds"] == 0
+
+
+def test_report_files_exist_and_match_a_recomputation(trained):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from stream_app.features import vectorize
+    from stream_app.scoring import load_model
+
+    root, result = trained
+    report_dir = result.report_path.parent
+    for name in ("report.md", "metrics.json", "loss.png", "scores.png", "roc.png", "pr.png"):
+        assert (report_dir / name).stat().st_size > 0, name
+    metrics = json.loads((report_dir / "metrics.json").read_text())["metrics"]
+    assert metrics == result.card["metrics"]
+
+    model = load_model(result.onnx_path)
+    dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
+    test = time_split(dataset).test
+    scores, _ = model.score(vectorize([dataset.events[i] for i in test], model.feature_names))
+    labels = dataset.labels[test]
+    assert metrics["model"]["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics["model"]["pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+    flagged = scores > model.threshold
+    at = metrics["model"]["at_threshold"]
+    assert (at["tp"], at["fp"]) == (int((flagged & (labels == 1)).sum()), int((flagged & (labels == 0)).sum()))
+    assert at["recall"] == pytest.approx(at["tp"] / labels.sum())
+    assert {r["rule"] for r in metrics["table"]} >= {"mean+3std", "alert_rate 0.1%", "alert_rate 2.0%"}
+    assert set(metrics["baselines"]) == {"isolation_forest", "pca"}
+    scenarios = metrics["model"]["per_scenario"]
+    assert sum(s["frauds"] for s in scenarios.values()) == labels.sum()
+
+    report = result.report_path.read_text()
+    row = re.search(r"\| autoencoder \| ([\d.]+) \| ([\d.]+) \|", report)
+    assert row and float(row[1]) == round(metrics["model"]["roc_auc"], 4)
+    assert float(row[2]) == round(metrics["model"]["pr_auc"], 4)
+    assert f"| fraud | {at['tp']} | {at['fn']} |" in report
+    for image in ("loss.png", "scores.png", "roc.png", "pr.png"):
+        assert f"({image})" in report
+
+
+def test_evaluate_reruns_the_same_numbers_with_onnxruntime_only(trained):
+    from training.evaluate import evaluate_file
+
+    root, result = trained
+    document, assessment = evaluate_file(result.onnx_path, root / "events.jsonl", root / "truth.csv")
+    assert document["about"]["evaluated part"] == "holdout"
+    rerun, original = document["metrics"], result.card["metrics"]
+    for key in ("roc_auc", "pr_auc"):
+        assert rerun["model"][key] == pytest.approx(original["model"][key], abs=1e-6)
+        for name in ("isolation_forest", "pca"):
+            assert rerun["baselines"][name][key] == pytest.approx(original["baselines"][name][key], abs=1e-9)
+    assert rerun["model"]["at_threshold"]["tp"] == original["model"]["at_threshold"]["tp"]
+    whole, _ = evaluate_file(result.onnx_path, root / "events.jsonl", root / "truth.csv", part="all")
+    assert whole["metrics"]["model"]["rows"] == 4000
+
+
+def test_cli_evaluate_prints_the_table_and_train_reports_bad_data(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from fraudmon.cli import app
+
+    root, _ = trained
+    result = CliRunner().invoke(app, [
+        "evaluate", "--model", str(root / "models" / "small.onnx"), "--data", str(root / "events.jsonl"),
+        "--truth", str(root / "truth.csv"), "--report-dir", str(tmp_path / "eval"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "IsolationForest" in result.output and "report:" in result.output
+    assert (tmp_path / "eval" / "report.md").exists()
+    bad = CliRunner().invoke(app, ["train", "--data", str(card_csv(tmp_path / "cc.csv", n=100)), "--quiet"])
+    assert bad.exit_code == 2 and "need at least 500" in bad.output
+
+
+def test_evaluate_never_imports_tensorflow(trained):
+    import subprocess
+    import sys
+
+    root, result = trained
+    code = (
+        "import sys; from training.evaluate import evaluate_file; "
+        f"evaluate_file({str(result.onnx_path)!r}, {str(root / 'events.jsonl')!r}, {str(root / 'truth.csv')!r}); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_cli_train_on_card_holder_data_writes_model_card_and_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from fraudmon.cli import app
+
+    data = card_csv(tmp_path / "cc.csv", n=1500, fraud_every=50)
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(data), "--name", "cc", "--out-dir", str(tmp_path / "models"), "--epochs", "2",
+        "--hidden", "16,8", "--threshold-method", "alert_rate", "--threshold-param", "0.01", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "PCA reconstruction" in result.output and "report:" in result.output
+    card = json.loads((tmp_path / "models" / "cc.json").read_text())
+    assert card["training"]["preset"] == "creditcard"
+    assert card["training"]["command"].startswith("fraudmon train --data")
+    assert card["threshold"]["method"] == "alert_rate" and card["threshold"]["parameter"] == 0.01
+    assert card["training"]["hyper_parameters"]["hidden"] == [16, 8]
+    assert card["feature_names"][-1] == "amount_log" and card["n_features"] == 29
+    assert (tmp_path / "models" / "cc-report" / "report.md").exists()

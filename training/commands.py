@@ -1,0 +1,125 @@
+"""The `fraudmon train` and `fraudmon evaluate` commands. TensorFlow is imported only inside `train`, so
+`fraudmon --help`, `fraudmon evaluate` and the worker stay light."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from fraudmon.errors import FraudMonitorError
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _command_line(ctx: typer.Context, ignore: tuple[str, ...] = ("quiet",)) -> str:
+    """The invoked command with the options that differ from their defaults (output-only ones left out)."""
+    parts = ["fraudmon", ctx.info_name or "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in ignore or value is None or value == param.default:
+            continue
+        flag = param.opts[0]
+        parts += [flag] if getattr(param, "is_flag", False) else [flag, str(value)]
+    return shlex.join(parts)
+
+
+def train_command(
+    ctx: typer.Context,
+    data: Path | None = typer.Option(None, "--data", exists=True, dir_okay=False,
+                                     help="Events (JSON lines or CSV) or the card-holder CSV."),
+    truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False,
+                                      help="Ground truth CSV (transaction_id,label,scenario) for event files."),
+    fmt: str = typer.Option("auto", "--format", help="auto, events or creditcard."),
+    simulate: int | None = typer.Option(None, "--simulate", min=1000,
+                                        help="Train on N freshly simulated events (simulator defaults, seed 42)."),
+    name: str = typer.Option("default", "--name", help="Writes <out-dir>/<name>.onnx and <name>.json "
+                             "(the worker serves models/default.onnx)."),
+    out_dir: Path = typer.Option(Path("models"), "--out-dir"),
+    report_dir: Path | None = typer.Option(None, "--report-dir", help="Default <out-dir>/<name>-report."),
+    preset: str = typer.Option("auto", "--preset",
+                               help="Hyper-parameter defaults: auto (by data format), events or creditcard."),
+    threshold_method: str | None = typer.Option(
+        None, "--threshold-method", help="mean_std, percentile, alert_rate or max_f1 (default: the preset's)."),
+    threshold_param: float | None = typer.Option(
+        None, "--threshold-param", help="k for mean_std, q for percentile, rate for alert_rate, beta for max_f1."),
+    hidden: str | None = typer.Option(None, "--hidden", help="Encoder widths, e.g. 32,16,8 (decoder mirrors)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", min=0.0),
+    patience: int | None = typer.Option(None, "--patience", min=1, help="Early-stopping patience (epochs)."),
+    loss: str | None = typer.Option(None, "--loss", help="mse, mae or huber."),
+    l2: float | None = typer.Option(None, "--l2", min=0.0, help="L2 weight penalty."),
+    seed: int | None = typer.Option(None, "--seed"),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Last share of time held out for testing."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Last share of the training period for validation."),
+    refuse_nonfinite: bool = typer.Option(False, "--refuse-nonfinite",
+                                          help="Fail on NaN/inf rows instead of dropping them."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
+) -> None:
+    """Train the autoencoder, choose its threshold, evaluate it on the held-out period and export ONNX + card."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
+    from training.train import TrainRequest, train
+
+    overrides = {k: v for k, v in {
+        "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
+        "loss": loss, "l2": l2, "seed": seed,
+    }.items() if v is not None}
+    if hidden:
+        try:
+            overrides["hidden"] = tuple(int(w) for w in hidden.split(","))
+        except ValueError:
+            raise _fail(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    request = TrainRequest(
+        data=data, truth=truth, fmt=fmt, simulate=simulate, name=name, out_dir=out_dir, report_dir=report_dir,
+        preset=preset, threshold_method=threshold_method, threshold_param=threshold_param, overrides=overrides,
+        test_fraction=test_fraction, val_fraction=val_fraction,
+        on_nonfinite="raise" if refuse_nonfinite else "drop",
+        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+        command=_command_line(ctx),
+    )
+    try:
+        result = train(request)
+    except (FraudMonitorError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    from training.report import format_summary
+
+    card = result.card
+    dropped = card["training"]["data"].get("dropped_nonfinite")
+    if dropped:
+        typer.echo(f"dropped {dropped} rows with NaN/inf values: {card['training']['data']['dropped_detail']}")
+    typer.echo(f"\nheld-out evaluation ({card['training']['split']['test']['rows']} rows, last "
+               f"{test_fraction:.0%} by time)\n")
+    typer.echo(format_summary(card["metrics"]))
+    typer.echo(f"\nmodel: {result.onnx_path} (version {card['version']}), card: {result.card_path}")
+    typer.echo(f"report: {result.report_path}   training took {card['training']['duration_seconds']:.1f} s")
+
+
+def evaluate_command(
+    model: Path = typer.Option(Path("models/default.onnx"), "--model", help="ONNX model; its card is the .json."),
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="Events or card-holder CSV."),
+    truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False, help="Ground truth CSV."),
+    fmt: str = typer.Option("auto", "--format", help="auto, events or creditcard."),
+    part: str = typer.Option("auto", "--part", help="holdout (the training split's test rows), all, or auto "
+                             "(holdout when the file is the card's training data)."),
+    report_dir: Path | None = typer.Option(None, "--report-dir", help="Default runs/<model>-evaluation."),
+) -> None:
+    """Re-run the evaluation of a model with onnxruntime only (no TensorFlow) and write a report."""
+    from training.evaluate import evaluate_file
+    from training.report import format_summary, write_report
+
+    try:
+        document, assessment = evaluate_file(model, data, truth, fmt, part)
+    except (FraudMonitorError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    report_dir = report_dir or Path("runs") / f"{model.stem}-evaluation"
+    path = write_report(report_dir, document, assessment.scores, assessment.labels)
+    typer.echo(f"{document['title']} ({document['about']['evaluated part']})\n")
+    typer.echo(format_summary(document["metrics"]))
+    typer.echo(f"\nreport: {path}")

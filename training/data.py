@@ -1,0 +1,307 @@
+"""Loading training data into `Event`s (+ labels) and splitting it by time.
+
+Two inputs: the project's event files (JSON lines or CSV, labels from a ground-truth CSV
+`transaction_id,label,scenario`) and the public card-holder CSV (`Time,V1..V28,Amount,Class`). Malformed input
+raises `InputDataError` naming the row and column; NaN/infinite values are counted and dropped (or refused).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fraudmon.errors import InputDataError
+from stream_app.schema import Event, InvalidEvent, event_from_dict
+
+CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
+CREDITCARD_REQUIRED = ("Time", *CREDITCARD_FEATURES, "Amount")
+CREDITCARD_BASE_MS = 1_377_993_600_000  # 2013-09-01T00:00:00Z: the dataset covers two days of September 2013
+EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")
+TRUTH_REQUIRED = ("transaction_id", "label")
+MIN_NORMAL_TRAIN_ROWS = 500
+
+Format = Literal["auto", "events", "creditcard"]
+OnNonFinite = Literal["drop", "raise"]
+
+
+@dataclass
+class Dataset:
+    """Events in file order, with labels (1 = fraud) and fraud scenarios when known."""
+
+    events: list[Event]
+    labels: np.ndarray | None = None
+    scenarios: list[str] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return np.fromiter((e.timestamp_ms for e in self.events), np.int64, len(self.events))
+
+
+@dataclass
+class Split:
+    """Row indices into a `Dataset`: train (normal-only when labelled) < validation < test, by time."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    normal_only: bool
+
+    def summary(self, dataset: Dataset) -> dict[str, Any]:
+        ts = dataset.timestamps
+        out: dict[str, Any] = {"normal_only": self.normal_only}
+        for part in ("train", "val", "test"):
+            rows = getattr(self, part)
+            out[part] = {
+                "rows": int(rows.size),
+                "frauds": None if dataset.labels is None else int(dataset.labels[rows].sum()),
+                "from_ms": int(ts[rows].min()) if rows.size else None,
+                "to_ms": int(ts[rows].max()) if rows.size else None,
+            }
+        return out
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_format(path: Path) -> Literal["events", "creditcard"]:
+    """`creditcard` when a CSV header has `Time`, `Amount` and `V1`; `events` otherwise."""
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return "events"
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return "creditcard" if {"Time", "Amount", "V1"} <= set(header) else "events"
+
+
+def load_dataset(
+    path: str | Path, truth: str | Path | None = None, fmt: Format = "auto", on_nonfinite: OnNonFinite = "drop"
+) -> Dataset:
+    """Read a data file (and its ground truth) into a `Dataset`; `source` records file, hash and drops."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"data file {path} does not exist")
+    kind = detect_format(path) if fmt == "auto" else fmt
+    if kind == "creditcard":
+        if truth is not None:
+            raise InputDataError("the card-holder CSV carries its labels in `Class`; drop --truth")
+        dataset = _load_creditcard(path, on_nonfinite)
+    elif kind == "events":
+        dataset = _load_events(path, on_nonfinite)
+        if truth is not None:
+            _attach_truth(dataset, Path(truth))
+    else:
+        raise InputDataError(f"unknown data format {fmt!r}: use auto, events or creditcard")
+    dataset.source.update(path=str(path), sha256=sha256_file(path), format=kind, rows=len(dataset),
+                          truth=None if truth is None else str(truth))
+    if not dataset.events:
+        raise InputDataError(f"{path} holds no usable rows")
+    return dataset
+
+
+def _nonfinite(path: Path, count: int, detail: str, on_nonfinite: OnNonFinite) -> None:
+    if count and on_nonfinite == "raise":
+        raise InputDataError(f"{path}: {count} rows hold NaN or infinite values ({detail}); fix or drop them")
+
+
+def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
+    try:
+        frame = pd.read_csv(path, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputDataError(f"{path} is not a readable CSV: {exc}") from None
+    missing = [c for c in CREDITCARD_REQUIRED if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{path} lacks the card-holder columns {', '.join(missing)}")
+    columns = [*CREDITCARD_REQUIRED, *(["Class"] if "Class" in frame.columns else [])]
+    values = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
+        values[:, j] = _numeric_column(path, frame[name], name)
+    bad_cells = ~np.isfinite(values)
+    bad_rows = bad_cells.any(axis=1)
+    detail = _detail(bad_cells, columns)
+    _nonfinite(path, int(bad_rows.sum()), ", ".join(f"{k}: {n}" for k, n in detail.items()), on_nonfinite)
+    keep = np.flatnonzero(~bad_rows)
+    labels = None
+    if "Class" in columns:
+        labels = values[keep, -1]
+        wrong = np.flatnonzero((labels != 0) & (labels != 1))
+        if wrong.size:
+            row = int(keep[wrong[0]])
+            raise InputDataError(f"{path} line {row + 2}, column Class: {labels[wrong[0]]:g} is not 0 or 1")
+        labels = labels.astype(np.int8)
+    time_ms = np.round(values[:, 0] * 1000.0).astype(np.int64) + CREDITCARD_BASE_MS
+    amounts = values[:, len(CREDITCARD_REQUIRED) - 1]
+    names = CREDITCARD_FEATURES
+    v = values[:, 1 : 1 + len(names)].tolist()
+    events = [
+        Event(transaction_id=f"cc-{i}", account_id="cardholders", amount=float(amounts[i]),
+              timestamp_ms=int(time_ms[i]), features=dict(zip(names, v[i], strict=True)))
+        for i in keep.tolist()
+    ]
+    negative = np.flatnonzero(amounts[keep] < 0)
+    if negative.size:
+        raise InputDataError(f"{path} line {int(keep[negative[0]]) + 2}, column Amount: must be >= 0")
+    return Dataset(events, labels, None, {"dropped_nonfinite": int(bad_rows.sum()), "dropped_detail": detail})
+
+
+def _detail(bad_cells: np.ndarray, columns: list[str]) -> dict[str, int]:
+    return {columns[j]: int(n) for j, n in enumerate(bad_cells.sum(axis=0)) if n}
+
+
+def _numeric_column(path: Path, column: pd.Series, name: str) -> np.ndarray:
+    """Floats of a column; empty cells become NaN, anything else non-numeric is an error naming the row."""
+    converted = pd.to_numeric(column, errors="coerce")
+    wrong = converted.isna() & column.notna() & (column.astype(str).str.strip().str.lower() != "nan")
+    if wrong.any():
+        row = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise InputDataError(f"{path} line {row + 2}, column {name}: {str(column.iloc[row])[:40]!r} is not a number")
+    return converted.to_numpy(dtype=np.float64)
+
+
+def _is_nonfinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
+    rows = _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else _read_event_csv(path)
+    events: list[Event] = []
+    dropped: dict[str, int] = {}
+    for line, row in rows:
+        bad = [k for k, v in row.items() if k != "features" and _is_nonfinite(v)]
+        features = row.get("features")
+        if isinstance(features, dict):
+            bad += [f"features.{k}" for k, v in features.items() if _is_nonfinite(v)]
+        if bad:
+            _nonfinite(path, 1, f"line {line}: {', '.join(bad)}", on_nonfinite)
+            for name in bad:
+                dropped[name] = dropped.get(name, 0) + 1
+            continue
+        try:
+            events.append(event_from_dict(row))
+        except InvalidEvent as exc:
+            raise InputDataError(f"{path} line {line}: {exc}") from None
+    return Dataset(events, source={"dropped_nonfinite": len(rows) - len(events), "dropped_detail": dropped})
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with path.open() as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                rows.append((number, json.loads(text)))
+            except json.JSONDecodeError as exc:
+                raise InputDataError(f"{path} line {number}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _read_event_csv(path: Path) -> list[tuple[int, dict]]:
+    """Event CSV: the event's field names as columns; `features.<name>` columns become `features`."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in EVENT_REQUIRED if c not in header]
+        if missing:
+            raise InputDataError(f"{path} lacks the event columns {', '.join(missing)} (has: {', '.join(header)})")
+        feature_columns = [c for c in header if c.startswith("features.")]
+        rows = []
+        for number, record in enumerate(reader, start=2):
+            row: dict[str, Any] = {k: v for k, v in record.items() if v not in ("", None) and k in header}
+            row["amount"] = _csv_number(path, number, "amount", record["amount"])
+            timestamp = record["timestamp"]
+            row["timestamp"] = int(timestamp) if timestamp.isdigit() else timestamp
+            features = {}
+            for column in feature_columns:
+                row.pop(column, None)
+                if record[column] not in ("", None):
+                    features[column.removeprefix("features.")] = _csv_number(path, number, column, record[column])
+            if features:
+                row["features"] = features
+            rows.append((number, row))
+    return rows
+
+
+def _csv_number(path: Path, line: int, column: str, text: str | None) -> float:
+    try:
+        return float(text if text not in ("", None) else "nan")
+    except ValueError:
+        raise InputDataError(f"{path} line {line}, column {column}: {str(text)[:40]!r} is not a number") from None
+
+
+def read_truth(path: Path) -> dict[str, tuple[int, str]]:
+    """Ground truth CSV `transaction_id,label[,scenario]` → {transaction_id: (label, scenario)}."""
+    if not path.is_file():
+        raise InputDataError(f"ground-truth file {path} does not exist")
+    truth: dict[str, tuple[int, str]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in TRUTH_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputDataError(f"{path} lacks the ground-truth columns {', '.join(missing)}")
+        for number, record in enumerate(reader, start=2):
+            label = (record["label"] or "").strip()
+            if label not in ("0", "1"):
+                raise InputDataError(f"{path} line {number}, column label: {label[:20]!r} is not 0 or 1")
+            truth[record["transaction_id"]] = (int(label), (record.get("scenario") or "").strip())
+    return truth
+
+
+def _attach_truth(dataset: Dataset, path: Path) -> None:
+    truth = read_truth(path)
+    unlabelled = [e.transaction_id for e in dataset.events if e.transaction_id not in truth]
+    if unlabelled:
+        raise InputDataError(
+            f"{len(unlabelled)} events have no row in {path} (e.g. {unlabelled[0]}); pass the matching ground truth"
+        )
+    pairs = [truth[e.transaction_id] for e in dataset.events]
+    dataset.labels = np.array([label for label, _ in pairs], dtype=np.int8)
+    dataset.scenarios = [scenario if label else "" for label, scenario in pairs]
+
+
+def time_split(
+    dataset: Dataset,
+    test_fraction: float = 0.3,
+    val_fraction: float = 0.2,
+    min_normal_train: int = MIN_NORMAL_TRAIN_ROWS,
+    normal_only: bool | None = None,
+) -> Split:
+    """Past → train, its last `val_fraction` → validation, the last `test_fraction` by time → held-out test.
+
+    With labels, training keeps normal rows only (validation and test keep everything); `normal_only=False`
+    keeps every training row anyway (to repeat a split made before the labels were known).
+    """
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1):
+        raise InputDataError("test and validation fractions must be within (0, 1)")
+    order = np.argsort(dataset.timestamps, kind="stable")
+    n_test = int(round(len(order) * test_fraction))
+    past, test = order[: len(order) - n_test], order[len(order) - n_test :]
+    n_val = int(round(len(past) * val_fraction))
+    train, val = past[: len(past) - n_val], past[len(past) - n_val :]
+    normal_only = dataset.labels is not None and normal_only is not False
+    if normal_only:
+        train = train[dataset.labels[train] == 0]
+    if train.size < min_normal_train:
+        kind = "normal " if normal_only else ""
+        raise InputDataError(
+            f"only {train.size} {kind}training rows after the time split (need at least {min_normal_train}); "
+            f"provide more data or a smaller --test-fraction/--val-fraction"
+        )
+    if val.size == 0 or test.size == 0:
+        raise InputDataError("the time split left no validation or test rows; provide more data")
+    return Split(train=train, val=val, test=test, normal_only=normal_only)

@@ -1,0 +1,233 @@
+"""Held-out evaluation: ranking metrics, the confusion matrix at a threshold, a threshold table, per-scenario
+recall, and two baselines fitted on the same training rows (numpy and scikit-learn only, no TensorFlow)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from training import threshold as thr
+
+STD_MULTIPLES = (1.0, 2.0, 3.0)
+ALERT_RATES = (0.001, 0.005, 0.01, 0.02)
+BASELINES = ("isolation_forest", "pca")
+
+
+def ranking(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """ROC-AUC and PR-AUC (average precision); None when only one class is present."""
+    labels = np.asarray(labels).astype(int)
+    if labels.min(initial=0) == labels.max(initial=0):
+        return {"roc_auc": None, "pr_auc": None}
+    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores))}
+
+
+def at_threshold(scores: np.ndarray, labels: np.ndarray | None, threshold: float) -> dict[str, float | int | None]:
+    """Alert rate, and with labels the confusion matrix, precision, recall and F1 for `score > threshold`."""
+    flagged = np.asarray(scores) > threshold
+    out: dict[str, float | int | None] = {"threshold": float(threshold), "alerts": int(flagged.sum()),
+                                          "alert_rate": float(flagged.mean()) if flagged.size else 0.0}
+    if labels is None:
+        return out
+    fraud = np.asarray(labels).astype(bool)
+    tp, fp = int((flagged & fraud).sum()), int((flagged & ~fraud).sum())
+    fn, tn = int((~flagged & fraud).sum()), int((~flagged & ~fraud).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    out.update(tp=tp, fp=fp, tn=tn, fn=fn, precision=precision, recall=recall, f1=f1,
+               normal_alert_rate=fp / (fp + tn) if fp + tn else None)
+    return out
+
+
+def reference_thresholds(val_normal_scores: np.ndarray) -> list[dict[str, float | str]]:
+    """The table's thresholds, from normal validation scores: mean + 1/2/3 std and several alert rates."""
+    rows: list[dict[str, float | str]] = [
+        {"rule": f"mean+{k:g}std", "threshold": thr.mean_std(val_normal_scores, k)} for k in STD_MULTIPLES
+    ]
+    rows += [{"rule": f"alert_rate {r:.1%}", "threshold": thr.alert_rate(val_normal_scores, r)} for r in ALERT_RATES]
+    return rows
+
+
+def threshold_table(
+    references: Sequence[dict], scores: np.ndarray, labels: np.ndarray | None
+) -> list[dict[str, float | int | str | None]]:
+    """Each reference threshold applied to the evaluated rows."""
+    return [{"rule": ref["rule"], **at_threshold(scores, labels, float(ref["threshold"]))} for ref in references]
+
+
+def per_scenario(
+    scores: np.ndarray, labels: np.ndarray, scenarios: Sequence[str], threshold: float
+) -> dict[str, dict[str, float | int]]:
+    """Recall at `threshold` for each fraud scenario present in the evaluated rows."""
+    flagged = np.asarray(scores) > threshold
+    names = np.asarray(scenarios, dtype=object)
+    out: dict[str, dict[str, float | int]] = {}
+    for name in sorted({s for s, y in zip(scenarios, labels, strict=True) if y and s}):
+        rows = (names == name) & np.asarray(labels).astype(bool)
+        detected = int(flagged[rows].sum())
+        out[name] = {"frauds": int(rows.sum()), "detected": detected, "recall": detected / int(rows.sum())}
+    return out
+
+
+@dataclass
+class StandardScaler:
+    """Column scaling as the autoencoder's graph does it (constant columns keep variance 1)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> StandardScaler:
+        variance = x.var(axis=0)
+        return cls(x.mean(axis=0), np.sqrt(np.where(variance < 1e-6, 1.0, variance)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+
+def fit_baselines(x_train: np.ndarray, seed: int, n_components: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """IsolationForest (raw features) and PCA reconstruction error (scaled), both fitted on `x_train`."""
+    x_train = np.asarray(x_train, dtype=np.float64)
+    forest = IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(x_train)
+    scale = StandardScaler.fit(x_train)
+    pca = PCA(n_components=min(n_components, x_train.shape[1]), random_state=seed).fit(scale(x_train))
+
+    def pca_error(x: np.ndarray) -> np.ndarray:
+        z = scale(np.asarray(x, dtype=np.float64))
+        return np.mean((z - pca.inverse_transform(pca.transform(z))) ** 2, axis=1)
+
+    return {"isolation_forest": lambda x: -forest.score_samples(np.asarray(x, dtype=np.float64)),
+            "pca": pca_error}
+
+
+def summarize(
+    scores: np.ndarray, labels: np.ndarray | None, threshold: float, scenarios: Sequence[str] | None = None
+) -> dict:
+    """Ranking metrics, the result at `threshold`, and per-scenario recall when scenarios are known."""
+    out: dict = {"rows": int(len(scores))}
+    if labels is not None:
+        out["frauds"] = int(np.asarray(labels).sum())
+        out.update(ranking(scores, labels))
+    out["at_threshold"] = at_threshold(scores, labels, threshold)
+    if labels is not None and scenarios is not None:
+        out["per_scenario"] = per_scenario(scores, labels, scenarios, threshold)
+    return out
+
+
+def baseline_scores(
+    x: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int, n_components: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each baseline fitted on the training rows: (validation scores, test scores)."""
+    fitted = fit_baselines(x[train], seed, n_components)
+    return {name: (score(x[val]), score(x[test])) for name, score in fitted.items()}
+
+
+def evaluate(
+    test_scores: np.ndarray,
+    test_labels: np.ndarray | None,
+    threshold: thr.Threshold,
+    references: Sequence[dict],
+    test_scenarios: Sequence[str] | None = None,
+    baselines: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    val_labels: np.ndarray | None = None,
+) -> dict:
+    """The metrics document: the model at its threshold, the threshold table, and the baselines, each at a
+    threshold chosen the same way on its own validation scores."""
+    metrics: dict = {
+        "threshold": threshold.to_dict(),
+        "model": summarize(test_scores, test_labels, threshold.value, test_scenarios),
+        "table": threshold_table(references, test_scores, test_labels),
+    }
+    if baselines:
+        metrics["baselines"] = {}
+        for name, (val, test) in baselines.items():
+            normal = val if val_labels is None else val[np.asarray(val_labels) == 0]
+            chosen = thr.choose_threshold(threshold.method, normal, threshold.parameter, val, val_labels)
+            metrics["baselines"][name] = summarize(test, test_labels, chosen.value)
+    return metrics
+
+
+@dataclass
+class Assessment:
+    """The metrics document and the evaluated rows' scores per model (for the plots)."""
+
+    metrics: dict
+    scores: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+def assess(
+    x: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    scenarios: Sequence[str] | None,
+    rows: np.ndarray,
+    threshold: thr.Threshold,
+    references: Sequence[dict],
+    baseline_rows: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 42,
+    n_components: int = 8,
+) -> Assessment:
+    """Evaluate the model's `scores` (all rows) on `rows`; with `baseline_rows` = (train, val) indices also fit
+    the baselines on the training rows and report validation ranking metrics (the ones tuning may look at)."""
+    test_labels = None if labels is None else labels[rows]
+    test_scenarios = None if scenarios is None else [scenarios[i] for i in rows]
+    baselines = val_labels = None
+    if baseline_rows is not None:
+        train, val = baseline_rows
+        baselines = baseline_scores(x, train, val, rows, seed, n_components)
+        val_labels = None if labels is None else labels[val]
+    metrics = evaluate(scores[rows], test_labels, threshold, references, test_scenarios, baselines, val_labels)
+    if baselines and val_labels is not None:
+        metrics["validation"] = {"model": ranking(scores[baseline_rows[1]], val_labels),
+                                 **{name: ranking(v, val_labels) for name, (v, _) in baselines.items()}}
+    curves = {"model": scores[rows], **{name: t for name, (_, t) in (baselines or {}).items()}}
+    return Assessment(metrics, curves, test_labels)
+
+
+def evaluate_file(
+    model_path: Path, data: Path, truth: Path | None = None, fmt: str = "auto", part: str = "auto"
+) -> tuple[dict, Assessment]:
+    """Re-run the evaluation of a published model with onnxruntime only: (report document, assessment).
+
+    `part`: `holdout` repeats the training split (test rows, baselines refitted on the training rows), `all`
+    scores every row; `auto` picks `holdout` when `data` is the file the card was trained on.
+    """
+    from stream_app.features import vectorize
+    from stream_app.scoring import load_model
+    from training.data import load_dataset, time_split
+
+    model = load_model(model_path)
+    card, training = model.card, model.card.get("training", {})
+    dataset = load_dataset(data, truth, fmt)
+    if part == "auto":
+        part = "holdout" if dataset.source["sha256"] == training.get("data", {}).get("sha256") else "all"
+    if part not in ("holdout", "all"):
+        raise ValueError(f"unknown part {part!r}: use auto, holdout or all")
+    x = vectorize(dataset.events, model.feature_names)
+    scores, _ = model.score(x)
+    threshold = thr.Threshold(**card["threshold"])
+    references = card.get("metrics", {}).get("table") or reference_thresholds(scores)
+    if part == "holdout":
+        split_info = training["split"]
+        split = time_split(dataset, split_info["test_fraction"], split_info["val_fraction"], min_normal_train=1,
+                           normal_only=training.get("normal_only"))
+        pca = training.get("baselines", {}).get("pca", {})
+        assessment = assess(x, scores, dataset.labels, dataset.scenarios, split.test, threshold, references,
+                            (split.train, split.val), training.get("seed", 42), pca.get("n_components", 8))
+    else:
+        assessment = assess(x, scores, dataset.labels, dataset.scenarios, np.arange(len(dataset)), threshold,
+                            references)
+    document = {
+        "title": f"{model.name} {model.version} on {Path(data).name}",
+        "about": {"model": str(model_path), "data": f"{data} ({dataset.source['format']}, {len(dataset)} rows)",
+                  "evaluated part": part, "scored with": "onnxruntime"},
+        "metrics": assessment.metrics,
+    }
+    return document, assessment

@@ -1,0 +1,157 @@
+"""Export to ONNX (tf2onnx, opset 17) with a Keras-vs-onnxruntime parity check, and the model card.
+
+The ONNX file is written next to its final name, checked, then renamed into place; the card is written last
+so a watching worker never pairs a new graph with an old card for longer than a moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from fraudmon.errors import ModelError
+from training.model import TrainedAutoencoder
+
+OPSET = 17
+INPUT_NAME = "features"
+OUTPUT_NAMES = ("score", "feature_errors")
+PARITY_MIN_ROWS = 1000
+PARITY_ATOL = 1e-4
+PARITY_RTOL = 1e-6  # float32 cannot resolve 1e-4 on scores above ~100; allow a relative part for those
+
+
+def to_onnx(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
+    """Convert the serving model; input `features` `[batch, n]`, outputs `score` `[batch]` and
+    `feature_errors` `[batch, n]`, renamed if tf2onnx named them otherwise."""
+    spec = (tf.TensorSpec((None, n_features), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    graph = proto.graph
+    if [i.name for i in graph.input] != [INPUT_NAME]:
+        raise ModelError(f"tf2onnx produced inputs {[i.name for i in graph.input]}, expected [{INPUT_NAME!r}]")
+    renames = {out.name: want for out, want in zip(graph.output, OUTPUT_NAMES, strict=True) if out.name != want}
+    for node in graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for value in [*graph.input, *graph.output]:
+        value.name = renames.get(value.name, value.name)
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_parity(
+    trained: TrainedAutoencoder, onnx_path: Path, x: np.ndarray, atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL
+) -> dict[str, float | int]:
+    """Compare Keras and onnxruntime scores on `x` (>= 1,000 rows); on failure delete `onnx_path` and raise."""
+    if len(x) < PARITY_MIN_ROWS:
+        raise ModelError(f"parity check needs at least {PARITY_MIN_ROWS} rows, got {len(x)}")
+    x = np.asarray(x, dtype=np.float32)
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        onnx_scores, onnx_errors = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    except Exception as exc:
+        onnx_path.unlink(missing_ok=True)
+        raise ModelError(f"exported graph {onnx_path} does not run in onnxruntime: {exc}") from exc
+    keras_scores, keras_errors = trained.score(x)
+    diff = np.abs(onnx_scores.astype(np.float64) - keras_scores)
+    allowed = atol + rtol * np.abs(keras_scores.astype(np.float64))
+    worst = int(np.argmax(diff - allowed)) if diff.size else 0
+    if not np.isfinite(onnx_scores).all() or (diff > allowed).any() or onnx_errors.shape != keras_errors.shape:
+        onnx_path.unlink(missing_ok=True)
+        raise ModelError(
+            f"ONNX export differs from Keras on row {worst}: score {float(onnx_scores[worst]):.6g} vs "
+            f"{float(keras_scores[worst]):.6g} (max abs diff {float(diff.max()):.3g}, allowed {atol:g} + "
+            f"{rtol:g}*|score|); {onnx_path} removed"
+        )
+    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()),
+            "max_feature_error_diff": float(np.abs(onnx_errors - keras_errors).max())}
+
+
+def onnx_scores(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    """Scores of `x` computed by onnxruntime from the file (what the worker will compute)."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["score"], {INPUT_NAME: np.asarray(x, dtype=np.float32)})[0]
+
+
+def export_onnx(trained: TrainedAutoencoder, path: Path, x_parity: np.ndarray) -> tuple[Path, str, dict]:
+    """Convert and check parity into `<path>.partial`; return (that file, its sha256, the parity result).
+
+    `publish` moves it into place once the card is ready.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_onnx(trained.model, int(trained.model.input_shape[-1])).SerializeToString()
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    parity = check_parity(trained, partial, x_parity)
+    return partial, sha256_bytes(data), parity
+
+
+def publish(partial_onnx: Path, onnx_path: Path, card: dict[str, Any], card_path: Path) -> None:
+    """Rename the checked graph into place, then write the card (atomically, last)."""
+    os.replace(partial_onnx, onnx_path)
+    partial = card_path.with_name(card_path.name + ".partial")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, card_path)
+
+
+def library_versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "numpy": np.__version__}
+
+
+def model_version(onnx_sha256: str, when: datetime) -> str:
+    return f"{when:%Y%m%d}-{onnx_sha256[:6]}"
+
+
+def build_card(
+    *,
+    name: str,
+    onnx_sha256: str,
+    feature_names: list[str],
+    threshold: dict[str, Any],
+    val_normal_scores: np.ndarray,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    created: datetime | None = None,
+) -> dict[str, Any]:
+    """The model card (see README "Model card"); `score_stats` lets evaluation rebuild the threshold table."""
+    created = created or datetime.now(UTC)
+    scores = np.asarray(val_normal_scores, dtype=np.float64)
+    n = len(feature_names)
+    return {
+        "name": name,
+        "version": model_version(onnx_sha256, created),
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "feature_names": list(feature_names),
+        "n_features": n,
+        "threshold": threshold,
+        "expected_alert_rate": float((scores > threshold["value"]).mean()),
+        "score_quantiles": {f"p{q:g}".replace(".", ""): float(np.quantile(scores, q / 100))
+                            for q in (50, 90, 99, 99.9)},
+        "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()), "rows": int(scores.size)},
+        "training": training,
+        "metrics": metrics,
+        "parity": parity,
+        "versions": library_versions(),
+        "onnx_sha256": onnx_sha256,
+        "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", n]}],
+        "outputs": [{"name": "score", "dtype": "float32", "shape": ["batch"]},
+                    {"name": "feature_errors", "dtype": "float32", "shape": ["batch", n]}],
+    }

@@ -1,0 +1,121 @@
+"""The Keras autoencoder: scaling inside the graph, trained on normal rows, scored by reconstruction error.
+
+The serving graph takes the raw feature vector and returns `score` (per-row mean squared reconstruction error
+in scaled space) and `feature_errors` (per-feature squared errors), both float32.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+LOSSES = ("mse", "mae", "huber")
+MIN_VARIANCE = 1e-6
+
+
+@dataclass
+class AutoencoderConfig:
+    """Hyper-parameters; `hidden` lists the encoder widths (the decoder mirrors them)."""
+
+    hidden: tuple[int, ...] = (64, 32, 16)
+    activation: str = "relu"
+    loss: str = "mse"
+    epochs: int = 80
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 10
+    l2: float = 0.0
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+@dataclass
+class TrainedAutoencoder:
+    """The serving model (raw features → score, feature_errors) and how training went."""
+
+    model: tf.keras.Model
+    config: AutoencoderConfig
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+    def score(self, x: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Scores `[n]` and per-feature errors `[n, f]` (float32), as the exported graph computes them."""
+        scores, errors = self.model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0)
+        return scores.astype(np.float32), errors.astype(np.float32)
+
+
+def scaling_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and variance of the training rows; constant columns get variance 1 (raw deviations)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, variance = x.mean(axis=0), x.var(axis=0)
+    variance = np.where(variance < MIN_VARIANCE, 1.0, variance)
+    return mean.astype(np.float32), variance.astype(np.float32)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow, and make TensorFlow ops deterministic."""
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build_models(
+    n_features: int, config: AutoencoderConfig, mean: np.ndarray, variance: np.ndarray
+) -> tuple[tf.keras.Model, tf.keras.Model]:
+    """(trainer: scaled → reconstruction, serving: raw → score, feature_errors), sharing their layers."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 else None
+    widths = [*config.hidden, *reversed(config.hidden[:-1])]
+    layers = [
+        tf.keras.layers.Dense(w, activation=config.activation, kernel_regularizer=regularizer,
+                              name=f"{'encoder' if i < len(config.hidden) else 'decoder'}_{i}")
+        for i, w in enumerate(widths)
+    ]
+    layers.append(tf.keras.layers.Dense(n_features, name="reconstruction"))
+
+    def reconstruct(t: tf.Tensor) -> tf.Tensor:
+        for layer in layers:
+            t = layer(t)
+        return t
+
+    scaled_in = tf.keras.Input(shape=(n_features,), name="scaled")
+    trainer = tf.keras.Model(scaled_in, reconstruct(scaled_in), name="autoencoder")
+
+    raw = tf.keras.Input(shape=(n_features,), name="features")
+    scaled = tf.keras.layers.Normalization(mean=mean, variance=variance, name="scale")(raw)
+    errors = tf.keras.layers.Lambda(lambda p: tf.square(p[0] - p[1]), name="feature_errors")(
+        [scaled, reconstruct(scaled)]
+    )
+    score = tf.keras.layers.Lambda(lambda e: tf.reduce_mean(e, axis=-1), name="score")(errors)
+    serving = tf.keras.Model(raw, [score, errors], name="fraud_autoencoder")
+    return trainer, serving
+
+
+def train_autoencoder(
+    x_train: np.ndarray, x_val: np.ndarray, config: AutoencoderConfig, verbose: int = 1
+) -> TrainedAutoencoder:
+    """Fit on `x_train` (raw features; normal rows), early-stop on the validation reconstruction loss."""
+    started = time.perf_counter()
+    set_seed(config.seed)
+    mean, variance = scaling_stats(x_train)
+    trainer, serving = build_models(x_train.shape[1], config, mean, variance)
+    std = np.sqrt(variance)
+    train_scaled = ((x_train - mean) / std).astype(np.float32)
+    val_scaled = ((x_val - mean) / std).astype(np.float32)
+    loss = {"mse": "mse", "mae": "mae", "huber": tf.keras.losses.Huber()}[config.loss]
+    trainer.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), loss=loss)
+    stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                            restore_best_weights=True)
+    fit = trainer.fit(
+        train_scaled, train_scaled, validation_data=(val_scaled, val_scaled), epochs=config.epochs,
+        batch_size=config.batch_size, shuffle=True, callbacks=[stop], verbose=verbose,
+    )
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(history.get("loss", []))
+    return TrainedAutoencoder(serving, config, history, best, time.perf_counter() - started)

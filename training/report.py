@@ -1,0 +1,176 @@
+"""The evaluation report: `metrics.json`, PNG plots (matplotlib Agg) and a short `report.md` linking them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+LABELS = {"model": "autoencoder", "isolation_forest": "IsolationForest", "pca": "PCA reconstruction"}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def plot_loss(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for key, label in (("loss", "training (normal rows)"), ("val_loss", "validation (normal rows)")):
+        if history.get(key):
+            ax.plot(epochs, history[key], label=label)
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept epoch {best_epoch}")
+    ax.set(xlabel="epoch", ylabel="reconstruction loss (scaled space, log)", title="Loss curves", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_histogram(scores: np.ndarray, labels: np.ndarray | None, threshold: float, path: Path) -> None:
+    """Score histograms, normal vs fraud, on log-spaced bins, with the threshold line."""
+    positive = np.asarray(scores, dtype=np.float64)
+    floor = max(float(positive[positive > 0].min()) if (positive > 0).any() else 1e-6, 1e-9)
+    clipped = np.maximum(positive, floor)
+    bins = np.geomspace(floor, max(float(clipped.max()), floor * 10, threshold * 1.1), 60)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if labels is None:
+        ax.hist(clipped, bins=bins, alpha=0.7, label="all rows")
+    else:
+        fraud = np.asarray(labels).astype(bool)
+        for rows, name in ((~fraud, "normal"), (fraud, "fraud")):  # each class sums to 1: shapes comparable
+            ax.hist(clipped[rows], bins=bins, alpha=0.6, weights=np.full(rows.sum(), 1 / max(rows.sum(), 1)),
+                    label=f"{name} ({rows.sum()})")
+    ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="anomaly score (log)", ylabel="share of the class's rows", title="Scores: normal vs fraud")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(
+    scores: dict[str, np.ndarray], labels: np.ndarray, metrics: dict, roc_path: Path, pr_path: Path
+) -> None:
+    """ROC and precision-recall curves for the model and the baselines."""
+    fig_roc, ax_roc = plt.subplots(figsize=(5.5, 5))
+    fig_pr, ax_pr = plt.subplots(figsize=(5.5, 5))
+    for name, values in scores.items():
+        summary = metrics["model"] if name == "model" else metrics["baselines"][name]
+        fpr, tpr, _ = roc_curve(labels, values)
+        precision, recall, _ = precision_recall_curve(labels, values)
+        ax_roc.plot(fpr, tpr, label=f"{LABELS.get(name, name)} (AUC {summary['roc_auc']:.3f})")
+        ax_pr.step(recall, precision, where="post", label=f"{LABELS.get(name, name)} (AP {summary['pr_auc']:.3f})")
+    ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (held-out)")
+    ax_pr.axhline(labels.mean(), color="grey", linestyle=":", label=f"fraud rate {labels.mean():.3%}")
+    ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (held-out)", ylim=(0, 1.02))
+    for fig, ax, path in ((fig_roc, ax_roc, roc_path), (fig_pr, ax_pr, pr_path)):
+        ax.legend(loc="lower right" if ax is ax_roc else "upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def render_markdown(document: dict, images: dict[str, str]) -> str:
+    """`report.md` from the metrics document (every number in it comes from `metrics.json`)."""
+    m = document["metrics"]
+    model, at = m["model"], m["model"]["at_threshold"]
+    t = m["threshold"]
+    lines = [f"# Evaluation: {document.get('title', 'model')}", ""]
+    for key, value in document.get("about", {}).items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", f"Threshold: **{t['value']:.6g}** ({t['method']}, parameter {t['parameter']:g}); flag when "
+              "score > threshold.", ""]
+    has_labels = "pr_auc" in model
+    if has_labels:
+        lines += ["## Held-out period", "", "| model | ROC-AUC | PR-AUC | precision | recall | F1 | alerts |",
+                  "|---|---|---|---|---|---|---|"]
+        rows = [("autoencoder", model), *((LABELS[k], v) for k, v in m.get("baselines", {}).items())]
+        for label, summary in rows:
+            a = summary["at_threshold"]
+            lines.append(f"| {label} | {_fmt(summary['roc_auc'])} | {_fmt(summary['pr_auc'])} | "
+                         f"{_fmt(a['precision'])} | {_fmt(a['recall'])} | {_fmt(a['f1'])} | {a['alerts']} |")
+        lines += ["", f"Rows {model['rows']}, frauds {model['frauds']}. Baselines are fitted on the same training "
+                  "rows and thresholded the same way on their own validation scores.", "",
+                  "Confusion matrix of the autoencoder at its threshold:", "",
+                  "| | flagged | passed |", "|---|---|---|",
+                  f"| fraud | {at['tp']} | {at['fn']} |", f"| normal | {at['fp']} | {at['tn']} |", ""]
+    lines += ["## Threshold table", "", "Thresholds from the normal validation scores, applied to the evaluated rows.",
+              "", "| rule | threshold | alerts | alert rate | precision | recall | F1 |",
+              "|---|---|---|---|---|---|---|"]
+    for row in m["table"]:
+        lines.append(f"| {row['rule']} | {row['threshold']:.6g} | {row['alerts']} | {row['alert_rate']:.4%} | "
+                     f"{_fmt(row.get('precision'))} | {_fmt(row.get('recall'))} | {_fmt(row.get('f1'))} |")
+    if model.get("per_scenario"):
+        lines += ["", "## Recall per fraud scenario", "", "| scenario | frauds | detected | recall |",
+                  "|---|---|---|---|"]
+        for name, row in model["per_scenario"].items():
+            lines.append(f"| {name} | {row['frauds']} | {row['detected']} | {row['recall']:.4f} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{title}]({file})" for title, file in images.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    report_dir: Path,
+    document: dict,
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    history: dict[str, list[float]] | None = None,
+    best_epoch: int = 0,
+) -> Path:
+    """Write `metrics.json`, the PNGs and `report.md` into `report_dir`; return the report path.
+
+    `document` holds `metrics` (from `training.evaluate.evaluate`) plus free-form `title` and `about`.
+    """
+    report_dir.mkdir(parents=True, exist_ok=True)
+    images: dict[str, str] = {}
+    if history and history.get("loss"):
+        plot_loss(history, best_epoch, report_dir / "loss.png")
+        images["Loss curves"] = "loss.png"
+    threshold = float(document["metrics"]["threshold"]["value"])
+    plot_histogram(scores["model"], labels, threshold, report_dir / "scores.png")
+    images["Score histogram"] = "scores.png"
+    if labels is not None and 0 < labels.sum() < labels.size:
+        plot_curves(scores, labels, document["metrics"], report_dir / "roc.png", report_dir / "pr.png")
+        images.update({"ROC curves": "roc.png", "Precision-recall curves": "pr.png"})
+    (report_dir / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
+    path = report_dir / "report.md"
+    path.write_text(render_markdown(document, images))
+    return path
+
+
+def format_summary(metrics: dict) -> str:
+    """A plain-text table of the held-out results for the terminal."""
+    t = metrics["threshold"]
+    lines = [f"threshold {t['value']:.6g} ({t['method']}, parameter {t['parameter']:g})", ""]
+    rows = [("autoencoder", metrics["model"]), *((LABELS[k], v) for k, v in metrics.get("baselines", {}).items())]
+    lines.append(f"{'model':<20} {'ROC-AUC':>8} {'PR-AUC':>8} {'precision':>9} {'recall':>7} {'F1':>7} {'alerts':>7}")
+    for label, summary in rows:
+        a = summary["at_threshold"]
+        lines.append(f"{label:<20} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} "
+                     f"{_fmt(a.get('precision')):>9} {_fmt(a.get('recall')):>7} {_fmt(a.get('f1')):>7} "
+                     f"{a['alerts']:>7}")
+    lines += ["", f"{'threshold rule':<20} {'threshold':>10} {'alert rate':>10} {'precision':>9} {'recall':>7}"]
+    for row in metrics["table"]:
+        lines.append(f"{row['rule']:<20} {row['threshold']:>10.4g} {row['alert_rate']:>10.3%} "
+                     f"{_fmt(row.get('precision')):>9} {_fmt(row.get('recall')):>7}")
+    if metrics["model"].get("per_scenario"):
+        lines += ["", f"{'scenario':<28} {'frauds':>6} {'recall':>7}"]
+        for name, row in metrics["model"]["per_scenario"].items():
+            lines.append(f"{name:<28} {row['frauds']:>6} {row['recall']:>7.3f}")
+    return "\n".join(lines)
