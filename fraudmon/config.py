@@ -75,6 +75,7 @@ class TopicSettings(_Section):
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "fm:"
+    dedupe_ttl_s: int = Field(3600, ge=1)  # how long a transaction id is remembered against redelivery
 
 
 class WorkerSettings(_Section):

@@ -1,0 +1,117 @@
+"""Contract tests run against both rule-state stores: Redis (a real redis-server) and the in-process one."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from fraudmon.errors import StateUnavailable
+from stream_app.rules import parse_rules
+from stream_app.schema import event_from_dict
+from stream_app.state import InMemoryStateStore, RedisStateStore
+
+RULES = parse_rules({"rules": [
+    {"id": "velocity", "type": "velocity", "max_count": 3, "window": "60s"},
+    {"id": "fanout", "type": "ip_fanout", "max_accounts": 2, "window": "10m"},
+    {"id": "country", "type": "new_country", "min_history": 1},
+    {"id": "cp", "type": "new_counterparty_amount", "min_amount": 100},
+]})
+T0 = 1_763_800_000_000
+
+
+def event(tx: str, account: str = "a", t_s: float = 0.0, amount: float = 10.0, **fields):
+    return event_from_dict({"transaction_id": tx, "account_id": account, "amount": amount,
+                            "timestamp": int(T0 + t_s * 1000), **fields})
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request):
+    if request.param == "memory":
+        return InMemoryStateStore()
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    return RedisStateStore(client, key_prefix=f"test-{uuid.uuid4().hex[:8]}:")
+
+
+def test_each_event_is_judged_against_the_state_before_it(store):
+    states = store.observe(RULES, [event("t1", amount=10), event("t2", t_s=1, amount=20),
+                                   event("t3", t_s=2, amount=30)])
+    assert [s.prior_count for s in states] == [0, 1, 2]
+    assert [s.velocity_counts[60_000] for s in states] == [0, 1, 2]
+    assert states[2].amount_count == 2 and states[2].amount_mean == 15.0 and states[2].amount_std == 5.0
+    assert not any(s.replayed for s in states)
+
+
+def test_state_carries_across_batches_and_windows_expire(store):
+    store.observe(RULES, [event(f"t{i}", t_s=i) for i in range(3)])
+    later = store.observe(RULES, [event("late", t_s=30), event("much-later", t_s=200)])
+    assert later[0].velocity_counts[60_000] == 3
+    assert later[1].velocity_counts[60_000] == 0, "events older than the window no longer count"
+    assert later[1].prior_count == 4, "history outlives the velocity window"
+
+
+def test_redelivery_is_recorded_once_and_judged_the_same(store):
+    batch = [event(f"t{i}", t_s=i, country="DE") for i in range(3)]
+    first = store.observe(RULES, batch)
+    again = store.observe(RULES, batch)
+    assert all(s.replayed for s in again)
+    assert [(s.prior_count, s.velocity_counts) for s in again] == [(s.prior_count, s.velocity_counts) for s in first]
+    probe = store.observe(RULES, [event("probe", t_s=5)])[0]
+    assert probe.prior_count == 3 and probe.velocity_counts[60_000] == 3
+
+
+def test_new_country_and_counterparty(store):
+    states = store.observe(RULES, [
+        event("t1", country="DE", counterparty_id="cp-1"),
+        event("t2", t_s=1, country="DE", counterparty_id="cp-1"),
+        event("t3", t_s=2, country="BR", counterparty_id="cp-2"),
+    ])
+    assert states[0].country_seen is False and states[0].counterparty_seen is False
+    assert states[1].country_seen and states[1].counterparty_seen
+    assert not states[2].country_seen and states[2].known_countries == ("DE",)
+    assert not states[2].counterparty_seen
+
+
+def test_ip_fanout_counts_distinct_accounts_within_the_window(store):
+    states = store.observe(RULES, [
+        event("t1", "a1", 0, ip="198.51.100.1"), event("t2", "a2", 1, ip="198.51.100.1"),
+        event("t3", "a1", 2, ip="198.51.100.1"), event("t4", "a3", 3, ip="198.51.100.1"),
+        event("t5", "a4", 700, ip="198.51.100.1"), event("t6", "a5", 701, ip="203.0.113.9"),
+    ])
+    assert [s.fanout_counts[600_000] for s in states] == [1, 2, 2, 3, 1, 1]
+
+
+def test_accounts_are_independent(store):
+    store.observe(RULES, [event(f"x{i}", "busy", i, country="DE") for i in range(5)])
+    quiet = store.observe(RULES, [event("q1", "quiet", 6, country="DE")])[0]
+    assert quiet.prior_count == 0 and quiet.velocity_counts[60_000] == 0 and not quiet.country_seen
+
+
+def test_redis_keys_expire(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"ttl-{uuid.uuid4().hex[:8]}:"
+    RedisStateStore(client, key_prefix=prefix, dedupe_ttl_s=120).observe(
+        RULES, [event("t1", "acc", country="DE", ip="10.0.0.1", counterparty_id="cp")])
+    keys = [k.decode() for k in client.scan_iter(f"{prefix}*")]
+    assert len(keys) == 6, keys
+    ttls = {k.split(":")[1]: client.pttl(k) for k in keys}
+    assert all(ttl > 0 for ttl in ttls.values()), f"every key has a TTL: {ttls}"
+    assert ttls["vel"] <= 60_000 and ttls["ip"] <= 600_000 and ttls["tx"] <= 120_000
+    assert ttls["acct"] > 29 * 86_400_000
+
+
+def test_unreachable_redis_raises_state_unavailable():
+    from .conftest import free_port
+
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.05, socket_timeout=0.05)
+    with pytest.raises(StateUnavailable, match="Redis did not answer"):
+        RedisStateStore(client).observe(RULES, [event("t1")])
+
+
+def test_script_is_reloaded_after_a_redis_restart(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStateStore(client, key_prefix=f"flush-{uuid.uuid4().hex[:8]}:")
+    store.observe(RULES, [event("t1")])
+    client.script_flush()  # what a restarted Redis looks like to the client: the script cache is empty
+    assert store.observe(RULES, [event("t2", t_s=1)])[0].prior_count == 1
