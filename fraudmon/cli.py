@@ -113,7 +113,8 @@ def worker_command(
         _fail(f"worker cannot start: {exc}")
     from faust.cli.faust import cli as faust_cli
 
-    sys.argv = ["faust", "-A", "stream_app.app", "worker", "-l", log_level]
+    web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]
+    sys.argv = ["faust", "-A", "stream_app.app", "worker", "-l", log_level, *web]
     faust_cli()
 
 

@@ -87,7 +87,7 @@ class WorkerSettings(_Section):
     batch_window_ms: float = Field(5.0, ge=0)
     max_message_bytes: int = Field(65536, ge=256)
     metrics_port: int = Field(8000, ge=0, le=65535)
-    web_port: int = Field(6066, ge=1, le=65535)
+    web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
     reload_interval_s: float = Field(2.0, gt=0)
     redis_retry_after_s: float = Field(1.0, gt=0)
 

@@ -8,6 +8,7 @@ what it started.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from fraudmon.config import PROJECT_ROOT, Settings
 from fraudmon.errors import FraudMonitorError
@@ -87,17 +89,29 @@ class OutputCollector:
         self._consumer.close()
 
 
-def wait_for_group(settings: Settings, group: str, timeout_s: float = 60.0) -> None:
-    """Wait until the worker's consumer group is stable with partitions assigned."""
+def group_members(admin: KafkaAdminClient, group: str) -> tuple[str | None, list[dict[str, list[int]]]]:
+    """The consumer group's state and, per member, its assigned partitions by topic (`(None, [])` if unknown)."""
+    logging.getLogger("kafka.admin._groups").setLevel(logging.ERROR)  # it cannot decode Faust's member metadata
+    try:
+        described = admin.describe_groups([group]).get(group) or {}
+    except KafkaError:  # e.g. no coordinator yet for a brand-new group
+        return None, []
+    members = []
+    for member in described.get("members") or []:
+        assignment = (member.get("member_assignment") or {}).get("assigned_partitions") or []
+        members.append({part["topic"]: list(part["partitions"]) for part in assignment})
+    return described.get("group_state"), members
+
+
+def wait_for_group(settings: Settings, group: str, timeout_s: float = 60.0, members: int = 1) -> None:
+    """Wait until the worker's consumer group is stable with `members` members holding partitions."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options())
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for described in admin.describe_consumer_groups([group]):
-                state = getattr(described, "state", None)
-                members = getattr(described, "members", None) or []
-                if state == "Stable" and members:
-                    return
+            state, assigned = group_members(admin, group)
+            if state == "Stable" and len(assigned) >= members and all(assigned):
+                return
             time.sleep(0.5)
     finally:
         admin.close()
@@ -199,9 +213,8 @@ def run_demo(
     out_dir: Path,
 ) -> dict:
     """Run the demo end to end; return the summary (also written to `out_dir/summary.json`)."""
-    from training.simulate import SimulationConfig, simulate, write_ground_truth
-
     from fraudmon.produce import produce_events
+    from training.simulate import SimulationConfig, simulate, write_ground_truth
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(settings)
@@ -222,7 +235,8 @@ def run_demo(
 
     print("demo: starting the worker ...")
     worker = start_worker({"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
-                           "FRAUDMON_REDIS_URL": settings.redis.url}, out_dir / "worker.log")
+                           "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_WORKER__WEB_PORT": "0"},
+                          out_dir / "worker.log")
     collector = OutputCollector(settings)
     try:
         wait_for_group(settings, settings.worker.app_id)

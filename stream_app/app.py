@@ -19,7 +19,7 @@ from fraudmon.config import KafkaSettings, load_settings
 from fraudmon.errors import FraudMonitorError
 from fraudmon.logs import configure_logging
 from stream_app.engine import RawMessage
-from stream_app.runtime import HotReloader, build_engine, wait_for_kafka
+from stream_app.runtime import HotReloader, build_engine, wait_for_kafka, wait_for_state_store
 
 log = logging.getLogger("stream_app")
 
@@ -57,7 +57,8 @@ app = faust.App(
     broker_credentials=_credentials(settings.kafka),
     value_serializer="raw",
     key_serializer="raw",
-    web_enabled=False,
+    web_enabled=worker.web_port > 0,  # Faust's own web server (its /health-like pages); 0 disables it
+    web_port=worker.web_port or 6066,
     topic_partitions=topics.partitions,
     topic_replication_factor=topics.replication_factor,
     consumer_auto_offset_reset="earliest",
@@ -76,6 +77,7 @@ dead_letter_topic = app.topic(topics.dead_letter, key_type=bytes, value_type=byt
 @app.on_worker_init.connect
 def _on_worker_init(app: faust.App, **_: object) -> None:
     wait_for_kafka(settings.kafka.bootstrap_servers)
+    wait_for_state_store(engine.store)
     engine.metrics.serve(worker.metrics_port)
     log.info(
         "serving model %s (%s), %d rules, latency budget %.0f ms, metrics on :%d",

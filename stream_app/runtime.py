@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraudmon.config import Settings
-from fraudmon.errors import FraudMonitorError
+from fraudmon.errors import FraudMonitorError, StateUnavailable
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import load_rules
@@ -56,6 +56,25 @@ def wait_for_kafka(bootstrap_servers: str, retry_s: float = 2.0, give_up_s: floa
         if give_up_s is not None and time.monotonic() - started > give_up_s:
             raise FraudMonitorError(f"Kafka at {bootstrap_servers} unreachable for {give_up_s:.0f}s: {error}")
         time.sleep(retry_s)
+
+
+def wait_for_state_store(store: StateStore, retry_s: float = 2.0, give_up_s: float | None = None) -> None:
+    """Block until the rule state store answers, logging each failed attempt."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            store.connect()
+        except StateUnavailable as exc:
+            attempt += 1
+            log.warning("rule state store unreachable (%s); retrying in %.0fs (attempt %d)", exc, retry_s, attempt)
+            if give_up_s is not None and time.monotonic() - started > give_up_s:
+                raise
+            time.sleep(retry_s)
+            continue
+        if attempt:
+            log.info("rule state store answers now")
+        return
 
 
 @dataclass

@@ -33,6 +33,10 @@ MAX_KNOWN_COUNTRIES = 5
 
 
 class StateStore(Protocol):
+    def connect(self) -> None:
+        """Check the store answers and prepare it; raises `StateUnavailable`."""
+        ...
+
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[AccountState]:
         """The state before each event (in order), recording each event once. Raises `StateUnavailable`."""
         ...
@@ -67,6 +71,9 @@ class InMemoryStateStore:
         self._counterparties: dict[str, set[str]] = defaultdict(set)
         self._times: dict[str, dict[str, int]] = defaultdict(dict)  # account -> tx -> event time
         self._ip_accounts: dict[str, dict[str, int]] = defaultdict(dict)  # ip -> account -> last event time
+
+    def connect(self) -> None:
+        """Nothing to connect to."""
 
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[AccountState]:
         velocity, fanout = rules.velocity_windows_ms, rules.fanout_windows_ms
@@ -206,6 +213,14 @@ class RedisStateStore:
         self.dedupe_ttl_s = dedupe_ttl_s
         self._script = client.register_script(_OBSERVE_LUA)  # re-loads itself on NOSCRIPT (Redis restarted)
 
+    def connect(self) -> None:
+        """Ping Redis and load the script, so the first batch does not pay for either."""
+        try:
+            self.client.ping()
+            self._script.sha = self.client.script_load(_OBSERVE_LUA)
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"Redis at {_address(self.client)} did not answer: {exc}") from exc
+
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[AccountState]:
         args: list[str | int | float] = [
             self.key_prefix,
@@ -226,10 +241,15 @@ class RedisStateStore:
         return [_state(json.loads(snapshot)) for snapshot in snapshots]
 
 
+def _address(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+
 def make_state_store(settings: Settings) -> RedisStateStore:
-    """A Redis store whose calls time out at 40% of the latency budget (at least 5 ms), so a slow Redis
-    degrades decisions instead of delaying them."""
-    timeout_s = max(0.005, settings.worker.latency_budget_ms * 0.4 / 1000.0)
+    """A Redis store whose calls time out at half the latency budget (at least 5 ms), so a slow Redis
+    degrades decisions instead of delaying them past the budget."""
+    timeout_s = max(0.005, settings.worker.latency_budget_ms * 0.5 / 1000.0)
     client = redis.Redis.from_url(  # no client-side retries: the engine retries after `redis_retry_after_s`
         settings.redis.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
     )

@@ -102,6 +102,7 @@ class WorkerProcess:
             "FRAUDMON_WORKER__APP_ID": group,
             "FRAUDMON_METRICS_PORT": str(metrics_port),
             "FRAUDMON_WORKER__RELOAD_INTERVAL_S": "0.5",
+            "FRAUDMON_WORKER__WEB_PORT": "0",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **extra_env,
         }
@@ -150,8 +151,8 @@ def start_worker(settings: Settings, tmp_path) -> Iterator[Callable[..., WorkerP
         if wait:
             try:
                 wait_for_group(settings, group, timeout_s=90)
-            except Exception:
-                raise AssertionError(f"worker did not join its group; log:\n{worker.log()[-3000:]}") from None
+            except Exception as exc:
+                raise AssertionError(f"worker did not join its group ({exc}); log:\n{worker.log()[-3000:]}") from None
         return worker
 
     yield start

@@ -15,6 +15,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from fraudmon.config import PROJECT_ROOT
+from fraudmon.demo import group_members
 
 from .conftest import free_port
 
@@ -187,7 +188,8 @@ def test_redis_outage_degrades_then_recovers(kafka_bootstrap, worker_topics, sta
         server.wait(timeout=10)
         outage = [dict(e, transaction_id=e["transaction_id"] + "-outage") for e in healthy.events[:50]]
         produce(kafka_bootstrap, worker_topics["transactions"], outage)
-        during = collect(kafka_bootstrap, worker_topics["scores"], len(first) + len(outage))[len(first):]
+        seen = collect(kafka_bootstrap, worker_topics["scores"], len(first) + len(outage))
+        during = [d for d in seen if d["transaction_id"].endswith("-outage")]
         assert len(during) == len(outage), "decisions keep flowing while Redis is down"
         assert all(d["degraded"] and "skipped:redis_state" in d["reasons"] for d in during)
 
@@ -237,15 +239,10 @@ def test_two_workers_split_partitions_and_decide_each_event_once(
     deadline = time.monotonic() + 60
     assignments: list[set[int]] = []
     while time.monotonic() < deadline:
-        described = admin.describe_consumer_groups([group])[0]
-        if described.state == "Stable" and len(described.members) == 2:
-            assignments = []
-            for member in described.members:
-                topics = member.member_assignment.assignment if member.member_assignment else []
-                assignments.append({p for topic, parts in topics if topic == worker_topics["transactions"]
-                                    for p in parts})
-            if all(assignments):
-                break
+        state, members = group_members(admin, group)
+        assignments = [set(member.get(worker_topics["transactions"], [])) for member in members]
+        if state == "Stable" and len(assignments) == 2 and all(assignments):
+            break
         time.sleep(0.5)
     admin.close()
     assert len(assignments) == 2 and all(assignments), f"both workers own partitions: {assignments}"
