@@ -83,7 +83,7 @@ class WorkerSettings(_Section):
     model_path: str = "models/default.onnx"
     rules_path: str = "config/rules.yaml"
     latency_budget_ms: float = Field(50.0, gt=0)
-    max_batch: int = Field(500, ge=1)
+    max_batch: int = Field(250, ge=1)
     batch_window_ms: float = Field(5.0, ge=0)
     max_message_bytes: int = Field(65536, ge=256)
     metrics_port: int = Field(8000, ge=0, le=65535)

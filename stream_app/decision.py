@@ -19,7 +19,7 @@ def build_decision(
     hits: Sequence[RuleHit],
     flagging_rules: Sequence[str],
     skipped: Sequence[str],
-    decided_at_ms: float,
+    decided_at: str,
     latency_ms: float,
 ) -> dict[str, Any]:
     """One decision: `reasons` lists `model` and the flagging rule ids, then `skipped:<part>` when degraded."""
@@ -29,7 +29,7 @@ def build_decision(
         "account_id": event.account_id,
         "amount": event.amount,
         "event_time": event.event_time,
-        "decided_at": format_timestamp(decided_at_ms),
+        "decided_at": decided_at,
         "decision": "flag" if flag else "pass",
         "reasons": reasons,
         "model": model_part,

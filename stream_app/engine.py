@@ -20,7 +20,7 @@ from stream_app.decision import build_dead_letter, build_decision
 from stream_app.features import vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import RuleSet, evaluate, should_flag
-from stream_app.schema import Event, InvalidEvent, parse_event
+from stream_app.schema import Event, InvalidEvent, format_timestamp, parse_event
 from stream_app.scoring import OnnxModel
 from stream_app.state import StateStore
 
@@ -105,34 +105,35 @@ class DecisionEngine:
 
         flags = 0
         model_flags = 0
-        now_s = time.time()
+        decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
         threshold = model.threshold
+        explanations = model.top_features(errors) if scores is not None else None
+        score_list = scores.tolist() if scores is not None else None
+        rule_hits = metrics.rule_hits
         for i, event in enumerate(events):
             hits = evaluate(rules, event, None if states is None else states[i])
             flagging = [hit.id for hit in hits if should_flag(rules, [hit])]
             model_part = None
             model_flag = False
-            if scores is not None:
-                score = float(scores[i])
+            if score_list is not None:
+                score = score_list[i]
                 model_flag = score > threshold
                 model_part = {
                     "version": model.version,
                     "score": round(score, 6),
                     "threshold": threshold,
-                    "top_features": [
-                        {"name": name, "error": round(float(err), 6)} for name, err in model.top_features(errors[i])
-                    ],
+                    "top_features": [{"name": name, "error": round(err, 6)} for name, err in explanations[i]],
                 }
             flag = model_flag or bool(flagging)
             flags += flag
             model_flags += model_flag
             for hit in hits:
-                metrics.rule_hits.labels(hit.id).inc()
+                rule_hits.labels(hit.id).inc()
             outcome.decisions.append(
                 build_decision(
                     event, flag=flag, model_part=model_part, model_flag=model_flag, hits=hits,
-                    flagging_rules=flagging, skipped=skipped, decided_at_ms=now_s * 1000, latency_ms=latency_ms,
+                    flagging_rules=flagging, skipped=skipped, decided_at=decided_at, latency_ms=latency_ms,
                 )
             )
 
@@ -141,14 +142,16 @@ class DecisionEngine:
         metrics.decisions.labels("flag").inc(flags)
         metrics.decisions.labels("pass").inc(n - flags)
         metrics.model_flags.inc(model_flags)
-        if scores is not None:
+        if score_list is not None:
             observe_score = metrics.model_score.observe
-            for score in scores.tolist():
+            for score in score_list:
                 observe_score(score)
         for cause in skipped:
             metrics.degraded.labels(_DEGRADED_CAUSE[cause]).inc(n)
         elapsed_s = time.perf_counter() - started
-        metrics.processing_seconds.observe(elapsed_s)
+        observe_processing = metrics.processing_seconds.observe
+        for _ in range(n):  # every event of the batch spent the batch's time in the worker
+            observe_processing(elapsed_s)
         if elapsed_s * 1000.0 > self.latency_budget_ms:
             metrics.budget_exceeded.inc(n)
         return outcome

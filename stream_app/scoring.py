@@ -67,14 +67,23 @@ class OnnxModel:
         scores, errors = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return scores, errors
 
-    def top_features(self, errors_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
-        """The `k` features with the largest reconstruction error, largest first: the explanation of a score."""
-        errors_row = np.asarray(errors_row)
-        k = min(k, errors_row.size)
-        top = np.argpartition(-errors_row, k - 1)[:k] if k else np.empty(0, int)
-        top = top[np.argsort(-errors_row[top], kind="stable")]
-        names = self.card["feature_names"]
-        return [(names[i], float(errors_row[i])) for i in top]
+    def top_features(self, errors: np.ndarray, k: int = 3) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """The `k` features with the largest reconstruction error, largest first: the explanation of a score.
+        `errors` is one row (`[f]`, gives one list) or a batch (`[n, f]`, gives one list per row)."""
+        errors = np.asarray(errors, dtype=np.float64)
+        rows = errors.reshape(1, -1) if errors.ndim == 1 else errors
+        k = min(k, rows.shape[1])
+        if k == 0 or rows.shape[0] == 0:
+            result: list[list[tuple[str, float]]] = [[] for _ in range(rows.shape[0])]
+        else:
+            top = np.argpartition(-rows, k - 1, axis=1)[:, :k]
+            top_errors = np.take_along_axis(rows, top, axis=1)
+            order = np.argsort(-top_errors, axis=1, kind="stable")
+            top, top_errors = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_errors, order, axis=1)
+            names = self.card["feature_names"]
+            result = [[(names[i], e) for i, e in zip(idx, errs, strict=True)]
+                      for idx, errs in zip(top.tolist(), top_errors.tolist(), strict=True)]
+        return result[0] if errors.ndim == 1 else result
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:

@@ -7,9 +7,9 @@ crash is judged the same and counted once. Every key has a TTL, so memory is bou
 
 Redis keys (prefix from config, default `fm:`):
   tx:<transaction_id>  snapshot of the state the event was judged against (TTL `dedupe_ttl`)
-  acct:<account>       hash n, mean, m2 (running amount statistics; TTL `history_ttl`)
-  ctry:<account>       set of countries seen          cp:<account>  set of counterparties paid (TTL `history_ttl`)
-  vel:<account>        sorted set tx -> event time     ip:<ip>       sorted set account -> last event time
+  acct:<account>       hash: n, mean, m2 (running amount statistics), c:<country> and p:<counterparty> seen
+                       (TTL `history_ttl`, refreshed by each event)
+  vel:<account>        sorted set tx -> event time     ip:<ip>  sorted set account -> last event time
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ local function windows(text)
 end
 local velocity, fanout = windows(ARGV[4]), windows(ARGV[5])
 local longest_velocity, longest_fanout = velocity[#velocity] or 0, fanout[#fanout] or 0
+-- Entries older than the longest window no longer count (ZCOUNT bounds by time); trimming them on about one
+-- event in TRIM_EVERY (by event-time millisecond) keeps busy keys small at a fraction of the calls.
+local TRIM_EVERY = 8
 local out = {}
 for i = 6, #ARGV, 7 do
   local tx, account, ts, country, ip, cp, amount =
@@ -145,19 +148,21 @@ for i = 6, #ARGV, 7 do
     snapshot[1] = true
     out[#out + 1] = cjson.encode(snapshot)
   else
-    local acct, ctry, cps = prefix .. 'acct:' .. account, prefix .. 'ctry:' .. account, prefix .. 'cp:' .. account
-    local stats = redis.call('HMGET', acct, 'n', 'mean', 'm2')
-    local n, mean, m2 = tonumber(stats[1]) or 0, tonumber(stats[2]) or 0, tonumber(stats[3]) or 0
+    local acct = prefix .. 'acct:' .. account
+    local got = redis.call('HMGET', acct, 'n', 'mean', 'm2', 'c:' .. country, 'p:' .. cp)
+    local n, mean, m2 = tonumber(got[1]) or 0, tonumber(got[2]) or 0, tonumber(got[3]) or 0
     local std = 0
     if n > 0 then std = math.sqrt(m2 / n) end
-    local country_seen = country == '' or redis.call('SISMEMBER', ctry, country) == 1
+    local country_seen, cp_seen = country == '' or got[4] ~= false, cp == '' or got[5] ~= false
     local countries = {}
     if not country_seen then
-      local all = redis.call('SMEMBERS', ctry)
+      local all = {}
+      for _, field in ipairs(redis.call('HKEYS', acct)) do
+        if string.sub(field, 1, 2) == 'c:' then all[#all + 1] = string.sub(field, 3) end
+      end
       table.sort(all)
       for k = 1, math.min(#all, 5) do countries[k] = all[k] end
     end
-    local cp_seen = cp == '' or redis.call('SISMEMBER', cps, cp) == 1
     local velocity_counts, fanout_counts = {}, {}
     local vel = prefix .. 'vel:' .. account
     for _, w in ipairs(velocity) do
@@ -165,9 +170,8 @@ for i = 6, #ARGV, 7 do
     end
     local ip_key = prefix .. 'ip:' .. ip
     if ip ~= '' and longest_fanout > 0 then
-      local last = tonumber(redis.call('ZSCORE', ip_key, account))
-      if not last or last < ts then redis.call('ZADD', ip_key, ts, account) end
-      redis.call('ZREMRANGEBYSCORE', ip_key, '-inf', ts - longest_fanout)
+      redis.call('ZADD', ip_key, 'GT', ts, account)
+      if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', ip_key, '-inf', ts - longest_fanout) end
       redis.call('PEXPIRE', ip_key, longest_fanout)
     end
     for _, w in ipairs(fanout) do
@@ -183,19 +187,14 @@ for i = 6, #ARGV, 7 do
     local delta = amount - mean
     mean = mean + delta / n
     m2 = m2 + delta * (amount - mean)
-    redis.call('HSET', acct, 'n', n, 'mean', string.format('%.17g', mean), 'm2', string.format('%.17g', m2))
+    local update = {'n', n, 'mean', string.format('%.17g', mean), 'm2', string.format('%.17g', m2)}
+    if country ~= '' then update[#update + 1] = 'c:' .. country; update[#update + 1] = 1 end
+    if cp ~= '' then update[#update + 1] = 'p:' .. cp; update[#update + 1] = 1 end
+    redis.call('HSET', acct, unpack(update))
     redis.call('EXPIRE', acct, history_ttl)
-    if country ~= '' then
-      redis.call('SADD', ctry, country)
-      redis.call('EXPIRE', ctry, history_ttl)
-    end
-    if cp ~= '' then
-      redis.call('SADD', cps, cp)
-      redis.call('EXPIRE', cps, history_ttl)
-    end
     if longest_velocity > 0 then
       redis.call('ZADD', vel, ts, tx)
-      redis.call('ZREMRANGEBYSCORE', vel, '-inf', ts - longest_velocity)
+      if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', vel, '-inf', ts - longest_velocity) end
       redis.call('PEXPIRE', vel, longest_velocity)
     end
   end
