@@ -129,7 +129,7 @@ def replay_command(
     import json
 
     from fraudmon.produce import read_events_file
-    from stream_app.replay import offline_engine, raw_messages, replay
+    from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
     settings = _settings(config)
     try:
@@ -138,15 +138,15 @@ def replay_command(
     except FraudMonitorError as exc:
         _fail(str(exc))
     events = None
-    labels: dict[str, int] = {}
+    labels: dict[str, tuple[int, str]] = {}
     if parsed is not None:
         file_events, file_truth = parsed
         events = [_event_dict(e) for e in file_events]
-        labels = {t.transaction_id: t.label for t in file_truth}
+        labels = {t.transaction_id: (t.label, t.scenario) for t in file_truth}
     if truth:
         from training.simulate import read_ground_truth
 
-        labels = {t.transaction_id: t.label for t in read_ground_truth(truth)}
+        labels = {t.transaction_id: (t.label, t.scenario) for t in read_ground_truth(truth)}
     result = replay(raw_messages(data, events), engine)
     if out:
         with out.open("w") as handle:
@@ -154,14 +154,18 @@ def replay_command(
                 handle.write(json.dumps(decision) + "\n")
     flags = sum(d["decision"] == "flag" for d in result.decisions)
     typer.echo(f"decisions: {len(result.decisions)}  flags: {flags}  dead letters: {len(result.dead_letters)}")
+    for reason, count in flags_by_reason(result.decisions).items():
+        typer.echo(f"  flagged for {reason:<30} {count}")
     if labels:
-        m = result.confusion(labels)
+        m = result.confusion({tx: label for tx, (label, _) in labels.items()})
         precision = m["tp"] / max(1, m["tp"] + m["fp"])
         recall = m["tp"] / max(1, m["tp"] + m["fn"])
         typer.echo("confusion matrix (rows: truth, columns: decision)")
         typer.echo(f"            flag    pass\n  fraud  {m['tp']:>6}  {m['fn']:>6}")
         typer.echo(f"  normal {m['fp']:>6}  {m['tn']:>6}")
         typer.echo(f"precision {precision:.3f}  recall {recall:.3f}")
+        for name, entry in recall_by_scenario(result.decisions, labels).items():
+            typer.echo(f"  recall {name:<28} {entry['recall']:.2f}  ({entry['flagged']}/{entry['frauds']})")
 
 
 def _event_dict(event) -> dict:

@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from fraudmon.config import PROJECT_ROOT, Settings
 from fraudmon.errors import FraudMonitorError
 from fraudmon.stack import LocalStack
+from stream_app.replay import flags_by_reason, recall_by_scenario
 
 
 @dataclass
@@ -155,17 +156,8 @@ def summarise(
         event_s = datetime.fromisoformat(value["event_time"]).timestamp()
         latencies_ms.append((received - event_s) * 1000.0)
     flagged = [d for d in decisions if d["decision"] == "flag"]
-    reasons = Counter(reason for d in flagged for reason in d["reasons"])
     tp = sum(1 for d in flagged if truth.get(d["transaction_id"], (0, ""))[0] == 1)
     frauds = sum(1 for label, _ in truth.values() if label == 1)
-    per_scenario: dict[str, dict[str, int]] = {}
-    decided = {d["transaction_id"]: d for d in decisions}
-    for tx_id, (label, scenario) in truth.items():
-        if label != 1:
-            continue
-        entry = per_scenario.setdefault(scenario, {"frauds": 0, "flagged": 0})
-        entry["frauds"] += 1
-        entry["flagged"] += decided.get(tx_id, {}).get("decision") == "flag"
     last_received = max((received for _, received in collector.decisions.values()), default=started_s)
     return {
         "produced_valid": produced,
@@ -174,13 +166,10 @@ def summarise(
         "duplicate_decisions": collector.duplicates,
         "flags": len(flagged),
         "flagged_topic_messages": len(collector.flagged),
-        "flags_by_reason": dict(reasons.most_common()),
+        "flags_by_reason": flags_by_reason(decisions),
         "precision": tp / len(flagged) if flagged else 0.0,
         "recall": tp / frauds if frauds else 0.0,
-        "recall_by_scenario": {
-            name: {**entry, "recall": entry["flagged"] / entry["frauds"]}
-            for name, entry in sorted(per_scenario.items())
-        },
+        "recall_by_scenario": recall_by_scenario(decisions, truth),
         "dead_letters": len(collector.dead_letters),
         "dead_letter_reasons": dict(Counter(letter["error"].split(":")[0] for letter in collector.dead_letters)),
         "degraded": sum(1 for d in decisions if d["degraded"]),

@@ -31,6 +31,23 @@ class ReplayResult:
         return {key: counts[key] for key in ("tp", "fp", "fn", "tn")}
 
 
+def recall_by_scenario(decisions: Iterable[dict], truth: dict[str, tuple[int, str]]) -> dict[str, dict]:
+    """Per fraud scenario: frauds, how many were flagged, and the recall (`truth`: tx id -> (label, scenario))."""
+    decided = {d["transaction_id"]: d["decision"] for d in decisions}
+    table: dict[str, dict] = {}
+    for tx_id, (label, scenario) in truth.items():
+        if label == 1:
+            entry = table.setdefault(scenario, {"frauds": 0, "flagged": 0})
+            entry["frauds"] += 1
+            entry["flagged"] += decided.get(tx_id) == "flag"
+    return {name: {**e, "recall": e["flagged"] / e["frauds"]} for name, e in sorted(table.items())}
+
+
+def flags_by_reason(decisions: Iterable[dict]) -> dict[str, int]:
+    """How often each reason (`model`, a rule id) appears among flagged decisions, most frequent first."""
+    return dict(Counter(r for d in decisions if d["decision"] == "flag" for r in d["reasons"]).most_common())
+
+
 def raw_messages(path: Path, events: Iterable[dict] | None = None) -> Iterator[RawMessage]:
     """JSON lines are replayed as the raw bytes a producer would send (bad lines become dead letters);
     other formats arrive already parsed as event dictionaries."""
