@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -197,6 +199,18 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     print(f"\nfull summary: {out_dir / 'summary.json'}; worker log: {out_dir / 'worker.log'}")
 
 
+def _delete_keys(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    batch = []
+    for key in client.scan_iter(f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
 def run_demo(
     settings: Settings, *, duration_s: float, rate: float, malformed: int, seed: int, keep_running: bool,
     out_dir: Path,
@@ -223,9 +237,12 @@ def run_demo(
     truth_map = {t.transaction_id: (t.label, t.scenario) for t in truth}
 
     print("demo: starting the worker ...")
+    # The run's rule state gets its own Redis key prefix (deleted at the end): the simulator reuses account ids,
+    # and an earlier run's events would otherwise count towards this run's velocity and history.
+    state_prefix = f"{settings.redis.key_prefix}demo-{uuid.uuid4().hex[:8]}:"
     worker = start_worker({"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
-                           "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_WORKER__WEB_PORT": "0"},
-                          out_dir / "worker.log")
+                           "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_REDIS__KEY_PREFIX": state_prefix,
+                           "FRAUDMON_WORKER__WEB_PORT": "0"}, out_dir / "worker.log")
     collector = OutputCollector(settings)
     try:
         wait_for_group(settings, settings.worker.app_id)
@@ -246,6 +263,7 @@ def run_demo(
     finally:
         collector.stop()
         stop_process(worker)
+        _delete_keys(settings.redis.url, state_prefix)
         if not keep_running and not was_running:
             stack.down()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
