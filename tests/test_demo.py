@@ -1,0 +1,35 @@
+"""README's first command, shortened: `fraudmon demo` on the test stack prints its summary and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fraudmon.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_its_summary_and_exits_zero(local_stack, settings, tmp_path):
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump()))
+    out_dir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "fraudmon.cli", "demo", "--config", str(config), "--duration", "6", "--rate", "300",
+         "--malformed", "5", "--seed", "3", "--out-dir", str(out_dir)],
+        cwd=PROJECT_ROOT, env={**os.environ, "FRAUDMON_WORKER__WEB_PORT": "0"}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "fraud-monitor demo summary" in result.stdout
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["decisions"] == summary["produced_valid"] == 1800
+    assert summary["duplicate_decisions"] == 0 and summary["dead_letters"] == 5
+    assert summary["recall_by_scenario"] and summary["recall"] > 0.5
+    assert summary["flags"] == summary["flagged_topic_messages"]
+    assert all(s.running for s in local_stack.status()), "the demo leaves a stack it did not start running"
