@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,8 +18,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from fraudmon.config import PROJECT_ROOT, Settings
 from fraudmon.errors import StackError
+
+MONITORING_DIR = PROJECT_ROOT / "monitoring"
 
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
@@ -203,20 +208,20 @@ class LocalStack:
         )
 
     def prometheus_config(self) -> Path:
-        """Write the local Prometheus config: the repo's alert rules, the worker metrics ports as targets."""
+        """The local Prometheus config: monitoring/prometheus.yml (its rules and scrape settings) with this
+        stack's worker metrics ports as the targets."""
         home = self._dir("prometheus")
-        rule_files = sorted(str(p) for p in (PROJECT_ROOT / "monitoring").glob("alerts*.yml"))
-        targets = ", ".join(f'"127.0.0.1:{port}"' for port in self.worker_metrics_ports)
-        config = home / "prometheus.yml"
-        config.write_text(
-            "# Written by `fraudmon stack up`; edit config/monitor.yaml or monitoring/ instead.\n"
-            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
-            f"rule_files: [{', '.join(repr(f) for f in rule_files)}]\n"
-            "scrape_configs:\n"
-            "  - job_name: fraud-worker\n"
-            f"    static_configs:\n      - targets: [{targets}]\n"
-        )
-        return config
+        config = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text())
+        config["rule_files"] = [str(MONITORING_DIR / pattern) for pattern in config["rule_files"]]
+        targets = home / "targets.json"
+        targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}" for port in self.worker_metrics_ports]}]))
+        for job in config["scrape_configs"]:
+            if job["job_name"] == "fraud-worker":
+                job["file_sd_configs"] = [{"files": [str(targets)], "refresh_interval": "5s"}]
+        path = home / "prometheus.yml"
+        path.write_text("# Written by `fraudmon stack up` from monitoring/prometheus.yml; edit that file instead.\n"
+                        + yaml.safe_dump(config, sort_keys=False))
+        return path
 
     def _start_prometheus(self) -> None:
         home = self._dir("prometheus")
