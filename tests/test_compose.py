@@ -1,0 +1,101 @@
+"""docker-compose.yml cannot run here (no Docker engine): parse it and check what would break a user's `up`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraudmon.config import PROJECT_ROOT
+
+COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+ONE_SHOT = {"kafka-topics", "trainer", "producer"}
+CONDITIONS = {"service_healthy", "service_completed_successfully", "service_started"}
+
+
+def test_services_of_the_stack_are_all_there():
+    assert set(SERVICES) >= {"kafka", "kafka-topics", "redis", "prometheus", "grafana", "trainer", "worker",
+                             "producer"}
+    assert SERVICES["producer"]["profiles"] == ["demo"], "the demo producer is optional"
+
+
+def test_images_are_pinned():
+    for name, service in SERVICES.items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: pin {image}"
+        if "build" in service:
+            assert (PROJECT_ROOT / service["build"] / "Dockerfile").exists()
+
+
+def test_long_running_services_have_health_checks_and_ports():
+    ports = {name: {str(p).split(":")[0] for p in service.get("ports", [])} for name, service in SERVICES.items()}
+    assert ports["kafka"] == {"9092"} and ports["redis"] == {"6379"} and ports["prometheus"] == {"9090"}
+    assert ports["grafana"] == {"3000"} and ports["worker"] == {"8000"}
+    for name, service in SERVICES.items():
+        if name not in ONE_SHOT:
+            test = service["healthcheck"]["test"]
+            assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+
+
+def test_depends_on_use_conditions_on_existing_services():
+    for name, service in SERVICES.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
+            assert spec["condition"] in CONDITIONS, f"{name} -> {dependency}: {spec}"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[dependency], f"{dependency} has no health check to wait for"
+            if spec["condition"] == "service_completed_successfully":
+                assert dependency in ONE_SHOT
+    worker = SERVICES["worker"]["depends_on"]
+    assert worker["trainer"]["condition"] == "service_completed_successfully"
+    assert worker["kafka-topics"]["condition"] == "service_completed_successfully"
+
+
+def test_every_mounted_file_exists():
+    named = set(COMPOSE.get("volumes") or {})
+    mounts = 0
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source in named:
+                continue
+            mounts += 1
+            assert (PROJECT_ROOT / source).exists(), f"{name} mounts missing {source}"
+    assert mounts >= 3
+    prometheus = SERVICES["prometheus"]
+    config = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
+    mount = next(v for v in prometheus["volumes"] if config.startswith(v.split(":")[1]))
+    local = PROJECT_ROOT / mount.split(":")[0] / Path(config).relative_to(mount.split(":")[1])
+    assert local.exists(), f"Prometheus config {config} is not in the mounted folder"
+    targets = {t for job in yaml.safe_load(local.read_text())["scrape_configs"]
+               for c in job.get("static_configs", []) for t in c["targets"]}
+    assert "worker:8000" in targets
+
+
+def test_topics_created_are_the_spec_topics():
+    script = " ".join(SERVICES["kafka-topics"]["command"])
+    assert all(t in script for t in ("transactions ", "flagged-transactions", "transaction-scores",
+                                     "transactions-dlq")) and "--partitions 6" in script
+
+
+@pytest.mark.parametrize("service", ["trainer", "worker", "producer"])
+def test_commands_exist_with_their_options(service):
+    command = SERVICES[service]["command"]
+    result = subprocess.run([sys.executable, "-m", "fraudmon.cli", command[0], "--help"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    for option in (arg for arg in command[1:] if arg.startswith("--")):
+        assert option in result.stdout, f"`fraudmon {command[0]}` has no {option}"
+
+
+def test_worker_environment_points_at_the_compose_services():
+    env = SERVICES["worker"]["environment"]
+    assert env["FRAUDMON_KAFKA_BOOTSTRAP"] == "kafka:19092" and env["FRAUDMON_REDIS_URL"].startswith("redis://redis")
+    advertised = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "kafka:19092" in advertised and "localhost:9092" in advertised
