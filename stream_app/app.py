@@ -119,11 +119,15 @@ async def hot_reload() -> None:
 @app.timer(5.0)
 async def export_consumer_lag() -> None:
     consumer = app.consumer
+    current = {}
     for tp in consumer.assignment():
         if tp.topic != topics.transactions:
             continue
         position = await consumer.position(tp)
         highwater = consumer.highwater(tp)
         if position is not None and highwater is not None:
-            engine.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
-
+            current[(tp.topic, str(tp.partition))] = max(0, highwater - position)
+    lag = engine.metrics.consumer_lag
+    lag.clear()  # partitions revoked by a rebalance must not keep reporting their last lag
+    for labels, value in current.items():
+        lag.labels(*labels).set(value)
