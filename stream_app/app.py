@@ -7,13 +7,13 @@ Configuration comes from `config/monitor.yaml` and `FRAUDMON_*` environment vari
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import sys
 import time
 
 import faust
+import orjson
 
 from fraudmon.config import KafkaSettings, load_settings
 from fraudmon.errors import FraudMonitorError
@@ -98,10 +98,10 @@ async def decide(stream: faust.StreamT) -> None:
         # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the
         # decision itself). At-least-once holds: Faust flushes the producer before it commits offsets.
         for key, letter in outcome.dead_letters:
-            await send(topics.dead_letter, key, json.dumps(letter).encode(), None, None, None)
+            await send(topics.dead_letter, key, orjson.dumps(letter), None, None, None)
         for decision in outcome.decisions:
             key = decision["account_id"].encode()
-            value = json.dumps(decision, separators=(",", ":")).encode()
+            value = orjson.dumps(decision)
             await send(topics.scores, key, value, None, None, None)
             if decision["decision"] == "flag":
                 await send(topics.flagged, key, value, None, None, None)

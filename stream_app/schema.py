@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 CHANNELS = ("card_present", "ecommerce", "transfer", "atm")
 MAX_ID_LENGTH = 64
 
@@ -151,10 +153,17 @@ def parse_event(raw: bytes | str | None, max_bytes: int = 65536) -> Event:
     if len(raw) > max_bytes:
         raise InvalidEvent(f"message: {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = _loads_lenient(raw)  # the standard parser also reads NaN/Infinity, so those get a precise reason
+    return event_from_dict(data)
+
+
+def _loads_lenient(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEvent(f"message: not JSON ({exc.__class__.__name__}: {str(exc)[:80]})") from None
-    return event_from_dict(data)
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -14,12 +14,12 @@ Redis keys (prefix from config, default `fm:`):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -237,7 +237,7 @@ class RedisStateStore:
             raise StateUnavailable(f"Redis did not answer: {exc}") from exc
         except redis.RedisError as exc:
             raise StateUnavailable(f"Redis refused the state update: {exc}") from exc
-        return [_state(json.loads(snapshot)) for snapshot in snapshots]
+        return [_state(orjson.loads(snapshot)) for snapshot in snapshots]
 
 
 def _address(client: redis.Redis) -> str:
