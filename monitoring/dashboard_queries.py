@@ -1,8 +1,9 @@
 """The PromQL that the alert rules and the Grafana dashboard run, as data the tests can check and execute.
 
 `panel_queries()` lists every dashboard panel's queries, `render()` replaces Grafana's variables so a query can
-be sent to Prometheus' HTTP API as is, `rule_expressions()` lists the alert and recording rules, and
-`metric_names()` pulls the metric names out of an expression (to compare them with the worker's /metrics).
+be sent to Prometheus' HTTP API as is, `rule_expressions()` lists the alert and recording rules,
+`metric_names()` and `selectors()` pull the metric names and series selectors out of an expression, and
+`exposition_names()` lists the sample names a /metrics page exposes (to compare the two).
 """
 
 from __future__ import annotations
@@ -122,4 +123,33 @@ def metric_names(expr: str) -> set[str]:
         if followed_by_paren or name.lower() in _KEYWORDS:
             continue
         names.add(name)
+    return names
+
+
+def selectors(expr: str) -> set[str]:
+    """Series selectors of an expression: each metric name with its label matchers as written, e.g.
+    `fraud_events_total{outcome="scored"}` (no ranges, offsets or functions), to run as queries of their own."""
+    found = set()
+    for name in metric_names(expr):
+        pattern = re.compile(rf"(?<![\w:]){re.escape(name)}(?![\w:])\s*(\{{[^}}]*\}})?(?!\s*\()")
+        found |= {name + (m.group(1) or "") for m in pattern.finditer(expr)}
+    return found
+
+
+def exposition_names(text: str) -> set[str]:
+    """Sample names a Prometheus text exposition (a /metrics page) offers for queries: the samples' own names,
+    plus `_bucket`/`_sum`/`_count` of histograms and `_total` of counters declared without children yet."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "summary":
+                names |= {f"{name}_sum", f"{name}_count"}
+            elif kind == "counter" and not name.endswith("_total"):
+                names.add(f"{name}_total")
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names

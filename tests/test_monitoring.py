@@ -21,11 +21,13 @@ from monitoring.dashboard_queries import (
     MONITORING_DIR,
     PROMETHEUS_SERIES,
     RULE_PATHS,
+    exposition_names,
     load_dashboard,
     metric_names,
     panel_queries,
     render,
     rule_expressions,
+    selectors,
 )
 
 PROMETHEUS_CONFIGS = (MONITORING_DIR / "prometheus.yml", MONITORING_DIR / "prometheus.docker.yml")
@@ -119,25 +121,11 @@ def test_recording_rules_used_are_defined() -> None:
 
 # ---- metric names against the worker -------------------------------------------------------------------------
 def exported_names() -> set[str]:
-    """Sample names the worker's /metrics exposes, including those of labelled metrics without children yet."""
+    """Sample names a fresh worker's registry exposes (tests/test_monitoring_live.py checks a running worker)."""
     module = pytest.importorskip("stream_app.metrics")
     from prometheus_client import generate_latest
 
-    text = generate_latest(module.WorkerMetrics().registry).decode()
-    names = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(maxsplit=3)
-            names.add(name)
-            if kind == "histogram":
-                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-            elif kind == "summary":
-                names |= {f"{name}_sum", f"{name}_count"}
-            elif kind == "counter" and not name.endswith("_total"):
-                names.add(f"{name}_total")
-        elif line and not line.startswith("#"):
-            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
-    return names
+    return exposition_names(generate_latest(module.WorkerMetrics().registry).decode())
 
 
 def test_every_metric_used_is_exported_by_the_worker() -> None:
@@ -186,6 +174,26 @@ def test_series_the_alerts_rely_on_exist_from_start() -> None:
 )
 def test_metric_names_extraction(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
+
+
+@pytest.mark.parametrize(
+    ("expr", "found"),
+    [
+        ('sum by (job) (rate(fraud_events_total{outcome="scored"}[5m])) / sum(rate(fraud_events_total[5m]))',
+         {'fraud_events_total{outcome="scored"}', "fraud_events_total"}),
+        ('ALERTS{alertstate="firing", alertname=~"Fraud.*"}', {'ALERTS{alertstate="firing", alertname=~"Fraud.*"}'}),
+        ("job:a:rate10m > 3 * job:a:rate6h and on (job) up{job='w'} == 0",
+         {"job:a:rate10m", "job:a:rate6h", "up{job='w'}"}),
+    ],
+)
+def test_selectors_extraction(expr: str, found: set[str]) -> None:
+    assert selectors(expr) == found
+
+
+def test_exposition_names_map_histograms_and_childless_counters() -> None:
+    text = ("# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1.0\nh_count 1.0\nh_sum 0.1\n"
+            "# TYPE c counter\n# TYPE g gauge\ng{x=\"1\"} 2.0\n")
+    assert exposition_names(text) == {"h", "h_bucket", "h_count", "h_sum", "c", "c_total", "g"}
 
 
 # ---- Prometheus configs --------------------------------------------------------------------------------------
