@@ -16,7 +16,7 @@ COPY training training
 COPY monitoring monitoring
 COPY config config
 COPY models models
-RUN pip install --no-deps -e . && useradd --uid 10001 --no-create-home fraudmon \
+RUN pip install --no-deps -e . && useradd --uid 10001 --create-home fraudmon \
     && mkdir -p /models /app/runs && chown fraudmon /models /app/runs
 USER fraudmon
 
