@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class RuleSet:
     flag_severity: str = "high"
     history_ttl_ms: int = DEFAULT_HISTORY_TTL_MS
 
-    @property
+    @cached_property
     def enabled(self) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if rule.enabled)
 

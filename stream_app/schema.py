@@ -46,8 +46,7 @@ class Event:
 
 def format_timestamp(epoch_ms: int | float) -> str:
     """ISO 8601 UTC with milliseconds and a `Z`, as in the SPEC examples."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_timestamp(value: Any, name: str = "timestamp") -> int:

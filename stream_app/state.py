@@ -123,8 +123,8 @@ class InMemoryStateStore:
 
 
 # One round trip per batch. KEYS: none (keys are built from the prefix, so a single Redis, not a cluster).
-# ARGV: prefix, history_ttl_s, dedupe_ttl_s, velocity windows (comma list), fanout windows, then 7 per event:
-# tx, account, ts_ms, country, ip, counterparty, amount. Returns one JSON snapshot per event.
+# ARGV: prefix, history_ttl_s, dedupe_ttl_s, velocity windows (comma list), fanout windows, and the events as one
+# JSON array of [tx, account, ts_ms, country, ip, counterparty, amount]. Returns a JSON array of snapshots.
 _OBSERVE_LUA = """
 local prefix, history_ttl, dedupe_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local function windows(text)
@@ -138,9 +138,8 @@ local longest_velocity, longest_fanout = velocity[#velocity] or 0, fanout[#fanou
 -- event in TRIM_EVERY (by event-time millisecond) keeps busy keys small at a fraction of the calls.
 local TRIM_EVERY = 8
 local out = {}
-for i = 6, #ARGV, 7 do
-  local tx, account, ts, country, ip, cp, amount =
-    ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
+for _, row in ipairs(cjson.decode(ARGV[6])) do
+  local tx, account, ts, country, ip, cp, amount = row[1], row[2], row[3], row[4], row[5], row[6], row[7]
   local tx_key = prefix .. 'tx:' .. tx
   local known = redis.call('GET', tx_key)
   if known then
@@ -199,7 +198,7 @@ for i = 6, #ARGV, 7 do
     end
   end
 end
-return out
+return '[' .. table.concat(out, ',') .. ']'
 """
 
 
@@ -221,23 +220,24 @@ class RedisStateStore:
             raise StateUnavailable(f"Redis at {_address(self.client)} did not answer: {exc}") from exc
 
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[AccountState]:
-        args: list[str | int | float] = [
+        args: list[str | int | bytes] = [
             self.key_prefix,
             max(1, rules.history_ttl_ms // 1000),
             self.dedupe_ttl_s,
             ",".join(map(str, rules.velocity_windows_ms)),
             ",".join(map(str, rules.fanout_windows_ms)),
         ]
-        for event in events:
-            args += [event.transaction_id, event.account_id, event.timestamp_ms, event.country or "",
-                     event.ip or "", event.counterparty_id or "", repr(float(event.amount))]
+        args.append(orjson.dumps([
+            (e.transaction_id, e.account_id, e.timestamp_ms, e.country or "", e.ip or "", e.counterparty_id or "",
+             float(e.amount)) for e in events
+        ]))
         try:
-            snapshots = self._script(args=args)
+            snapshots = orjson.loads(self._script(args=args))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StateUnavailable(f"Redis did not answer: {exc}") from exc
         except redis.RedisError as exc:
             raise StateUnavailable(f"Redis refused the state update: {exc}") from exc
-        return [_state(orjson.loads(snapshot)) for snapshot in snapshots]
+        return [_state(snapshot) for snapshot in snapshots]
 
 
 def _address(client: redis.Redis) -> str:
