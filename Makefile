@@ -14,7 +14,7 @@ test: setup
 	@scripts/test.sh
 
 lint: setup
-	$(VENV)/bin/ruff check fraudmon stream_app training tests
+	$(VENV)/bin/ruff check fraudmon stream_app training monitoring tests
 
 stack-up: setup
 	$(VENV)/bin/fraudmon stack up

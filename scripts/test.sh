@@ -5,5 +5,5 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=""
-"$VENV/bin/ruff" check fraudmon stream_app training tests || exit 1
+"$VENV/bin/ruff" check fraudmon stream_app training monitoring tests || exit 1
 exec "$VENV/bin/pytest" -q "$@"
