@@ -292,3 +292,25 @@ def test_worker_process_never_imports_tensorflow(settings):
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_worker_waits_for_redis_at_start_then_serves(kafka_bootstrap, worker_topics, start_worker, tmp_path):
+    port = free_port()
+    worker = start_worker(worker_topics, wait=False, env={"FRAUDMON_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    deadline = time.monotonic() + 60
+    while "rule state store unreachable" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "rule state store unreachable" in worker.log() and "retrying" in worker.log()
+    assert worker.process.poll() is None, "an unreachable Redis at start is retried, not fatal"
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    try:
+        event = {"transaction_id": "after-redis", "account_id": "acc-late", "amount": 10.0,
+                 "timestamp": int(time.time() * 1000)}
+        produce(kafka_bootstrap, worker_topics["transactions"], [event])
+        [decision] = collect(kafka_bootstrap, worker_topics["scores"], 1, timeout_s=90)
+        assert decision["transaction_id"] == "after-redis" and not decision["degraded"]
+        assert "rule state store answers now" in worker.log()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
