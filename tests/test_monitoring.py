@@ -222,6 +222,30 @@ def test_docker_config_scrapes_the_compose_worker() -> None:
     assert static == [{"targets": ["worker:8000"]}]
 
 
+def test_local_stack_config_is_monitoring_prometheus_yml_with_its_own_targets(tmp_path: Path) -> None:
+    """`fraudmon stack up` writes its Prometheus config from monitoring/prometheus.yml: promtool accepts it, it
+    loads every rule file, keeps the scrape settings and scrapes the stack's worker metrics ports."""
+    from fraudmon.config import load_settings
+    from fraudmon.stack import LocalStack
+
+    base = load_settings(environ={})
+    settings = base.model_copy(update={"stack": base.stack.model_copy(update={"data_dir": str(tmp_path)})})
+    path = LocalStack(settings, worker_metrics_ports=(8123, 8124)).prometheus_config()
+    result = promtool("check", "config", path)
+    assert_ok(result)
+    assert f"SUCCESS: {len(RULE_PATHS)} rule files found" in result.stdout + result.stderr
+    generated = yaml.safe_load(path.read_text())
+    shipped = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text())
+    assert generated["global"] == shipped["global"]
+    assert sorted(Path(f) for f in generated["rule_files"]) == [MONITORING_DIR / f for f in shipped["rule_files"]]
+    job, shipped_job = scrape_config(path), scrape_config(MONITORING_DIR / "prometheus.yml")
+    assert {k: v for k, v in job.items() if k != "file_sd_configs"} == {
+        k: v for k, v in shipped_job.items() if k != "file_sd_configs"}
+    (sd,) = job["file_sd_configs"]
+    targets = [t for f in sd["files"] for group in json.loads(Path(f).read_text()) for t in group["targets"]]
+    assert targets == ["127.0.0.1:8123", "127.0.0.1:8124"]
+
+
 # ---- Grafana -------------------------------------------------------------------------------------------------
 def datasource_uid() -> str:
     config = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
