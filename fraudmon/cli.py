@@ -114,7 +114,8 @@ def worker_command(
     from faust.cli.faust import cli as faust_cli
 
     web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]
-    sys.argv = ["faust", "-A", "stream_app.app", "worker", "-l", log_level, *web]
+    quiet = ["--quiet"] if settings.logging.json_logs else []  # no banner between the JSON lines
+    sys.argv = ["faust", *quiet, "-A", "stream_app.app", "worker", "-l", log_level, *web]
     faust_cli()
 
 

@@ -17,7 +17,7 @@ import orjson
 
 from fraudmon.config import KafkaSettings, load_settings
 from fraudmon.errors import FraudMonitorError
-from fraudmon.logs import configure_logging
+from fraudmon.logs import configure_logging, json_logging_config
 from stream_app.engine import RawMessage
 from stream_app.runtime import HotReloader, build_engine, wait_for_kafka, wait_for_state_store
 
@@ -59,6 +59,7 @@ app = faust.App(
     key_serializer="raw",
     web_enabled=worker.web_port > 0,  # Faust's own web server (its /health-like pages); 0 disables it
     web_port=worker.web_port or 6066,
+    logging_config=json_logging_config(settings.logging.level) if settings.logging.json_logs else None,
     topic_partitions=topics.partitions,
     topic_replication_factor=topics.replication_factor,
     consumer_auto_offset_reset="earliest",

@@ -314,3 +314,11 @@ def test_worker_waits_for_redis_at_start_then_serves(kafka_bootstrap, worker_top
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_json_logs_on_request_cover_faust_too(worker_topics, start_worker):
+    worker = start_worker(worker_topics, env={"FRAUDMON_LOG_JSON": "true"})
+    lines = [line for line in worker.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object, Faust's own included
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(r["logger"].startswith("faust") for r in records) and any(r["logger"] == "stream_app" for r in records)
