@@ -197,6 +197,10 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     print(f"end-to-end latency   p50 {e2e[50]} ms, p95 {e2e[95]} ms, p99 {e2e[99]} ms")
     print(f"throughput           {summary['throughput_per_s']} decisions/s")
     print(f"\nfull summary: {out_dir / 'summary.json'}; worker log: {out_dir / 'worker.log'}")
+    print("\nnext: `fraudmon demo --keep-running` leaves Kafka, Redis and Prometheus up to look around "
+          "(alerts at http://127.0.0.1:9090/alerts);\n      `fraudmon stack up` + `fraudmon worker` + "
+          "`fraudmon produce --simulate --rate 500` runs it by hand;\n      `fraudmon simulate -o ev.jsonl --truth "
+          "truth.csv` then `fraudmon replay ev.jsonl --truth truth.csv` backtests rules offline.")
 
 
 def _delete_keys(redis_url: str, prefix: str) -> None:
