@@ -106,9 +106,10 @@ def worker_command(
     os.environ.setdefault("FRAUDMON_LOG_LEVEL", log_level.upper())
     settings = _settings(config)
     try:  # fail fast with a clear message before Faust starts
-        from stream_app.runtime import build_engine
+        from stream_app.runtime import build_engine, check_ports
 
         build_engine(settings)
+        check_ports(settings)
     except FraudMonitorError as exc:
         _fail(f"worker cannot start: {exc}")
     from faust.cli.faust import cli as faust_cli

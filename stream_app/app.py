@@ -19,7 +19,7 @@ from fraudmon.config import KafkaSettings, load_settings
 from fraudmon.errors import FraudMonitorError
 from fraudmon.logs import configure_logging, json_logging_config
 from stream_app.engine import RawMessage
-from stream_app.runtime import HotReloader, build_engine, wait_for_kafka, wait_for_state_store
+from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
 
 log = logging.getLogger("stream_app")
 
@@ -43,6 +43,7 @@ try:
     settings = load_settings()
     configure_logging(settings.logging.level, settings.logging.json_logs)
     engine = build_engine(settings)
+    check_ports(settings)
 except FraudMonitorError as exc:
     print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
     sys.exit(2)

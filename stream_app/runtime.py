@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraudmon.config import Settings
-from fraudmon.errors import FraudMonitorError, StateUnavailable
+from fraudmon.errors import ConfigError, FraudMonitorError, StateUnavailable
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import load_rules
@@ -34,6 +34,22 @@ def build_engine(
         retry_after_s=settings.worker.redis_retry_after_s,
         max_message_bytes=settings.worker.max_message_bytes,
     )
+
+
+def check_ports(settings: Settings) -> None:
+    """The worker's /metrics port (and Faust's web port, when on) must be free; say which setting to change."""
+    ports = {"worker.metrics_port (FRAUDMON_METRICS_PORT)": settings.worker.metrics_port,
+             "worker.web_port (FRAUDMON_WORKER__WEB_PORT, 0 turns it off)": settings.worker.web_port}
+    for setting, port in ports.items():
+        if not port:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise ConfigError(f"port {port} is not free ({exc.strerror}): another worker or program uses it; "
+                                  f"set {setting} to a free port") from None
 
 
 def wait_for_kafka(bootstrap_servers: str, retry_s: float = 2.0, give_up_s: float | None = None) -> None:

@@ -83,16 +83,11 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, topics: dict[str, str], group: str, metrics_port: int,
                  extra_env: dict[str, str], log_path) -> None:
-        import os
-        import subprocess
-        import sys
-
-        from fraudmon.config import PROJECT_ROOT
+        from fraudmon.demo import start_worker
 
         self.metrics_port = metrics_port
         self.log_path = log_path
         env = {
-            **os.environ,
             "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
             "FRAUDMON_REDIS_URL": settings.redis.url,
             "FRAUDMON_TOPICS__TRANSACTIONS": topics["transactions"],
@@ -110,10 +105,7 @@ class WorkerProcess:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **extra_env,
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT, env=env,
-            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.process = start_worker(env, log_path)
 
     def metrics_text(self) -> str:
         import urllib.request

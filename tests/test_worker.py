@@ -288,7 +288,8 @@ def test_worker_process_never_imports_tensorflow(settings):
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url}
+    env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_METRICS_PORT": str(free_port()),
+           "FRAUDMON_WORKER__WEB_PORT": "0"}
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -322,3 +323,20 @@ def test_json_logs_on_request_cover_faust_too(worker_topics, start_worker):
     records = [json.loads(line) for line in lines]  # every line is one JSON object, Faust's own included
     assert {"time", "level", "logger", "message"} <= set(records[0])
     assert any(r["logger"].startswith("faust") for r in records) and any(r["logger"] == "stream_app" for r in records)
+
+
+def test_startup_refuses_a_busy_metrics_port_naming_the_setting(settings):
+    import os
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_METRICS_PORT": str(port),
+               "FRAUDMON_WORKER__WEB_PORT": "0"}
+        for command in (["-m", "fraudmon.cli", "worker"], ["-m", "faust", "-A", "stream_app.app", "worker"]):
+            result = subprocess.run([sys.executable, *command], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert f"port {port} is not free" in result.stderr and "FRAUDMON_METRICS_PORT" in result.stderr
