@@ -142,3 +142,19 @@ def test_the_shipped_default_model_serves_simulated_events():
     assert np.isfinite(scores).all() and errors.shape == (2000, len(EVENT_FEATURES))
     labels = np.array([t.label for t in truth], dtype=bool)
     assert scores[labels].mean() > scores[~labels].mean()
+
+
+def test_score_buckets_separate_normal_scores_from_the_threshold():
+    """The score histogram (dashboard heatmap) must resolve the shipped model's normal scores and its threshold."""
+    import bisect
+    import json
+
+    from fraudmon.config import PROJECT_ROOT
+    from stream_app.metrics import SCORE_BUCKETS
+
+    card = json.loads((PROJECT_ROOT / "models" / "default.json").read_text())
+    quantiles = card["score_quantiles"]
+    positions = [bisect.bisect_left(SCORE_BUCKETS, v)
+                 for v in (quantiles["p50"], quantiles["p99"], card["threshold"]["value"])]
+    assert positions == sorted(set(positions)), f"p50, p99 and threshold share a bucket: {positions}"
+    assert list(SCORE_BUCKETS) == sorted(SCORE_BUCKETS) and SCORE_BUCKETS[0] < quantiles["p50"]
