@@ -19,7 +19,7 @@ from fraudmon.errors import StateUnavailable
 from stream_app.decision import build_dead_letter, build_decision
 from stream_app.features import vectorize
 from stream_app.metrics import WorkerMetrics
-from stream_app.rules import RuleSet, evaluate, should_flag
+from stream_app.rules import RuleSet, evaluate, flagging_rules
 from stream_app.schema import Event, InvalidEvent, format_timestamp, parse_event
 from stream_app.scoring import OnnxModel
 from stream_app.state import StateStore
@@ -113,7 +113,7 @@ class DecisionEngine:
         rule_hits = metrics.rule_hits
         for i, event in enumerate(events):
             hits = evaluate(rules, event, None if states is None else states[i])
-            flagging = [hit.id for hit in hits if should_flag(rules, [hit])]
+            flagging = flagging_rules(rules, hits)
             model_part = None
             model_flag = False
             if score_list is not None:

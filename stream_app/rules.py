@@ -215,7 +215,7 @@ def evaluate(ruleset: RuleSet, event: Event, state: AccountState | None) -> list
     return hits
 
 
-def should_flag(ruleset: RuleSet, hits: list[RuleHit]) -> bool:
-    """True when any hit is at or above the rule set's `flag_severity`."""
+def flagging_rules(ruleset: RuleSet, hits: list[RuleHit]) -> list[str]:
+    """Ids of the hits at or above the rule set's `flag_severity`: the rules that make the decision a flag."""
     floor = SEVERITIES[ruleset.flag_severity]
-    return any(SEVERITIES[hit.severity] >= floor for hit in hits)
+    return [hit.id for hit in hits if SEVERITIES[hit.severity] >= floor]

@@ -6,7 +6,7 @@ import pytest
 
 from fraudmon.config import PROJECT_ROOT
 from fraudmon.errors import RulesError
-from stream_app.rules import SEVERITIES, AccountState, evaluate, load_rules, parse_rules, should_flag
+from stream_app.rules import SEVERITIES, AccountState, evaluate, flagging_rules, load_rules, parse_rules
 from stream_app.schema import event_from_dict
 
 T0 = 1_763_800_000_000
@@ -120,7 +120,7 @@ def test_flag_severity_policy_and_disabled_rules():
         {"id": "off", "type": "amount_over", "limit": 10, "enabled": False},
     ]})
     hits = evaluate(rules, event(50), None)
-    assert [h.id for h in hits] == ["low"] and not should_flag(rules, hits)
+    assert [h.id for h in hits] == ["low"] and flagging_rules(rules, hits) == []
     strict = parse_rules({"flag_severity": "medium", "rules": [
         {"id": "low", "type": "amount_over", "limit": 10, "severity": "medium"}]})
-    assert should_flag(strict, evaluate(strict, event(50), None))
+    assert flagging_rules(strict, evaluate(strict, event(50), None)) == ["low"]
