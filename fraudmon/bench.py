@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 
 from fraudmon.config import Settings
-from fraudmon.demo import percentile, start_worker, stop_process, wait_for_group
+from fraudmon.demo import delete_state, percentile, run_state_prefix, start_worker, stop_process, wait_for_group
 from fraudmon.stack import create_topics
 
 
@@ -130,19 +130,23 @@ def _events(n: int, seed: int, duration_s: float):
 
 
 class WorkerUnderTest:
+    """One worker with the model and all rules on, its rule state under a prefix of its own (removed after)."""
+
     def __init__(self, settings: Settings, topics: Topics, log_path: Path) -> None:
+        self.settings = settings
         self.group = f"bench-worker-{uuid.uuid4().hex[:6]}"
-        env = {
-            "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "FRAUDMON_REDIS_URL": settings.redis.url,
+        self.state_prefix = run_state_prefix(settings, "bench")
+        self.process = start_worker(settings, log_path, {
             "FRAUDMON_TOPICS__TRANSACTIONS": topics.source, "FRAUDMON_TOPICS__SCORES": topics.output,
             "FRAUDMON_TOPICS__FLAGGED": topics.flagged, "FRAUDMON_TOPICS__DEAD_LETTER": topics.dead_letter,
             "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": "0", "FRAUDMON_LOG_LEVEL": "WARNING",
-        }
-        self.process = start_worker(env, log_path)
+            "FRAUDMON_REDIS__KEY_PREFIX": self.state_prefix,
+        })
         wait_for_group(settings, self.group, timeout_s=90)
 
     def stop(self) -> None:
         stop_process(self.process)
+        delete_state(self.settings, self.state_prefix)
 
 
 def measure_throughput(settings: Settings, system: str, n: int, out_dir: Path) -> dict:

@@ -121,12 +121,35 @@ def wait_for_group(settings: Settings, group: str, timeout_s: float = 60.0, memb
     raise FraudMonitorError(f"the worker did not join consumer group {group!r} within {timeout_s:.0f}s")
 
 
-def start_worker(settings_env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A `fraudmon worker` subprocess on `settings`' Kafka and Redis, Faust's web server off, plus `env`
+    (any `FRAUDMON_*` override); its output goes to `log_path`."""
     log = log_path.open("ab")
+    base = {"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "FRAUDMON_REDIS_URL": settings.redis.url,
+            "FRAUDMON_WORKER__WEB_PORT": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT, env={**os.environ, **settings_env},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT,
+        env={**os.environ, **base, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+def run_state_prefix(settings: Settings, run: str) -> str:
+    """A Redis key prefix of its own for one demo or benchmark run. The simulator reuses account ids and
+    transaction ids, so an earlier run's state would otherwise count towards this run's (or mark its events
+    as already seen); `delete_state` removes it afterwards."""
+    return f"{settings.redis.key_prefix}{run}-{uuid.uuid4().hex[:8]}:"
+
+
+def delete_state(settings: Settings, prefix: str) -> None:
+    client = redis.Redis.from_url(settings.redis.url)
+    batch = []
+    for key in client.scan_iter(f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -203,18 +226,6 @@ def print_summary(summary: dict, out_dir: Path) -> None:
           "truth.csv` then `fraudmon replay ev.jsonl --truth truth.csv` backtests rules offline.")
 
 
-def _delete_keys(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    batch = []
-    for key in client.scan_iter(f"{prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            client.unlink(*batch)
-            batch.clear()
-    if batch:
-        client.unlink(*batch)
-
-
 def run_demo(
     settings: Settings, *, duration_s: float, rate: float, malformed: int, seed: int, keep_running: bool,
     out_dir: Path,
@@ -241,12 +252,8 @@ def run_demo(
     truth_map = {t.transaction_id: (t.label, t.scenario) for t in truth}
 
     print("demo: starting the worker ...")
-    # The run's rule state gets its own Redis key prefix (deleted at the end): the simulator reuses account ids,
-    # and an earlier run's events would otherwise count towards this run's velocity and history.
-    state_prefix = f"{settings.redis.key_prefix}demo-{uuid.uuid4().hex[:8]}:"
-    worker = start_worker({"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
-                           "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_REDIS__KEY_PREFIX": state_prefix,
-                           "FRAUDMON_WORKER__WEB_PORT": "0"}, out_dir / "worker.log")
+    state_prefix = run_state_prefix(settings, "demo")
+    worker = start_worker(settings, out_dir / "worker.log", {"FRAUDMON_REDIS__KEY_PREFIX": state_prefix})
     collector = OutputCollector(settings)
     try:
         wait_for_group(settings, settings.worker.app_id)
@@ -267,7 +274,7 @@ def run_demo(
     finally:
         collector.stop()
         stop_process(worker)
-        _delete_keys(settings.redis.url, state_prefix)
+        delete_state(settings, state_prefix)
         if not keep_running and not was_running:
             stack.down()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -88,8 +88,6 @@ class WorkerProcess:
         self.metrics_port = metrics_port
         self.log_path = log_path
         env = {
-            "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
-            "FRAUDMON_REDIS_URL": settings.redis.url,
             "FRAUDMON_TOPICS__TRANSACTIONS": topics["transactions"],
             "FRAUDMON_TOPICS__SCORES": topics["scores"],
             "FRAUDMON_TOPICS__FLAGGED": topics["flagged"],
@@ -97,7 +95,6 @@ class WorkerProcess:
             "FRAUDMON_WORKER__APP_ID": group,
             "FRAUDMON_METRICS_PORT": str(metrics_port),
             "FRAUDMON_WORKER__RELOAD_INTERVAL_S": "0.5",
-            "FRAUDMON_WORKER__WEB_PORT": "0",
             # Rule semantics are under test here, on a 2-core machine shared with Kafka, Redis and the test
             # itself: a Redis timeout at a quarter second, not 25 ms, so a CPU hiccup does not degrade a batch.
             # The degraded path has its own test (Redis stopped).
@@ -105,7 +102,7 @@ class WorkerProcess:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **extra_env,
         }
-        self.process = start_worker(env, log_path)
+        self.process = start_worker(settings, log_path, env)
 
     def metrics_text(self) -> str:
         import urllib.request
