@@ -20,12 +20,12 @@ import pandas as pd
 
 from fraudmon.errors import InputDataError
 from stream_app.schema import Event, InvalidEvent, event_from_dict
+from training.simulate import read_ground_truth
 
 CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
 CREDITCARD_REQUIRED = ("Time", *CREDITCARD_FEATURES, "Amount")
 CREDITCARD_BASE_MS = 1_377_993_600_000  # 2013-09-01T00:00:00Z: the dataset covers two days of September 2013
 EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")
-TRUTH_REQUIRED = ("transaction_id", "label")
 MIN_NORMAL_TRAIN_ROWS = 500
 
 Format = Literal["auto", "events", "creditcard"]
@@ -244,26 +244,8 @@ def _csv_number(path: Path, line: int, column: str, text: str | None) -> float:
         raise InputDataError(f"{path} line {line}, column {column}: {str(text)[:40]!r} is not a number") from None
 
 
-def read_truth(path: Path) -> dict[str, tuple[int, str]]:
-    """Ground truth CSV `transaction_id,label[,scenario]` → {transaction_id: (label, scenario)}."""
-    if not path.is_file():
-        raise InputDataError(f"ground-truth file {path} does not exist")
-    truth: dict[str, tuple[int, str]] = {}
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in TRUTH_REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputDataError(f"{path} lacks the ground-truth columns {', '.join(missing)}")
-        for number, record in enumerate(reader, start=2):
-            label = (record["label"] or "").strip()
-            if label not in ("0", "1"):
-                raise InputDataError(f"{path} line {number}, column label: {label[:20]!r} is not 0 or 1")
-            truth[record["transaction_id"]] = (int(label), (record.get("scenario") or "").strip())
-    return truth
-
-
 def _attach_truth(dataset: Dataset, path: Path) -> None:
-    truth = read_truth(path)
+    truth = {t.transaction_id: (t.label, t.scenario) for t in read_ground_truth(path)}
     unlabelled = [e.transaction_id for e in dataset.events if e.transaction_id not in truth]
     if unlabelled:
         raise InputDataError(

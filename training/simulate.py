@@ -549,19 +549,22 @@ def write_ground_truth(path: str | Path, truth: Iterable[GroundTruth]) -> int:
 
 
 def read_ground_truth(path: str | Path) -> list[GroundTruth]:
-    """Read a ground-truth CSV written by `write_ground_truth`."""
+    """Read a ground-truth CSV `transaction_id,label[,scenario]` (as `write_ground_truth` writes it)."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as source:
+    if not path.is_file():
+        raise InputDataError(f"ground-truth file {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as source:
         reader = csv.DictReader(source)
-        missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in TRUTH_COLUMNS[:2] if c not in (reader.fieldnames or [])]
         if missing:
-            raise InputDataError(f"{path}: header lacks {', '.join(missing)}; expected {','.join(TRUTH_COLUMNS)}")
+            raise InputDataError(f"{path} lacks the ground-truth columns {', '.join(missing)} "
+                                 f"(expected {','.join(TRUTH_COLUMNS)})")
         truth = []
         for row in reader:
-            label = row["label"]
+            label = (row["label"] or "").strip()
             if label not in ("0", "1"):
-                raise InputDataError(f"{path} line {reader.line_num}, column label: {label!r} is not 0 or 1")
-            truth.append(GroundTruth(row["transaction_id"], int(label), row["scenario"] or NORMAL))
+                raise InputDataError(f"{path} line {reader.line_num}, column label: {label[:20]!r} is not 0 or 1")
+            truth.append(GroundTruth(row["transaction_id"], int(label), (row.get("scenario") or "").strip() or NORMAL))
     return truth
 
 
