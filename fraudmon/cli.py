@@ -130,13 +130,13 @@ def replay_command(
     """Score a file offline through the worker's exact decision code (in-process rule state) — a backtest."""
     import json
 
-    from fraudmon.produce import read_events_file
+    from fraudmon.produce import is_json_lines, read_events_file
     from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
     settings = _settings(config)
     try:
         engine = offline_engine(settings)
-        parsed = None if data.suffix in (".jsonl", ".json", ".ndjson") else read_events_file(data)
+        parsed = None if is_json_lines(data) else read_events_file(data)
     except FraudMonitorError as exc:
         _fail(str(exc))
     events = None

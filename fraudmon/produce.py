@@ -98,9 +98,7 @@ class EventFile:
         """The file's events in order."""
         if self.kind == "creditcard":
             return self._creditcard_events()
-        if self.kind == "events-csv":
-            return (event for _, event in _events_csv(self.path))
-        return (event for _, event in _events_jsonl(self.path))
+        return _file_events(self.path)
 
     def ground_truth(self) -> list[GroundTruth] | None:
         """Labels of a card-holder file with a `Class` column (scenario `creditcard`); None for other files."""
@@ -139,8 +137,8 @@ def open_event_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME
         first = source.readline()
     if not first.strip():
         raise InputDataError(f"{path}: the file is empty or starts with a blank line; expected a header or JSON")
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or first.lstrip().startswith("{"):
-        rows = sum(1 for _ in _events_jsonl(path))
+    if is_json_lines(path):
+        rows = sum(1 for _ in _file_events(path))
         return EventFile(path, "events-jsonl", rows, base_time, accounts)
     header = next(csv.reader([first]))
     if "transaction_id" in header:
@@ -148,7 +146,7 @@ def open_event_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME
         if missing:
             raise InputDataError(f"{path}: required column {missing[0]} is missing from the header (line 1); "
                                  f"event CSV files need {', '.join(REQUIRED_EVENT_COLUMNS)}")
-        rows = sum(1 for _ in _events_csv(path))
+        rows = sum(1 for _ in _file_events(path))
         return EventFile(path, "events-csv", rows, base_time, accounts)
     if any(c in header for c in ("Time", "Amount", "V1", "Class")):
         table, labels = _read_creditcard(path)
@@ -166,20 +164,29 @@ def read_events_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIM
     return list(source.events()), source.ground_truth() or []
 
 
-def _events_jsonl(path: Path) -> Iterator[tuple[int, Event]]:
+def is_json_lines(path: Path) -> bool:
+    """JSON lines by name (.jsonl, .json, .ndjson) or by content (the first line is an object)."""
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return True
     with path.open(encoding="utf-8-sig") as source:
-        for line_no, line in enumerate(source, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, event_from_dict(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputDataError(f"{path} file line {line_no}: not JSON ({exc.msg})") from None
-            except InvalidEvent as exc:
-                raise InputDataError(f"{path} file line {line_no}, field {exc}") from None
+        return source.readline().lstrip().startswith("{")
 
 
-def _events_csv(path: Path) -> Iterator[tuple[int, Event]]:
+def read_event_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The raw rows of a JSON-lines or event-CSV file, each with where it stands (`<path> file line N`), for
+    `event_from_dict`. CSV cells arrive as JSON would: numbers for `amount` and `features.<name>` columns (an empty
+    cell is NaN, for the caller to refuse or drop), an all-digit `timestamp` as epoch milliseconds."""
+    path = Path(path)
+    if is_json_lines(path):
+        with path.open(encoding="utf-8-sig") as source:
+            for line_no, line in enumerate(source, start=1):
+                if line.strip():
+                    where = f"{path} file line {line_no}"
+                    try:
+                        yield where, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputDataError(f"{where}: not JSON ({exc.msg})") from None
+        return
     with path.open(newline="", encoding="utf-8-sig") as source:
         reader = csv.DictReader(source)
         for row_no, row in enumerate(reader, start=1):
@@ -187,17 +194,29 @@ def _events_csv(path: Path) -> Iterator[tuple[int, Event]]:
             if None in row or any(value is None for value in row.values()):
                 raise InputDataError(f"{where}: {len(reader.fieldnames or [])} columns in the header but a "
                                      "different number in this row")
-            data: dict[str, Any] = {k: v for k, v in row.items() if v != ""}
-            try:
-                data["amount"] = float(data["amount"])
-            except KeyError:
-                raise InputDataError(f"{where}, column amount: empty; every event needs an amount") from None
-            except ValueError:
-                raise InputDataError(f"{where}, column amount: {row['amount'][:30]!r} is not a number") from None
-            try:
-                yield row_no, event_from_dict(data)
-            except InvalidEvent as exc:
-                raise InputDataError(f"{where}, column {exc}") from None
+            data: dict[str, Any] = {k: v for k, v in row.items() if v != "" and not k.startswith("features.")}
+            numbers = {"amount": row.get("amount")} if "amount" in row else {}
+            numbers.update((k, v) for k, v in row.items() if k.startswith("features.") and v != "")
+            for column, text in numbers.items():
+                try:
+                    value = float(text) if text not in ("", None) else math.nan
+                except ValueError:
+                    raise InputDataError(f"{where}, column {column}: {text[:30]!r} is not a number") from None
+                if column == "amount":
+                    data["amount"] = value
+                else:
+                    data.setdefault("features", {})[column.removeprefix("features.")] = value
+            if data.get("timestamp", "").isdigit():
+                data["timestamp"] = int(data["timestamp"])
+            yield where, data
+
+
+def _file_events(path: Path) -> Iterator[Event]:
+    for where, row in read_event_rows(path):
+        try:
+            yield event_from_dict(row)
+        except InvalidEvent as exc:
+            raise InputDataError(f"{where}, field {exc}") from None
 
 
 def _read_creditcard(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

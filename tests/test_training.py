@@ -53,7 +53,7 @@ def test_non_numeric_cell_names_row_and_column(tmp_path):
         load_dataset(card_csv(tmp_path / "cc.csv", edit=corrupt))
     events = tmp_path / "events.csv"
     events.write_text("transaction_id,account_id,amount,timestamp\ntx-1,a,1.5,0\ntx-2,a,lots,0\n")
-    with pytest.raises(InputDataError, match=r"line 3, column amount: 'lots' is not a number"):
+    with pytest.raises(InputDataError, match=r"file line 3\), column amount: 'lots' is not a number"):
         load_dataset(events)
 
 

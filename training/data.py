@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fraudmon.errors import InputDataError
+from fraudmon.produce import is_json_lines, read_event_rows
 from stream_app.schema import Event, InvalidEvent, event_from_dict
 from training.simulate import read_ground_truth
 
@@ -178,70 +178,31 @@ def _is_nonfinite(value: Any) -> bool:
 
 
 def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
-    rows = _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else _read_event_csv(path)
+    if not is_json_lines(path):
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        missing = [c for c in EVENT_REQUIRED if c not in header]
+        if missing:
+            raise InputDataError(f"{path} lacks the event columns {', '.join(missing)} (has: {', '.join(header)})")
     events: list[Event] = []
     dropped: dict[str, int] = {}
-    for line, row in rows:
+    rows = 0
+    for where, row in read_event_rows(path):
+        rows += 1
         bad = [k for k, v in row.items() if k != "features" and _is_nonfinite(v)]
         features = row.get("features")
         if isinstance(features, dict):
             bad += [f"features.{k}" for k, v in features.items() if _is_nonfinite(v)]
         if bad:
-            _nonfinite(path, 1, f"line {line}: {', '.join(bad)}", on_nonfinite)
+            _nonfinite(path, 1, f"{where}: {', '.join(bad)}", on_nonfinite)
             for name in bad:
                 dropped[name] = dropped.get(name, 0) + 1
             continue
         try:
             events.append(event_from_dict(row))
         except InvalidEvent as exc:
-            raise InputDataError(f"{path} line {line}: {exc}") from None
-    return Dataset(events, source={"dropped_nonfinite": len(rows) - len(events), "dropped_detail": dropped})
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open() as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                rows.append((number, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                raise InputDataError(f"{path} line {number}: not JSON ({exc.msg})") from None
-    return rows
-
-
-def _read_event_csv(path: Path) -> list[tuple[int, dict]]:
-    """Event CSV: the event's field names as columns; `features.<name>` columns become `features`."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in EVENT_REQUIRED if c not in header]
-        if missing:
-            raise InputDataError(f"{path} lacks the event columns {', '.join(missing)} (has: {', '.join(header)})")
-        feature_columns = [c for c in header if c.startswith("features.")]
-        rows = []
-        for number, record in enumerate(reader, start=2):
-            row: dict[str, Any] = {k: v for k, v in record.items() if v not in ("", None) and k in header}
-            row["amount"] = _csv_number(path, number, "amount", record["amount"])
-            timestamp = record["timestamp"]
-            row["timestamp"] = int(timestamp) if timestamp.isdigit() else timestamp
-            features = {}
-            for column in feature_columns:
-                row.pop(column, None)
-                if record[column] not in ("", None):
-                    features[column.removeprefix("features.")] = _csv_number(path, number, column, record[column])
-            if features:
-                row["features"] = features
-            rows.append((number, row))
-    return rows
-
-
-def _csv_number(path: Path, line: int, column: str, text: str | None) -> float:
-    try:
-        return float(text if text not in ("", None) else "nan")
-    except ValueError:
-        raise InputDataError(f"{path} line {line}, column {column}: {str(text)[:40]!r} is not a number") from None
+            raise InputDataError(f"{where}: {exc}") from None
+    return Dataset(events, source={"dropped_nonfinite": rows - len(events), "dropped_detail": dropped})
 
 
 def _attach_truth(dataset: Dataset, path: Path) -> None:
