@@ -112,15 +112,21 @@ class EventFile:
     def _creditcard_events(self) -> Iterator[Event]:
         base_ms = int(self.base_time.timestamp() * 1000)
         for i, row in enumerate(self.table if self.table is not None else ()):
-            features = row[1:AMOUNT]
-            yield Event(
-                transaction_id=f"cc-{i}",
-                account_id=f"cc-acc-{zlib.crc32(features.tobytes()) % self.accounts}",
-                amount=float(row[AMOUNT]),
-                timestamp_ms=base_ms + round(float(row[0]) * 1000),
-                currency="EUR",
-                features=dict(zip(CREDITCARD_FEATURES, features.tolist(), strict=True)),
-            )
+            yield creditcard_event(i, row, base_ms, self.accounts)
+
+
+def creditcard_event(index: int, row: np.ndarray, base_ms: int, accounts: int = DEFAULT_FILE_ACCOUNTS) -> Event:
+    """The event of card-holder row `index` (values Time, V1..V28, Amount): `cc-<index>`, `Time` seconds after
+    `base_ms`, and one of `accounts` synthetic accounts by a hash of the features (stable across runs)."""
+    features = row[1:AMOUNT]
+    return Event(
+        transaction_id=f"cc-{index}",
+        account_id=f"cc-acc-{zlib.crc32(features.tobytes()) % accounts}",
+        amount=float(row[AMOUNT]),
+        timestamp_ms=base_ms + round(float(row[0]) * 1000),
+        currency="EUR",
+        features=dict(zip(CREDITCARD_FEATURES, features.tolist(), strict=True)),
+    )
 
 
 def open_event_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,

@@ -18,13 +18,10 @@ import numpy as np
 import pandas as pd
 
 from fraudmon.errors import InputDataError
-from fraudmon.produce import is_json_lines, read_event_rows
+from fraudmon.produce import CREDITCARD_COLUMNS, DEFAULT_BASE_TIME, creditcard_event, is_json_lines, read_event_rows
 from stream_app.schema import Event, InvalidEvent, event_from_dict
 from training.simulate import read_ground_truth
 
-CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
-CREDITCARD_REQUIRED = ("Time", *CREDITCARD_FEATURES, "Amount")
-CREDITCARD_BASE_MS = 1_377_993_600_000  # 2013-09-01T00:00:00Z: the dataset covers two days of September 2013
 EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")
 MIN_NORMAL_TRAIN_ROWS = 500
 
@@ -124,10 +121,10 @@ def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
         frame = pd.read_csv(path, low_memory=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise InputDataError(f"{path} is not a readable CSV: {exc}") from None
-    missing = [c for c in CREDITCARD_REQUIRED if c not in frame.columns]
+    missing = [c for c in CREDITCARD_COLUMNS if c not in frame.columns]
     if missing:
         raise InputDataError(f"{path} lacks the card-holder columns {', '.join(missing)}")
-    columns = [*CREDITCARD_REQUIRED, *(["Class"] if "Class" in frame.columns else [])]
+    columns = [*CREDITCARD_COLUMNS, *(["Class"] if "Class" in frame.columns else [])]
     values = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
         values[:, j] = _numeric_column(path, frame[name], name)
@@ -144,15 +141,9 @@ def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
             row = int(keep[wrong[0]])
             raise InputDataError(f"{path} line {row + 2}, column Class: {labels[wrong[0]]:g} is not 0 or 1")
         labels = labels.astype(np.int8)
-    time_ms = np.round(values[:, 0] * 1000.0).astype(np.int64) + CREDITCARD_BASE_MS
-    amounts = values[:, len(CREDITCARD_REQUIRED) - 1]
-    names = CREDITCARD_FEATURES
-    v = values[:, 1 : 1 + len(names)].tolist()
-    events = [
-        Event(transaction_id=f"cc-{i}", account_id="cardholders", amount=float(amounts[i]),
-              timestamp_ms=int(time_ms[i]), features=dict(zip(names, v[i], strict=True)))
-        for i in keep.tolist()
-    ]
+    amounts = values[:, len(CREDITCARD_COLUMNS) - 1]
+    base_ms = int(DEFAULT_BASE_TIME.timestamp() * 1000)
+    events = [creditcard_event(i, values[i, : len(CREDITCARD_COLUMNS)], base_ms) for i in keep.tolist()]
     negative = np.flatnonzero(amounts[keep] < 0)
     if negative.size:
         raise InputDataError(f"{path} line {int(keep[negative[0]]) + 2}, column Amount: must be >= 0")
