@@ -153,3 +153,21 @@ def exposition_names(text: str) -> set[str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
+
+
+def used_metric_names() -> dict[str, set[str]]:
+    """Every series name the alert rules and the dashboard select, with where each is used (Prometheus' own
+    series such as `up` and recorded series, whose names have a colon, included)."""
+    used: dict[str, set[str]] = {}
+    for rule in rule_expressions():
+        for name in metric_names(rule.expr):
+            used.setdefault(name, set()).add(f"rule {rule.name}")
+    for panel in panel_queries():
+        for name in metric_names(panel.expr):
+            used.setdefault(name, set()).add(f"panel {panel.panel!r}")
+    return used
+
+
+def is_worker_metric(name: str) -> bool:
+    """False for Prometheus' own series and for recorded series (the worker exports neither)."""
+    return name not in PROMETHEUS_SERIES and ":" not in name

@@ -19,15 +19,16 @@ import yaml
 from monitoring.dashboard_queries import (
     DASHBOARD_PATH,
     MONITORING_DIR,
-    PROMETHEUS_SERIES,
     RULE_PATHS,
     exposition_names,
+    is_worker_metric,
     load_dashboard,
     metric_names,
     panel_queries,
     render,
     rule_expressions,
     selectors,
+    used_metric_names,
 )
 
 PROMETHEUS_CONFIGS = (MONITORING_DIR / "prometheus.yml", MONITORING_DIR / "prometheus.docker.yml")
@@ -130,17 +131,8 @@ def exported_names() -> set[str]:
 
 def test_every_metric_used_is_exported_by_the_worker() -> None:
     exported = exported_names()
-    used: dict[str, set[str]] = {}
-    for rule in rule_expressions():
-        for name in metric_names(rule.expr):
-            used.setdefault(name, set()).add(f"rule {rule.name}")
-    for query in panel_queries():
-        for name in metric_names(query.expr):
-            used.setdefault(name, set()).add(f"panel {query.panel!r}")
-    missing = {
-        name: sorted(where) for name, where in used.items()
-        if name not in exported and name not in PROMETHEUS_SERIES and ":" not in name
-    }
+    missing = {name: sorted(where) for name, where in used_metric_names().items()
+               if is_worker_metric(name) and name not in exported}
     assert not missing, f"metrics used but not exported by stream_app.metrics.WorkerMetrics: {missing}"
 
 

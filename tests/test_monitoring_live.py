@@ -31,13 +31,13 @@ from fraudmon.demo import wait_for_group
 from fraudmon.produce import ProduceSummary, produce_events
 from fraudmon.stack import create_topics
 from monitoring.dashboard_queries import (
-    PROMETHEUS_SERIES,
     RULE_PATHS,
     exposition_names,
-    metric_names,
+    is_worker_metric,
     panel_queries,
     rule_expressions,
     selectors,
+    used_metric_names,
 )
 from training.simulate import SimulationConfig, simulate
 
@@ -156,15 +156,8 @@ def test_rule_files_load_and_every_rule_evaluates_without_error(live: Live) -> N
 def test_every_metric_used_is_on_the_running_workers_metrics(live: Live) -> None:
     """Renaming a metric in stream_app/metrics.py without updating monitoring/ breaks this test."""
     exposed = exposition_names(live.metrics_text)
-    used: dict[str, set[str]] = {}
-    for rule in rule_expressions():
-        for name in metric_names(rule.expr):
-            used.setdefault(name, set()).add(f"rule {rule.name}")
-    for panel in panel_queries():
-        for name in metric_names(panel.expr):
-            used.setdefault(name, set()).add(f"panel {panel.panel!r}")
-    missing = {name: sorted(where) for name, where in used.items()
-               if name not in exposed and name not in PROMETHEUS_SERIES and ":" not in name}
+    used = used_metric_names()
+    missing = {name: sorted(where) for name, where in used.items() if is_worker_metric(name) and name not in exposed}
     assert not missing, f"used by monitoring/ but not on the worker's /metrics: {missing}"
     assert len(used) >= 20
 
