@@ -2,7 +2,8 @@
 
 Two inputs: the project's event files (JSON lines or CSV, labels from a ground-truth CSV
 `transaction_id,label,scenario`) and the public card-holder CSV (`Time,V1..V28,Amount,Class`). Malformed input
-raises `InputDataError` naming the row and column; NaN/infinite values are counted and dropped (or refused).
+raises `InputDataError` naming the row and column, and so do empty files and columns without a single number;
+other NaN/infinite values are counted per column and their rows dropped (or refused).
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.events)
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows in the file, including the ones dropped for NaN/infinite values."""
+        return len(self.events) + int(self.source.get("dropped_nonfinite", 0))
+
+    @property
+    def label_origin(self) -> str:
+        """Where the labels come from, for messages: the `Class` column or the ground-truth file's `label`."""
+        if self.source.get("format") == "creditcard":
+            return f"column Class of {self.source.get('path')}"
+        return f"column label of {self.source['truth']}" if self.source.get("truth") else "the labels"
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -93,6 +106,11 @@ def load_dataset(
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"data file {path} does not exist")
+    if _is_blank(path):
+        raise InputDataError(
+            f"{path} is empty ({path.stat().st_size} bytes, no header and no rows); pass events as JSON lines or a "
+            f"CSV with the columns {','.join(EVENT_REQUIRED)}, or the card-holder CSV (Time,V1..V28,Amount,Class)"
+        )
     kind = detect_format(path) if fmt == "auto" else fmt
     if kind == "creditcard":
         if truth is not None:
@@ -100,20 +118,51 @@ def load_dataset(
         dataset = _load_creditcard(path, on_nonfinite)
     elif kind == "events":
         dataset = _load_events(path, on_nonfinite)
-        if truth is not None:
-            _attach_truth(dataset, Path(truth))
     else:
         raise InputDataError(f"unknown data format {fmt!r}: use auto, events or creditcard")
+    if dataset.rows_read == 0:
+        raise InputDataError(f"{path} has a header but no data rows; add the rows below the header")
+    if not dataset.events:
+        raise InputDataError(f"all {dataset.rows_read} rows of {path} hold NaN or infinite values "
+                             f"({_counts(dataset.source['dropped_detail'])}); fix the file")
+    if truth is not None:
+        _attach_truth(dataset, Path(truth))
     dataset.source.update(path=str(path), sha256=sha256_file(path), format=kind, rows=len(dataset),
                           truth=None if truth is None else str(truth))
-    if not dataset.events:
-        raise InputDataError(f"{path} holds no usable rows")
     return dataset
 
 
-def _nonfinite(path: Path, count: int, detail: str, on_nonfinite: OnNonFinite) -> None:
-    if count and on_nonfinite == "raise":
-        raise InputDataError(f"{path}: {count} rows hold NaN or infinite values ({detail}); fix or drop them")
+def _is_blank(path: Path) -> bool:
+    """Zero bytes or only whitespace (read until the first other byte, so a big file costs one block)."""
+    with path.open("rb") as handle:
+        return not any(block.strip() for block in iter(lambda: handle.read(1 << 16), b""))
+
+
+def _counts(detail: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in detail.items())
+
+
+def _check_nonfinite(
+    path: Path, rows_read: int, bad_rows: int, detail: dict[str, int], first: str, on_nonfinite: OnNonFinite
+) -> None:
+    """Refuse columns without a single number (dropping would leave no row), and any NaN/inf row if asked to.
+
+    `detail` counts the NaN/inf/empty cells per column, `first` says where the first such row is.
+    """
+    empty = [name for name, n in detail.items() if n == rows_read]
+    if empty:
+        others = {name: n for name, n in detail.items() if name not in empty}
+        raise InputDataError(
+            f"{path}: {'column' if len(empty) == 1 else 'columns'} "
+            f"{', '.join(f'{name} ({detail[name]} NaN/empty)' for name in empty)} "
+            f"{'holds' if len(empty) == 1 else 'hold'} no number in any of the {rows_read} rows, so dropping the "
+            f"NaN rows would leave nothing to train on"
+            + (f" (other columns with NaN/inf cells: {_counts(others)})" if others else "")
+            + "; fill the column with numbers, or remove it if it is an optional features.<name> column"
+        )
+    if bad_rows and on_nonfinite == "raise":
+        raise InputDataError(f"{path}: {bad_rows} rows hold NaN or infinite values ({_counts(detail)}), the first "
+                             f"at {first}; fix or drop them")
 
 
 def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
@@ -131,7 +180,8 @@ def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
     bad_cells = ~np.isfinite(values)
     bad_rows = bad_cells.any(axis=1)
     detail = _detail(bad_cells, columns)
-    _nonfinite(path, int(bad_rows.sum()), ", ".join(f"{k}: {n}" for k, n in detail.items()), on_nonfinite)
+    first = f"line {int(np.argmax(bad_rows)) + 2}" if bad_rows.any() else ""
+    _check_nonfinite(path, len(frame), int(bad_rows.sum()), detail, first, on_nonfinite)
     keep = np.flatnonzero(~bad_rows)
     labels = None
     if "Class" in columns:
@@ -178,6 +228,7 @@ def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
     events: list[Event] = []
     dropped: dict[str, int] = {}
     rows = 0
+    first = ""
     for where, row in read_event_rows(path):
         rows += 1
         bad = [k for k, v in row.items() if k != "features" and _is_nonfinite(v)]
@@ -185,7 +236,7 @@ def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
         if isinstance(features, dict):
             bad += [f"features.{k}" for k, v in features.items() if _is_nonfinite(v)]
         if bad:
-            _nonfinite(path, 1, f"{where}: {', '.join(bad)}", on_nonfinite)
+            first = first or where.removeprefix(f"{path} ")
             for name in bad:
                 dropped[name] = dropped.get(name, 0) + 1
             continue
@@ -193,10 +244,14 @@ def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
             events.append(event_from_dict(row))
         except InvalidEvent as exc:
             raise InputDataError(f"{where}: {exc}") from None
+    _check_nonfinite(path, rows, rows - len(events), dropped, first, on_nonfinite)
     return Dataset(events, source={"dropped_nonfinite": rows - len(events), "dropped_detail": dropped})
 
 
 def _attach_truth(dataset: Dataset, path: Path) -> None:
+    if path.is_file() and _is_blank(path):
+        raise InputDataError(f"ground-truth file {path} is empty; it needs the header transaction_id,label,scenario "
+                             "and one row per event (label 1 = fraud, 0 = normal)")
     truth = {t.transaction_id: (t.label, t.scenario) for t in read_ground_truth(path)}
     unlabelled = [e.transaction_id for e in dataset.events if e.transaction_id not in truth]
     if unlabelled:
@@ -229,6 +284,8 @@ def time_split(
     train, val = past[: len(past) - n_val], past[len(past) - n_val :]
     normal_only = dataset.labels is not None and normal_only is not False
     if normal_only:
+        if not (dataset.labels == 0).any():
+            raise InputDataError(_no_normal_rows(dataset))
         train = train[dataset.labels[train] == 0]
     if train.size < min_normal_train:
         kind = "normal " if normal_only else ""
@@ -239,3 +296,12 @@ def time_split(
     if val.size == 0 or test.size == 0:
         raise InputDataError("the time split left no validation or test rows; provide more data")
     return Split(train=train, val=val, test=test, normal_only=normal_only)
+
+
+def _no_normal_rows(dataset: Dataset) -> str:
+    n = len(dataset.labels)
+    return (
+        f"no normal rows to train the autoencoder on: all {n} rows are labelled fraud ({dataset.label_origin}: "
+        f"value 1 in {n} rows, value 0 in none; 1 = fraud, 0 = normal). The autoencoder learns what normal "
+        "traffic looks like: pass data that also holds normal rows, or check that the labels are not inverted"
+    )
