@@ -220,6 +220,7 @@ def bench_command(
 
 # commands: each line registers one command from the module that owns it.
 from fraudmon.produce import produce_command  # noqa: E402
+from fraudmon.watch import tail_command, topics_command  # noqa: E402
 from training.commands import evaluate_command, train_command  # noqa: E402
 from training.simulate import simulate_command  # noqa: E402
 
@@ -227,6 +228,8 @@ app.command("simulate")(simulate_command)
 app.command("produce")(produce_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.command("tail")(tail_command)
+app.command("topics")(topics_command)
 
 
 def main() -> None:
