@@ -1,13 +1,18 @@
-"""What `fraudmon train` tells a new user: clear errors for empty, fraud-only and all-NaN data."""
+"""What `fraudmon train` tells a new user: a data summary before the first epoch, a loud warning without labels,
+a caveat when the held-out part has few frauds, and clear errors for empty, fraud-only and all-NaN data."""
 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from fraudmon.cli import app
 from fraudmon.errors import InputDataError
 from tests.test_training import HEADER, card_csv
 from training.data import load_dataset, time_split
+from training.report import few_frauds_caveat
 
 START_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 
@@ -87,3 +92,71 @@ def test_nan_rows_are_refused_with_the_first_one_named(tmp_path):
     with pytest.raises(InputDataError, match=r"all 6 rows of .*n.jsonl hold NaN or infinite values \(features.V2: 3, "
                                              r"features.V1: 3\); fix the file"):
         load_dataset(nan_everywhere)
+
+
+def train_cli(data: Path, out: Path, *options: str) -> tuple[int, str]:
+    """`fraudmon train` on `data` with a tiny network and one epoch: (exit code, output with stderr)."""
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out-dir", str(out), "--epochs", "1",
+                                      "--hidden", "8,4", *options])
+    return result.exit_code, result.output
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    (tmp_path / "zero.csv").write_text("")
+    all_nan = card_csv(tmp_path / "nan.csv", n=600, edit=lambda rows: [row.__setitem__(3, "") for row in rows])
+    cases = {
+        tmp_path / "zero.csv": "zero.csv is empty (0 bytes",
+        card_csv(tmp_path / "fraud.csv", n=600, fraud_every=1): "no normal rows to train the autoencoder on",
+        all_nan: "column V3 (600 NaN/empty) holds no number",
+        card_csv(tmp_path / "no-frauds.csv", n=1200): "max_f1 needs frauds among the validation rows, and the 168",
+    }
+    for data, expected in cases.items():
+        code, output = train_cli(data, tmp_path / "models", "--quiet")
+        assert code == 2, output
+        assert output.startswith("error: ") and output.count("\n") == 1 and expected in output, output
+    assert not (tmp_path / "models").exists()
+
+
+def test_summary_comes_before_the_first_epoch_and_few_frauds_get_a_caveat(tmp_path):
+    def poison(rows):
+        rows[1][3] = "nan"
+        rows[2][3] = ""
+        rows[3][29] = "inf"
+
+    data = card_csv(tmp_path / "cc.csv", n=1500, fraud_every=50, edit=poison)
+    code, output = train_cli(data, tmp_path / "models")
+    assert code == 0, output
+    summary = output[: output.index(" - loss: ")]  # the first epoch's progress line (verbose 2)
+    assert "cc.csv (creditcard): 1,500 rows read" in summary
+    assert "NaN/inf cells per column: V3 2, Amount 1; 3 rows dropped, 1,497 kept" in summary
+    assert "1,467 normal, 30 fraud (2.00%)" in summary
+    assert "split by time" in summary
+    rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in summary.splitlines()
+            if line.startswith("  ")}
+    assert rows == {"train": 822, "validation": 210, "held-out": 449}
+    assert "normal only, 16 frauds left out" in summary
+    assert "features: 29 (V1, V2, V3, V4, V5, V6, V7, V8, …, V28, amount_log)" in summary
+    assert "WARNING: only 9 frauds in the 449 held-out rows (fewer than 30)" in summary
+    report = (tmp_path / "models" / "default-report" / "report.md").read_text()
+    assert "> **Caveat:** Only 9 frauds in the 449 evaluated rows (fewer than 30): precision, recall" in report
+
+
+def test_few_frauds_caveat_starts_below_30():
+    assert few_frauds_caveat(30, "the rows") is None
+    assert "only 29 frauds in the rows" in few_frauds_caveat(29, "the rows")
+    assert few_frauds_caveat(0, "the rows").startswith("no frauds in the rows")
+
+
+def test_no_labels_is_a_loud_warning_and_label_methods_are_refused_before_training(tmp_path):
+    data = tmp_path / "nolabels.csv"
+    pd.read_csv(card_csv(tmp_path / "cc.csv", n=1200, fraud_every=50)).drop(columns="Class").to_csv(data, index=False)
+    code, output = train_cli(data, tmp_path / "models", "--quiet")
+    assert code == 0, output
+    (warning,) = [line for line in output.splitlines() if line.startswith("WARNING:")]
+    assert warning.startswith("WARNING: no labels given (the file has no Class column): every row is treated as normal")
+    assert "threshold methods that need labels (max_f1) cannot be used" in warning
+    assert "labels: none, all 1,200 rows treated as normal" in output
+    assert "> **No labels:**" in (tmp_path / "models" / "default-report" / "report.md").read_text()
+    code, output = train_cli(data, tmp_path / "other", "--quiet", "--threshold-method", "max_f1")
+    assert code == 2 and output.startswith("error: the threshold method max_f1 needs labels, and this data has none")
+    assert output.count("\n") == 1 and not (tmp_path / "other").exists()

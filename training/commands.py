@@ -7,15 +7,28 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from fraudmon.errors import FraudMonitorError
 
+if TYPE_CHECKING:
+    from training.train import DataSummary
+
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(2)
+
+
+def _show_data_summary(summary: DataSummary) -> None:
+    """The data summary on stdout, each warning as a bold `WARNING:` line on stderr, then a blank line."""
+    for line in summary.lines:
+        typer.echo(line)
+    for warning in summary.warnings:
+        typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, bold=True, err=True)
+    typer.echo("")
 
 
 def _command_line(ctx: typer.Context, ignore: tuple[str, ...] = ("quiet",)) -> str:
@@ -82,7 +95,7 @@ def train_command(
         test_fraction=test_fraction, val_fraction=val_fraction,
         on_nonfinite="raise" if refuse_nonfinite else "drop",
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
-        command=_command_line(ctx),
+        command=_command_line(ctx), on_data=_show_data_summary,
     )
     try:
         result = train(request)
@@ -91,9 +104,6 @@ def train_command(
     from training.report import format_summary
 
     card = result.card
-    dropped = card["training"]["data"].get("dropped_nonfinite")
-    if dropped:
-        typer.echo(f"dropped {dropped} rows with NaN/inf values: {card['training']['data']['dropped_detail']}")
     typer.echo(f"\nheld-out evaluation ({card['training']['split']['test']['rows']} rows, last "
                f"{test_fraction:.0%} by time)\n")
     typer.echo(format_summary(card["metrics"]))

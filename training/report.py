@@ -14,6 +14,18 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 LABELS = {"model": "autoencoder", "isolation_forest": "IsolationForest", "pca": "PCA reconstruction"}
+FEW_FRAUDS = 30
+"""Below this many frauds in the evaluated rows, each fraud detected or missed moves recall by over 3 points."""
+
+
+def few_frauds_caveat(frauds: int, where: str) -> str | None:
+    """A caveat when `where` (e.g. "the 1,200 held-out rows") holds too few frauds for stable metrics, else None."""
+    if frauds == 0:
+        return f"no frauds in {where}: precision, recall and PR-AUC cannot be measured on them"
+    if frauds < FEW_FRAUDS:
+        return (f"only {frauds} frauds in {where} (fewer than {FEW_FRAUDS}): precision, recall, F1 and PR-AUC on "
+                f"them are noisy, one fraud more or less detected moves recall by {1 / frauds:.0%}")
+    return None
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -96,7 +108,12 @@ def render_markdown(document: dict, images: dict[str, str]) -> str:
     lines += ["", f"Threshold: **{t['value']:.6g}** ({t['method']}, parameter {t['parameter']:g}); flag when "
               "score > threshold.", ""]
     has_labels = "pr_auc" in model
+    if not has_labels:
+        lines += ["> **No labels:** every row was treated as normal; only alert counts can be reported, no "
+                  "precision or recall.", ""]
     if has_labels:
+        caveat = few_frauds_caveat(model["frauds"], f"the {model['rows']:,} evaluated rows")
+        lines += [f"> **Caveat:** {caveat[0].upper()}{caveat[1:]}.", ""] if caveat else []
         lines += ["## Held-out period", "", "| model | ROC-AUC | PR-AUC | precision | recall | F1 | alerts |",
                   "|---|---|---|---|---|---|---|"]
         rows = [("autoencoder", model), *((LABELS[k], v) for k, v in m.get("baselines", {}).items())]
@@ -158,6 +175,10 @@ def format_summary(metrics: dict) -> str:
     """A plain-text table of the held-out results for the terminal."""
     t = metrics["threshold"]
     lines = [f"threshold {t['value']:.6g} ({t['method']}, parameter {t['parameter']:g})", ""]
+    model = metrics["model"]
+    caveat = few_frauds_caveat(model["frauds"], f"the {model['rows']:,} evaluated rows") if "frauds" in model else None
+    if caveat:
+        lines += [f"caveat: {caveat}", ""]
     rows = [("autoencoder", metrics["model"]), *((LABELS[k], v) for k, v in metrics.get("baselines", {}).items())]
     lines.append(f"{'model':<20} {'ROC-AUC':>8} {'PR-AUC':>8} {'precision':>9} {'recall':>7} {'F1':>7} {'alerts':>7}")
     for label, summary in rows:

@@ -4,6 +4,7 @@ held-out evaluation with baselines → model card and report."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +16,16 @@ from fraudmon.errors import InputDataError
 from stream_app.features import default_feature_names, vectorize
 from stream_app.schema import format_timestamp
 from training import evaluate as ev
-from training.data import Dataset, load_dataset, time_split
+from training.data import Dataset, Split, load_dataset, time_split
 from training.export import build_card, export_onnx, onnx_scores, publish
 from training.model import AutoencoderConfig, train_autoencoder
-from training.report import write_report
+from training.report import few_frauds_caveat, write_report
 from training.threshold import choose_threshold
 
 PARITY_MAX_ROWS = 20_000
+FEATURES_SHOWN = 10
+LABEL_METHODS = ("max_f1",)
+"""Threshold methods that need labelled validation rows."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class TrainRequest:
     on_nonfinite: str = "drop"
     verbose: int = 1
     command: str | None = None
+    on_data: Callable[[DataSummary], None] | None = None
+    """Called with the data summary once the data is loaded and split, before the first epoch (the CLI prints it)."""
+
+
+@dataclass
+class DataSummary:
+    """What training is about to fit on, for the user to check before waiting for the epochs."""
+
+    lines: list[str]
+    warnings: list[str]
 
 
 @dataclass
@@ -103,13 +117,75 @@ def resolve_preset(request: TrainRequest, dataset: Dataset) -> tuple[str, Preset
     preset = PRESETS[name]
     config = replace(preset.config, **request.overrides)
     method, param = preset.threshold_method, preset.threshold_param
-    if method == "max_f1" and dataset.labels is None:
+    if method in LABEL_METHODS and dataset.labels is None:
         method, param = "mean_std", 3.0  # the preset's choice needs labels; fall back to the label-free default
     if request.threshold_method:
         method, param = request.threshold_method, None
     if request.threshold_param is not None:
         param = request.threshold_param
     return name, replace(preset, config=config, threshold_method=method, threshold_param=param)
+
+
+def check_threshold_method(method: str, dataset: Dataset, split: Split) -> None:
+    """Refuse a label-based threshold method before training rather than after it, when it cannot work."""
+    if method not in LABEL_METHODS:
+        return
+    other = "mean_std, percentile or alert_rate"
+    if dataset.labels is None:
+        raise InputDataError(f"the threshold method {method} needs labels, and this data has none; pass them "
+                             f"(--truth, or the Class column) or choose --threshold-method {other}")
+    if not dataset.labels[split.val].any():
+        raise InputDataError(f"the threshold method {method} needs frauds among the validation rows, and the "
+                             f"{split.val.size} validation rows hold none; choose --threshold-method {other}, or "
+                             "use data with more frauds")
+
+
+def summarize_data(dataset: Dataset, split: Split, feature_names: Sequence[str], preset: Preset) -> DataSummary:
+    """The rows read and dropped, the labels, the time split and the features, plus warnings about the labels."""
+    source, labels = dataset.source, dataset.labels
+    dropped = int(source.get("dropped_nonfinite", 0))
+    lines = [f"data: {source['path']} ({source['format']}): {dataset.rows_read:,} rows read"]
+    if source.get("dropped_detail"):
+        lines.append(f"NaN/inf cells per column: {', '.join(f'{k} {n:,}' for k, n in source['dropped_detail'].items())}"
+                     f"; {dropped:,} rows dropped, {len(dataset):,} kept (--refuse-nonfinite fails instead)")
+    else:
+        lines.append("NaN/inf cells: none, no rows dropped")
+    warnings = []
+    if labels is None:
+        lines.append(f"labels: none, all {len(dataset):,} rows treated as normal")
+        where = "the file has no Class column" if source["format"] == "creditcard" else "pass --truth FILE"
+        warnings.append(
+            f"no labels given ({where}): every row is treated as normal, so frauds in the data are trained on as "
+            f"normal, the evaluation cannot report precision or recall, and threshold methods that need labels "
+            f"({', '.join(LABEL_METHODS)}) cannot be used; threshold method: {preset.threshold_method}"
+        )
+    else:
+        frauds = int(labels.sum())
+        lines.append(f"labels ({dataset.label_origin}): {len(labels) - frauds:,} normal, {frauds:,} fraud "
+                     f"({frauds / len(labels):.2%})")
+    ts = dataset.timestamps
+    lines.append("split by time (train on the past, validate on the period after it, hold out the latest rows):")
+    notes = ["all rows (no labels to filter by)"]
+    if split.normal_only:
+        left_out = int(labels.sum() - labels[split.val].sum() - labels[split.test].sum())
+        notes = [f"normal only, {left_out:,} frauds left out"]
+    notes += ["" if labels is None else f"{int(labels[rows].sum()):,} frauds" for rows in (split.val, split.test)]
+    parts = zip(("train", "validation", "held-out"), (split.train, split.val, split.test), notes, strict=True)
+    for label, rows, note in parts:
+        span = f"{_when(ts[rows].min())} .. {_when(ts[rows].max())} UTC"
+        lines.append(f"  {label:<10} {rows.size:>9,} rows  {note:<34} {span}")
+    names = list(feature_names)
+    shown = names if len(names) <= FEATURES_SHOWN else [*names[:FEATURES_SHOWN - 2], "…", *names[-2:]]
+    lines.append(f"features: {len(names)} ({', '.join(shown)})")
+    if labels is not None:
+        caveat = few_frauds_caveat(int(labels[split.test].sum()), f"the {split.test.size:,} held-out rows")
+        if caveat:
+            warnings.append(f"{caveat}; use more data or a larger --test-fraction")
+    return DataSummary(lines, warnings)
+
+
+def _when(epoch_ms: int) -> str:
+    return format_timestamp(int(epoch_ms))[:19].replace("T", " ")
 
 
 def parity_rows(x: np.ndarray, seed: int) -> np.ndarray:
@@ -135,6 +211,9 @@ def train(request: TrainRequest) -> TrainResult:
     names = default_feature_names(dataset.events)
     x = vectorize(dataset.events, names)
     split = time_split(dataset, request.test_fraction, request.val_fraction)
+    check_threshold_method(preset.threshold_method, dataset, split)
+    if request.on_data:
+        request.on_data(summarize_data(dataset, split, names, preset))
     labels = dataset.labels
     val_normal = split.val if labels is None else split.val[labels[split.val] == 0]
     trained = train_autoencoder(x[split.train], x[val_normal], config, verbose=request.verbose)
