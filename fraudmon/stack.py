@@ -199,11 +199,14 @@ class LocalStack:
         self._spawn("kafka", [*java, "kafka.Kafka", str(props)], home)
 
     def _start_redis(self) -> None:
+        """Redis with an append-only file, fsynced every second: rule state (velocity windows, account
+        histories, seen transaction ids) survives a restart, losing at most the last second."""
         home = self._dir("redis")
         self._spawn(
             "redis",
             ["redis-server", "--port", str(self.stack.redis_port), "--bind", "127.0.0.1", "--dir", str(home),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--maxmemory-policy", "volatile-lru"],
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+             "--maxmemory-policy", "volatile-lru"],
             home,
         )
 

@@ -149,3 +149,15 @@ def test_worker_environment_points_at_the_compose_services():
     assert env["FRAUDMON_KAFKA_BOOTSTRAP"] == "kafka:19092" and env["FRAUDMON_REDIS_URL"].startswith("redis://redis")
     advertised = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert "kafka:19092" in advertised and "localhost:9092" in advertised
+
+
+def test_redis_persists_rule_state_in_a_volume():
+    """Append-only file fsynced every second, in the directory a named volume is mounted on: rule state
+    (velocity windows, account histories, seen transaction ids) survives `docker compose restart redis`."""
+    redis = SERVICES["redis"]
+    command = redis["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
+    assert volumes.get(options["--dir"]) in COMPOSE["volumes"], "Redis's --dir must be a named volume"

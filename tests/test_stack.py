@@ -103,3 +103,8 @@ def test_missing_java_or_maven_says_what_to_install(settings, monkeypatch, tmp_p
     with pytest.raises(StackError, match=r"Java 17 \(apt-get install openjdk-17-jre-headless\)") as info:
         LocalStack(settings).install()
     assert "Maven (apt-get install maven)" in str(info.value)
+
+
+def test_stack_redis_keeps_an_append_only_file_fsynced_every_second(redis_url):
+    config = redis.Redis.from_url(redis_url, decode_responses=True).config_get("append*")
+    assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
