@@ -70,20 +70,28 @@ def stack_down(config: Path | None = ConfigOption) -> None:
 
 @stack_app.command("status")
 def stack_status(config: Path | None = ConfigOption) -> None:
-    """Print each service, its address, and whether it answers."""
+    """Print each service: up, starting, down, crashed or foreign (another program on its port). Exit 1 unless
+    every port answers."""
     stack = LocalStack(_settings(config))
     if not _print_status(stack):
         raise typer.Exit(1)
 
 
 def _print_status(stack: LocalStack) -> bool:
-    all_up = True
-    for service in stack.status():
-        state = "up" if service.running else "down"
-        owner = f"pid {service.pid}" if service.pid else "not started by fraudmon"
-        typer.echo(f"{service.name:<11} {state:<5} {service.address:<24} {owner}  log: {service.log}")
-        all_up &= service.running
-    return all_up
+    """One line per service saying its state and what to do about it; True when every service's port answers."""
+    for service in (statuses := stack.status()):
+        detail = {
+            "up": f"pid {service.pid}, log {service.log}",
+            "starting": f"pid {service.pid}, not accepting connections yet; log {service.log}",
+            "down": "not running (`fraudmon stack up` starts it)",
+            "crashed": f"pid {service.pid} is gone (stopped without `fraudmon stack down`); its log: {service.log}"
+                       + ("; another program now listens on its port" if service.running
+                          else "; `fraudmon stack up` restarts it"),
+            "foreign": "another program listens on this port (not started by fraudmon; `stack up` will use it "
+                       "and `stack down` leaves it alone)",
+        }[service.state]
+        typer.echo(f"{service.name:<11} {service.state:<8} {service.address:<24} {detail}")
+    return all(service.running for service in statuses)
 
 
 @app.command("worker")

@@ -1,7 +1,7 @@
 """The local stack without Docker: a real Kafka broker (KRaft, jars from Maven), Redis and Prometheus.
 
 `up` is idempotent and waits until each service really answers; `down` stops only the processes `up` started
-(it keeps their pid files under the data dir); `status` prints each service and its address.
+(their pid files under the data dir say which); `status` tells up, down, crashed and foreign apart.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -28,20 +29,30 @@ MONITORING_DIR = PROJECT_ROOT / "monitoring"
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
 SERVICES = ("kafka", "redis", "prometheus")
+PROGRAMS = {"kafka": "java", "redis": "redis-server", "prometheus": "prometheus"}  # what each pid file names
+State = Literal["up", "starting", "down", "crashed", "foreign"]
 
 
 @dataclass(frozen=True)
 class ServiceStatus:
+    """One service as `status` sees it, from its pid file, the process and the port (no protocol round trip).
+
+    `up`: our process runs and its port accepts connections; `starting`: our process runs, its port does not
+    accept yet; `down`: no pid file, nothing on the port; `crashed`: a pid file whose process is gone (stopped
+    without `stack down`, look at `log`); `foreign`: no process of ours, but something else listens on the port.
+    """
+
     name: str
     address: str
-    running: bool
-    pid: int | None
+    state: State
+    pid: int | None  # the running process (up, starting), or the one that is gone (crashed)
     log: Path
+    running: bool  # something accepts connections on the service's port: ours (up) or another program's
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def _port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
     with socket.socket() as sock:
-        sock.settimeout(0.5)
+        sock.settimeout(timeout_s)
         return sock.connect_ex((host, port)) == 0
 
 
@@ -54,6 +65,16 @@ def _pid_alive(pid: int) -> bool:
         return True
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def _runs_program(pid: int, program: str) -> bool:
+    """Whether live process `pid` runs `program` (so a recycled pid is not taken for our service); True where
+    /proc cannot tell."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
+    except OSError:
+        return True
+    return not argv or Path(argv[0]).name == program  # redis-server rewrites its title: "redis-server host:port"
 
 
 class LocalStack:
@@ -123,12 +144,16 @@ class LocalStack:
         scheme = {"kafka": "", "redis": "redis://", "prometheus": "http://"}[service]
         return f"{scheme}127.0.0.1:{self.port(service)}"
 
-    def _read_pid(self, service: str) -> int | None:
+    def _pid_in_file(self, service: str) -> int | None:
         try:
-            pid = int(self._pidfile(service).read_text().strip())
+            return int(self._pidfile(service).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+
+    def _read_pid(self, service: str) -> int | None:
+        """The pid of our running process for `service`, or None."""
+        pid = self._pid_in_file(service)
+        return pid if pid is not None and _pid_alive(pid) and _runs_program(pid, PROGRAMS[service]) else None
 
     # ---- up ------------------------------------------------------------------------------------------------
     def up(self, services: tuple[str, ...] = SERVICES, timeout_s: float = 90.0) -> None:
@@ -317,9 +342,22 @@ class LocalStack:
         return stopped
 
     def status(self) -> list[ServiceStatus]:
-        return [
-            ServiceStatus(s, self.address(s), self._ready(s), self._read_pid(s), self.log_path(s)) for s in SERVICES
-        ]
+        """Each service's state from its pid file, its process and a TCP connect to its port (well under a
+        second in all: no client handshakes, which wait for timeouts when a service is gone)."""
+        return [self._status(service) for service in SERVICES]
+
+    def _status(self, service: str) -> ServiceStatus:
+        recorded = self._pid_in_file(service)
+        pid = self._read_pid(service)
+        listening = _port_open(self.port(service), timeout_s=0.2)
+        state: State
+        if pid is not None:
+            state = "up" if listening else "starting"
+        elif recorded is not None:
+            state, pid = "crashed", recorded
+        else:
+            state = "foreign" if listening else "down"
+        return ServiceStatus(service, self.address(service), state, pid, self.log_path(service), listening)
 
 
 def create_topics(bootstrap: str, names: list[str], partitions: int, replication_factor: int = 1) -> list[str]:

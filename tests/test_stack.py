@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import socket
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from typer.testing import CliRunner
 
+from fraudmon.cli import app
+from fraudmon.config import load_settings
 from fraudmon.errors import StackError
 from fraudmon.stack import LocalStack
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +118,48 @@ def test_missing_java_or_maven_says_what_to_install(settings, monkeypatch, tmp_p
 def test_stack_redis_keeps_an_append_only_file_fsynced_every_second(redis_url):
     config = redis.Redis.from_url(redis_url, decode_responses=True).config_get("append*")
     assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
+
+
+def _status_cli(config: Path) -> tuple[dict[str, list[str]], str, int, float]:
+    """`fraudmon stack status` in process: each service's line split in words, the output, exit code, seconds."""
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["stack", "status", "--config", str(config)])
+    elapsed = time.perf_counter() - started
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    return lines, result.output, result.exit_code, elapsed
+
+
+@pytest.mark.slow
+def test_status_tells_up_crashed_down_and_foreign_apart_within_a_second(tmp_path: Path) -> None:
+    ports = {f"{name}_port": free_port() for name in ("kafka", "kafka_controller", "redis", "prometheus")}
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump({"stack": {"data_dir": str(tmp_path / "stack"), **ports}}))
+    stack = LocalStack(load_settings(config, environ={}))
+    try:
+        stack.up(services=("redis", "prometheus"))
+        lines, output, code, elapsed = _status_cli(config)
+        assert lines["redis"][1] == "up" and lines["prometheus"][1] == "up", output
+        assert f"pid {stack.status()[1].pid}," in output
+        assert lines["kafka"][1] == "down" and code == 1 and elapsed < 1.0, (output, elapsed)
+
+        redis_pid = next(s.pid for s in stack.status() if s.name == "redis")
+        os.kill(redis_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while next(s.state for s in stack.status() if s.name == "redis") != "crashed":
+            assert time.monotonic() < deadline, "redis still looks alive after SIGKILL"
+            time.sleep(0.1)
+        lines, output, code, elapsed = _status_cli(config)
+        assert lines["redis"][1] == "crashed" and str(stack.log_path("redis")) in output, output
+        assert f"pid {redis_pid} is gone" in output and code == 1 and elapsed < 1.0, (output, elapsed)
+    finally:
+        stack.down()
+    lines, output, code, elapsed = _status_cli(config)
+    assert [lines[s][1] for s in ("kafka", "redis", "prometheus")] == ["down"] * 3, output
+    assert elapsed < 1.0, elapsed
+
+    with socket.socket() as listener:  # something that is not ours on the configured Kafka port
+        listener.bind(("127.0.0.1", ports["kafka_port"]))
+        listener.listen()
+        lines, output, code, elapsed = _status_cli(config)
+    assert lines["kafka"][1] == "foreign" and "another program listens on this port" in output, output
+    assert [lines[s][1] for s in ("redis", "prometheus")] == ["down"] * 2 and elapsed < 1.0, (output, elapsed)
