@@ -7,11 +7,13 @@ setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDG
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fraudmon.errors import ConfigError
 
@@ -45,6 +47,15 @@ class KafkaSettings(_Section):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for address in value.split(","):
+            host, colon, port = address.strip().rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address.strip()!r} is not host:port (e.g. 127.0.0.1:9092; several: a,b)")
+        return value
+
     def client_options(self) -> dict[str, Any]:
         """Security options in the keyword form both kafka-python and aiokafka accept."""
         options: dict[str, Any] = {"security_protocol": self.security_protocol}
@@ -77,19 +88,55 @@ class RedisSettings(_Section):
     key_prefix: str = "fm:"
     dedupe_ttl_s: int = Field(3600, ge=1)  # how long a transaction id is remembered against redelivery
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname) \
+                or port == -1:
+            raise ValueError(f"{value!r} is not a Redis URL (redis://host:6379/0, rediss://user:pw@host, "
+                             "unix:///path/redis.sock)")
+        return value
+
+
+class EventSettings(_Section):
+    """Limits of the event gate (docs/contracts.md); a message outside them is a dead letter naming the field."""
+
+    max_message_bytes: int = Field(65536, ge=256)
+    max_amount: float = Field(1e12, gt=0, allow_inf_nan=False)
+    earliest_timestamp: datetime = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+    max_future_s: float = Field(86400.0, ge=0, allow_inf_nan=False)  # how far ahead of the worker's clock
+    max_features: int = Field(256, ge=0)
+    max_feature_abs: float = Field(1e12, gt=0, allow_inf_nan=False)
+
+    @field_validator("earliest_timestamp")
+    @classmethod
+    def _with_zone(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2000-01-01T00:00:00Z")
+        return value
+
 
 class WorkerSettings(_Section):
     app_id: str = "fraud-monitor"
     model_path: str = "models/default.onnx"
     rules_path: str = "config/rules.yaml"
+    data_dir: str = ".stack/faust"  # Faust's own data directory
     latency_budget_ms: float = Field(50.0, gt=0)
     max_batch: int = Field(250, ge=1)
     batch_window_ms: float = Field(5.0, ge=0)
-    max_message_bytes: int = Field(65536, ge=256)
     metrics_port: int = Field(8000, ge=0, le=65535)
     web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
     reload_interval_s: float = Field(2.0, gt=0)
     redis_retry_after_s: float = Field(1.0, gt=0)
+    max_state_backlog: int = Field(100_000, ge=0)  # events decided while Redis was down, recorded when it is back
+    startup_timeout_s: float = Field(120.0, gt=0)  # give up when Kafka or Redis do not answer at start
+    session_timeout_s: float = Field(10.0, ge=6)  # a dead worker's partitions move after about this long
+    heartbeat_interval_s: float = Field(3.0, gt=0)
 
 
 class StackSettings(_Section):
@@ -112,6 +159,7 @@ class Settings(_Section):
     topics: TopicSettings = TopicSettings()
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
+    events: EventSettings = EventSettings()
     stack: StackSettings = StackSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -27,3 +27,7 @@ class RulesError(FraudMonitorError):
 
 class StateUnavailable(FraudMonitorError):
     """The rule state store (Redis) did not answer inside the latency budget."""
+
+
+class InvalidEvent(FraudMonitorError, ValueError):
+    """A message is not a valid transaction event; the message (`<field>: <reason>`) names the field."""

@@ -8,17 +8,18 @@ Configuration comes from `config/monitor.yaml` and `FRAUDMON_*` environment vari
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import sys
 import time
 
 import faust
-import orjson
 
 from fraudmon.config import KafkaSettings, load_settings
 from fraudmon.errors import FraudMonitorError
-from fraudmon.logs import configure_logging, json_logging_config
+from fraudmon.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
+from stream_app.publish import Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
 
 log = logging.getLogger("stream_app")
@@ -56,6 +57,7 @@ app = faust.App(
     worker.app_id,
     broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap_servers.split(",")],
     broker_credentials=_credentials(settings.kafka),
+    datadir=str(settings.resolve(worker.data_dir)),
     value_serializer="raw",
     key_serializer="raw",
     web_enabled=worker.web_port > 0,  # Faust's own web server (its /health-like pages); 0 disables it
@@ -64,6 +66,8 @@ app = faust.App(
     topic_partitions=topics.partitions,
     topic_replication_factor=topics.replication_factor,
     consumer_auto_offset_reset="earliest",
+    broker_session_timeout=worker.session_timeout_s,
+    broker_heartbeat_interval=worker.heartbeat_interval_s,
     producer_acks=-1,
     producer_linger=0.002,
     broker_max_poll_records=max(2000, worker.max_batch * 4),
@@ -75,9 +79,17 @@ transactions_topic = app.topic(topics.transactions, key_type=bytes, value_type=b
 
 @app.on_worker_init.connect
 def _on_worker_init(app: faust.App, **_: object) -> None:
-    wait_for_kafka(settings.kafka.bootstrap_servers)
-    wait_for_state_store(engine.store)
-    engine.metrics.serve(worker.metrics_port)
+    """Wait for Kafka and Redis (up to `startup_timeout_s`) and serve /metrics. The `faust` command line
+    prepares the app, and so sends this signal, more than once: only the first call does anything."""
+    if engine.metrics.serving:
+        return
+    try:
+        wait_for_kafka(settings.kafka.bootstrap_servers, give_up_s=worker.startup_timeout_s)
+        wait_for_state_store(engine.store, give_up_s=worker.startup_timeout_s)
+        engine.metrics.serve(worker.metrics_port)
+    except FraudMonitorError as exc:
+        print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     log.info(
         "serving model %s (%s), %d rules, latency budget %.0f ms, metrics on :%d",
         engine.model.name, engine.model.version, len(engine.rules.rules), worker.latency_budget_ms,
@@ -87,30 +99,28 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
 
 @app.agent(transactions_topic)
 async def decide(stream: faust.StreamT) -> None:
-    """Micro-batches in, decisions and dead letters out."""
+    """Micro-batches in, decisions and dead letters out; a batch is done (and its offsets can be committed)
+    only once every outcome is acknowledged by the brokers."""
+    install_outage_filter()  # Faust has set up its log handlers by now
     within = worker.batch_window_ms / 1000.0
-    metrics = engine.metrics
-    send = app.producer.send
+    observe = engine.metrics.end_to_end_seconds.observe
+    # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the decision).
+    publisher = Publisher(app.producer.send, engine.metrics)
     async for batch in stream.take_events(worker.max_batch, within=within):
-        messages = [
-            RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-            for e in batch
-        ]
-        outcome = engine.process(messages)
-        # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the
-        # decision itself). At-least-once holds: Faust flushes the producer before it commits offsets.
-        for key, letter in outcome.dead_letters:
-            await send(topics.dead_letter, key, orjson.dumps(letter), None, None, None)
-        for decision in outcome.decisions:
-            key = decision["account_id"].encode()
-            value = orjson.dumps(decision)
-            await send(topics.scores, key, value, None, None, None)
-            if decision["decision"] == "flag":
-                await send(topics.flagged, key, value, None, None, None)
-        published_s = time.time()
-        observe = metrics.end_to_end_seconds.observe
-        for event in outcome.events:
-            observe(max(0.0, published_s - event.timestamp_ms / 1000.0))
+        try:
+            messages = [
+                RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+                for e in batch
+            ]
+            outcome = engine.process(messages)
+            await publisher.publish(outcome_records(outcome, topics))
+            published_s = time.time()
+            for event in outcome.events:
+                observe(max(0.0, published_s - event.timestamp_ms / 1000.0))
+        except Exception:  # a bug outside the engine: Faust would ack this batch unpublished, so stop first
+            log.critical("cannot publish the outcome of %d records; stopping without committing them (they are "
+                         "consumed again after a restart)", len(batch), exc_info=True)
+            os._exit(70)
 
 
 @app.timer(worker.reload_interval_s)

@@ -1,30 +1,39 @@
 """The decision engine: raw messages in, decisions and dead letters out, one batch at a time.
 
 Plain synchronous code shared by the Faust worker and by offline replay. Per batch: one onnxruntime call and
-one state-store round trip. When the store is unavailable the engine decides from the model and the stateless
-rules, marks the decisions degraded, and tries the store again after `retry_after_s`.
+one state-store round trip. `process` never raises: every message ends as exactly one decision or one dead
+letter. A failure that is not the message's fault is isolated by splitting the batch until the one record that
+fails is found; that record becomes a dead letter whose `error` names the exception.
+
+Degraded decisions say why in `reasons` (`skipped:<cause>`) and in `fraud_degraded_total{cause}`:
+`redis_unavailable` (the store did not answer: stateless rules only, retried after `retry_after_s`),
+`state_error` (the store answered but could not judge this event) and `model_error` (no model score).
+Events decided while the store was unavailable are kept in a bounded backlog and recorded when it is back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from fraudmon.errors import StateUnavailable
+from fraudmon.errors import InvalidEvent, StateUnavailable
 from stream_app.decision import build_dead_letter, build_decision
-from stream_app.features import vectorize
+from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
-from stream_app.rules import RuleSet, evaluate, flagging_rules
-from stream_app.schema import Event, InvalidEvent, format_timestamp, parse_event
+from stream_app.rules import AccountState, RuleSet, evaluate, flagging_rules
+from stream_app.schema import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.scoring import OnnxModel
-from stream_app.state import StateStore
+from stream_app.state import StateFailure, StateStore
 
 log = logging.getLogger(__name__)
+
+REDIS_UNAVAILABLE, STATE_ERROR, MODEL_ERROR = "redis_unavailable", "state_error", "model_error"
+BACKLOG_CHUNK = 1000  # backlog events recorded per batch once the store is back
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,12 @@ class BatchOutcome:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
 
+    def extend(self, other: BatchOutcome) -> BatchOutcome:
+        self.events += other.events
+        self.decisions += other.decisions
+        self.dead_letters += other.dead_letters
+        return self
+
 
 class DecisionEngine:
     """Validates, scores, checks rules and decides. `model` and `rules` may be swapped between batches."""
@@ -57,135 +72,203 @@ class DecisionEngine:
         metrics: WorkerMetrics | None = None,
         latency_budget_ms: float = 50.0,
         retry_after_s: float = 1.0,
-        max_message_bytes: int = 65536,
+        limits: EventLimits = DEFAULT_LIMITS,
+        max_state_backlog: int = 100_000,
     ) -> None:
         self.metrics = metrics or WorkerMetrics()
         self.store = store
         self.rules = rules
         self.latency_budget_ms = latency_budget_ms
         self.retry_after_s = retry_after_s
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.max_state_backlog = max_state_backlog
         self._store_down_until = 0.0
+        self._backlog: deque[Event] = deque()
         self.metrics.latency_budget_seconds.set(latency_budget_ms / 1000.0)
         self.set_model(model)
 
     def set_model(self, model: OnnxModel) -> None:
         self.model = model
+        self._passthrough = [name for name in model.feature_names if name not in BUILTIN]
         self.metrics.set_model(
             model.name, model.version, model.threshold, float(model.card.get("expected_alert_rate", 0.0))
         )
 
+    @property
+    def state_backlog(self) -> int:
+        """Events decided while the store was unavailable and not yet recorded in it."""
+        return len(self._backlog)
+
     # ---- one batch -----------------------------------------------------------------------------------------
     def process(self, messages: Sequence[RawMessage], received_s: float | None = None) -> BatchOutcome:
-        """Decide every valid message of the batch; every invalid one becomes a dead letter."""
-        started = time.perf_counter()
+        """Decide every valid message of the batch; every other one becomes a dead letter. Never raises."""
         received_s = time.time() if received_s is None else received_s
-        metrics = self.metrics
-        metrics.input_messages.inc(len(messages))
+        try:
+            return self._process(messages, received_s)
+        except Exception as exc:  # not the messages' fault as far as validation can tell: isolate it
+            if len(messages) > 1:
+                middle = len(messages) // 2
+                return self.process(messages[:middle], received_s).extend(self.process(messages[middle:], received_s))
+            log.exception("internal error deciding %s[%d]@%d; dead-lettered", *_where(messages[0]))
+            return self._internal_dead_letter(messages[0], exc, received_s)
+
+    def _internal_dead_letter(self, message: RawMessage, exc: Exception, received_s: float) -> BatchOutcome:
+        error = f"internal: {exc.__class__.__name__}: {str(exc)[:200]}"
+        letter = build_dead_letter(error, message.value, message.topic, message.partition, message.offset,
+                                   received_s * 1000)
+        self.metrics.input_messages.inc()
+        self.metrics.events.labels("dead_letter").inc()
+        self.metrics.internal_errors.inc()
+        return BatchOutcome(dead_letters=[(message.key, letter)])
+
+    def _process(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:
+        started = time.perf_counter()
         outcome = BatchOutcome()
-        events: list[Event] = []
+        now_ms = int(received_s * 1000)
         for message in messages:
             try:
-                events.append(parse_event(message.value, self.max_message_bytes))
+                outcome.events.append(parse_event(message.value, self.limits, now_ms))
             except InvalidEvent as exc:
-                letter = build_dead_letter(
-                    str(exc), message.value, message.topic, message.partition, message.offset, received_s * 1000
-                )
+                letter = build_dead_letter(str(exc), message.value, message.topic, message.partition,
+                                           message.offset, received_s * 1000)
                 outcome.dead_letters.append((message.key, letter))
-        if outcome.dead_letters:
-            metrics.events.labels("dead_letter").inc(len(outcome.dead_letters))
-        outcome.events = events
-        if not events:
-            return outcome
-
-        model, rules = self.model, self.rules
-        skipped: list[str] = []
-        scores, errors = self._score(model, events, skipped)
-        states = self._observe(rules, events, skipped)
-
-        flags = 0
-        model_flags = 0
-        decided_at = format_timestamp(time.time() * 1000)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        threshold = model.threshold
-        explanations = model.top_features(errors) if scores is not None else None
-        score_list = scores.tolist() if scores is not None else None
-        rule_hits = metrics.rule_hits
-        for i, event in enumerate(events):
-            hits = evaluate(rules, event, None if states is None else states[i])
-            flagging = flagging_rules(rules, hits)
-            model_part = None
-            model_flag = False
-            if score_list is not None:
-                score = score_list[i]
-                model_flag = score > threshold
-                model_part = {
+        events = outcome.events
+        if events:
+            model, rules = self.model, self.rules
+            scores, explanations, model_causes = self._score(model, events)
+            states, state_causes = self._observe(rules, events)
+            decided_at = format_timestamp(time.time() * 1000)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            threshold = model.threshold
+            for i, event in enumerate(events):
+                hits = evaluate(rules, event, states[i])
+                score = scores[i]
+                model_part = None if score is None else {
                     "version": model.version,
                     "score": round(score, 6),
                     "threshold": threshold,
                     "top_features": [{"name": name, "error": round(err, 6)} for name, err in explanations[i]],
                 }
-            flag = model_flag or bool(flagging)
-            flags += flag
-            model_flags += model_flag
-            for hit in hits:
-                rule_hits.labels(hit.id).inc()
-            outcome.decisions.append(
-                build_decision(
-                    event, flag=flag, model_part=model_part, model_flag=model_flag, hits=hits,
-                    flagging_rules=flagging, skipped=skipped, decided_at=decided_at, latency_ms=latency_ms,
-                )
-            )
+                skipped = [cause for cause in (state_causes[i], model_causes[i]) if cause]
+                outcome.decisions.append(build_decision(
+                    event, model_part=model_part, model_flag=score is not None and score > threshold,
+                    hits=hits, flagging_rules=flagging_rules(rules, hits), skipped=skipped, decided_at=decided_at,
+                    latency_ms=latency_ms,
+                ))
+        self._record_metrics(len(messages), outcome, time.perf_counter() - started)
+        return outcome
 
+    def _score(self, model: OnnxModel, events: list[Event]) -> tuple[list, list, list]:
+        """Per event: the score (None when the model could not score it), its explanation, and the cause."""
         n = len(events)
+        scores: list[float | None] = [None] * n
+        explanations: list[list] = [[]] * n
+        causes: list[str | None] = [MODEL_ERROR] * n
+        needed = self._passthrough
+        rows = [i for i, e in enumerate(events) if all(name in e.features for name in needed)] if needed \
+            else range(n)
+        if not rows:
+            return scores, explanations, causes
+        try:
+            started = time.perf_counter()
+            batch = events if len(rows) == n else [events[i] for i in rows]
+            values, errors = model.score(vectorize(batch, model.feature_names))
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            tops = model.top_features(errors)
+        except Exception as exc:  # the model must never stop the stream: decide from the rules alone
+            log.error("model %s could not score a batch of %d events (deciding from rules only): %s: %s",
+                      model.name, n, exc.__class__.__name__, exc, extra={"dependency": "model"})
+            return scores, explanations, causes
+        for row, value, top in zip(rows, values.tolist(), tops, strict=True):
+            if math.isfinite(value):
+                scores[row], explanations[row], causes[row] = value, top, None
+        return scores, explanations, causes
+
+    def _observe(self, rules: RuleSet, events: list[Event]) -> tuple[list[AccountState | None], list[str | None]]:
+        """Per event: the state before it (None: stateless rules only) and the cause when it is missing."""
+        n = len(events)
+        if not rules.stateful:
+            return [None] * n, [None] * n
+        if time.monotonic() < self._store_down_until:
+            return self._store_unavailable(events)
+        try:
+            self._record_backlog(rules)
+            results = self.store.observe(rules, events)
+        except StateUnavailable as exc:
+            if self._store_down_until == 0.0:
+                log.warning("rule state unavailable, deciding without stateful rules: %s", exc,
+                            extra={"dependency": "redis"})
+            self._store_down_until = time.monotonic() + self.retry_after_s
+            return self._store_unavailable(events)
+        if self._store_down_until:
+            log.info("rule state is back; stateful rules run again (%d events to record)", len(self._backlog))
+            self._store_down_until = 0.0
+        states: list[AccountState | None] = []
+        causes: list[str | None] = []
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, StateFailure):
+                log.error("rule state of account %r could not be judged: %s", event.account_id, result.reason,
+                          extra={"dependency": "redis-state"})
+                states.append(None)
+                causes.append(STATE_ERROR)
+            else:
+                states.append(result)
+                causes.append(None)
+        return states, causes
+
+    def _store_unavailable(self, events: list[Event]) -> tuple[list[None], list[str]]:
+        room = self.max_state_backlog - len(self._backlog)
+        self._backlog.extend(events[:max(0, room)])
+        if len(events) > room:
+            self.metrics.state_unrecorded.inc(len(events) - max(0, room))
+        return [None] * len(events), [REDIS_UNAVAILABLE] * len(events)
+
+    def _record_backlog(self, rules: RuleSet) -> None:
+        """Record (idempotently) up to one chunk of the events decided while the store was unavailable."""
+        if not self._backlog:
+            return
+        chunk = [self._backlog.popleft() for _ in range(min(BACKLOG_CHUNK, len(self._backlog)))]
+        try:
+            self.store.observe(rules, chunk)
+        except StateUnavailable:
+            self._backlog.extendleft(reversed(chunk))
+            raise
+
+    def _record_metrics(self, consumed: int, outcome: BatchOutcome, elapsed_s: float) -> None:
+        metrics = self.metrics
+        metrics.input_messages.inc(consumed)
+        if outcome.dead_letters:
+            metrics.events.labels("dead_letter").inc(len(outcome.dead_letters))
+        metrics.state_backlog.set(len(self._backlog))
+        n = len(outcome.decisions)
+        if not n:
+            return
+        flags = model_flags = 0
+        observe_score = metrics.model_score.observe
+        rule_hits = metrics.rule_hits
+        degraded: dict[str, int] = {}
+        for decision in outcome.decisions:
+            flags += decision["decision"] == "flag"
+            model_flags += "model" in decision["reasons"]
+            if decision["model"] is not None:
+                observe_score(decision["model"]["score"])
+            for hit in decision["rules"]:
+                rule_hits.labels(hit["id"]).inc()
+            for reason in decision["reasons"]:
+                if reason.startswith("skipped:"):
+                    degraded[reason[8:]] = degraded.get(reason[8:], 0) + 1
         metrics.events.labels("scored").inc(n)
         metrics.decisions.labels("flag").inc(flags)
         metrics.decisions.labels("pass").inc(n - flags)
         metrics.model_flags.inc(model_flags)
-        if score_list is not None:
-            observe_score = metrics.model_score.observe
-            for score in score_list:
-                observe_score(score)
-        for cause in skipped:
-            metrics.degraded.labels(_DEGRADED_CAUSE[cause]).inc(n)
-        elapsed_s = time.perf_counter() - started
+        for cause, count in degraded.items():
+            metrics.degraded.labels(cause).inc(count)
         observe_processing = metrics.processing_seconds.observe
         for _ in range(n):  # every event of the batch spent the batch's time in the worker
             observe_processing(elapsed_s)
         if elapsed_s * 1000.0 > self.latency_budget_ms:
             metrics.budget_exceeded.inc(n)
-        return outcome
 
-    def _score(
-        self, model: OnnxModel, events: list[Event], skipped: list[str]
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        try:
-            started = time.perf_counter()
-            scores, errors = model.score(vectorize(events, model.feature_names))
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            return scores, errors
-        except Exception:  # the model must never stop the stream: decide from the rules alone
-            log.exception("model scoring failed for a batch of %d events; deciding from rules only", len(events))
-            skipped.append("model")
-            return None, None
 
-    def _observe(self, rules: RuleSet, events: list[Event], skipped: list[str]) -> list | None:
-        if not rules.stateful:
-            return [None] * len(events)
-        if time.monotonic() < self._store_down_until:
-            skipped.append("redis_state")
-            return None
-        try:
-            states = self.store.observe(rules, events)
-        except StateUnavailable as exc:
-            if self._store_down_until == 0.0:
-                log.warning("rule state unavailable, deciding without stateful rules: %s", exc)
-            self._store_down_until = time.monotonic() + self.retry_after_s
-            skipped.append("redis_state")
-            return None
-        if self._store_down_until:
-            log.info("rule state is back; stateful rules run again")
-            self._store_down_until = 0.0
-        return states
-
-_DEGRADED_CAUSE = {"redis_state": "redis_unavailable", "model": "model_error"}
+def _where(message: RawMessage) -> tuple[str, int, int]:
+    return message.topic, message.partition, message.offset

@@ -15,6 +15,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._serving = False
         r = self.registry
         self.input_messages = Counter(
             "fraud_input_messages", "Messages consumed from the transactions topic, valid or not.", registry=r
@@ -51,6 +52,22 @@ class WorkerMetrics:
         self.consumer_lag = Gauge(
             "fraud_consumer_lag", "Messages behind the high watermark.", ["topic", "partition"], registry=r
         )
+        self.state_backlog = Gauge(
+            "fraud_state_backlog_events",
+            "Events decided while Redis was unavailable, waiting to be recorded in rule state.", registry=r,
+        )
+        self.state_unrecorded = Counter(
+            "fraud_state_unrecorded_events",
+            "Events decided while Redis was unavailable that overflowed the backlog: never recorded in rule state.",
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "fraud_internal_errors", "Messages dead-lettered because deciding them hit a bug (see the log).",
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "fraud_publish_retries", "Output records whose delivery failed and was retried.", registry=r
+        )
         for outcome in ("scored", "dead_letter"):
             self.events.labels(outcome)
         for decision in ("flag", "pass"):
@@ -58,7 +75,7 @@ class WorkerMetrics:
         for kind in ("model", "rules"):
             for result in ("ok", "refused"):
                 self.reloads.labels(kind, result)
-        for cause in ("redis_unavailable", "model_error"):
+        for cause in ("redis_unavailable", "state_error", "model_error"):
             self.degraded.labels(cause)
 
     def set_model(self, name: str, version: str, threshold: float, expected_alert_rate: float) -> None:
@@ -67,7 +84,12 @@ class WorkerMetrics:
         self.model_threshold.set(threshold)
         self.model_expected_alert_rate.set(expected_alert_rate)
 
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
     def serve(self, port: int) -> None:
-        """Expose /metrics on `port` in a background thread (0 disables it)."""
-        if port:
+        """Expose /metrics on `port` in a background thread (0 disables it); once per process."""
+        if port and not self._serving:
             start_http_server(port, addr="0.0.0.0", registry=self.registry)
+        self._serving = True

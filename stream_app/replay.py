@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fraudmon.config import Settings
 from stream_app.engine import DecisionEngine, RawMessage
-from stream_app.runtime import build_engine
+from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
 
 
@@ -84,5 +84,7 @@ def replay(
 
 
 def offline_engine(settings: Settings) -> DecisionEngine:
-    """The worker's engine with in-process rule state instead of Redis."""
-    return build_engine(settings, store=InMemoryStateStore())
+    """The worker's engine with in-process rule state instead of Redis, and no bound on how far a recorded or
+    simulated event's time may lie ahead of now."""
+    limits = replace(event_limits(settings), max_future_ms=None)
+    return build_engine(settings, store=InMemoryStateStore(), limits=limits)

@@ -28,6 +28,7 @@ PARAMETERS: dict[str, dict[str, type]] = {
     "new_account_amount": {"max_age": str, "min_amount": float},
     "amount_zscore": {"z": float, "min_history": int},
     "amount_over": {"limit": float},
+    "duplicate_transaction_id": {},
 }
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -72,6 +73,7 @@ class AccountState:
     amount_mean: float = 0.0
     amount_std: float = 0.0
     replayed: bool = False
+    id_reused: bool = False  # the transaction id was seen before with other content
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,8 @@ def _check(rule: Rule, event: Event, state: AccountState | None) -> str | None:
         if event.counterparty_id and not state.counterparty_seen and event.amount >= p["min_amount"]:
             return f"{event.amount:.2f} to never-paid counterparty {event.counterparty_id}"
         return None
+    if rule.type == "duplicate_transaction_id":
+        return "transaction id seen before with other content" if state.id_reused else None
     if rule.type == "amount_zscore":
         if state.amount_count < p["min_history"]:
             return None

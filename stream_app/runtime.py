@@ -13,6 +13,7 @@ from fraudmon.errors import ConfigError, FraudMonitorError, StateUnavailable
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import load_rules
+from stream_app.schema import EventLimits
 from stream_app.scoring import load_model
 from stream_app.state import StateStore, make_state_store
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(
-    settings: Settings, metrics: WorkerMetrics | None = None, store: StateStore | None = None
+    settings: Settings, metrics: WorkerMetrics | None = None, store: StateStore | None = None,
+    limits: EventLimits | None = None,
 ) -> DecisionEngine:
     """Load and check the model, its card and the rules; raise a `FraudMonitorError` saying what to fix."""
     model = load_model(settings.resolve(settings.worker.model_path))
@@ -32,7 +34,19 @@ def build_engine(
         metrics=metrics,
         latency_budget_ms=settings.worker.latency_budget_ms,
         retry_after_s=settings.worker.redis_retry_after_s,
-        max_message_bytes=settings.worker.max_message_bytes,
+        limits=limits or event_limits(settings),
+        max_state_backlog=settings.worker.max_state_backlog,
+    )
+
+
+def event_limits(settings: Settings) -> EventLimits:
+    """The event gate's limits from the `events:` settings."""
+    events = settings.events
+    return EventLimits(
+        max_message_bytes=events.max_message_bytes, max_amount=events.max_amount,
+        min_timestamp_ms=int(events.earliest_timestamp.timestamp() * 1000),
+        max_future_ms=int(events.max_future_s * 1000), max_features=events.max_features,
+        max_feature_abs=events.max_feature_abs,
     )
 
 
@@ -68,9 +82,11 @@ def wait_for_kafka(bootstrap_servers: str, retry_s: float = 2.0, give_up_s: floa
                 error = exc
         attempt += 1
         log.warning("Kafka at %s unreachable (%s); retrying in %.0fs (attempt %d)",
-                    bootstrap_servers, error, retry_s, attempt)
+                    bootstrap_servers, error, retry_s, attempt, extra={"dependency": "kafka"})
         if give_up_s is not None and time.monotonic() - started > give_up_s:
-            raise FraudMonitorError(f"Kafka at {bootstrap_servers} unreachable for {give_up_s:.0f}s: {error}")
+            raise FraudMonitorError(
+                f"Kafka at {bootstrap_servers} did not answer for {give_up_s:.0f}s ({error}): start it "
+                "(`fraudmon stack up` for the local stack) or set kafka.bootstrap_servers (FRAUDMON_KAFKA_BOOTSTRAP)")
         time.sleep(retry_s)
 
 
@@ -83,9 +99,12 @@ def wait_for_state_store(store: StateStore, retry_s: float = 2.0, give_up_s: flo
             store.connect()
         except StateUnavailable as exc:
             attempt += 1
-            log.warning("rule state store unreachable (%s); retrying in %.0fs (attempt %d)", exc, retry_s, attempt)
+            log.warning("rule state store unreachable (%s); retrying in %.0fs (attempt %d)", exc, retry_s, attempt,
+                        extra={"dependency": "redis"})
             if give_up_s is not None and time.monotonic() - started > give_up_s:
-                raise
+                raise StateUnavailable(
+                    f"{exc}; gave up after {give_up_s:.0f}s: start Redis (`fraudmon stack up` for the local stack) "
+                    "or set redis.url (FRAUDMON_REDIS_URL)") from None
             time.sleep(retry_s)
             continue
         if attempt:

@@ -1,25 +1,50 @@
-"""The transaction event (SPEC: Transaction event) and its validation from raw Kafka bytes.
+"""The transaction event (contract: docs/contracts.md) and its validation from raw Kafka bytes.
 
 `parse_event` is the one gate every event passes, in the worker and in offline replay: it returns an `Event`
-or raises `InvalidEvent` whose message becomes the dead letter's `error`.
+or raises `InvalidEvent` whose message, `<field>: <reason>`, becomes the dead letter's `error`. Nothing that
+passes can make features, rule state or the JSON output fail: ids are printable Unicode of bounded length,
+numbers are finite and bounded, timestamps lie in a window around now.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from fraudmon.errors import InvalidEvent
+
 CHANNELS = ("card_present", "ecommerce", "transfer", "atm")
 MAX_ID_LENGTH = 64
+ID_FIELDS = ("merchant_id", "device_id", "counterparty_id")
+MIN_ACCOUNT_CREATED_MS = 0  # 1970-01-01: accounts can be older than the event window
+MAX_ISO_LENGTH = 40
+MAX_MERCHANT_CATEGORY_LENGTH = 16
+MAX_IP_LENGTH = 64
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO 8601 can write
 
 
-class InvalidEvent(ValueError):
-    """The raw message is not a valid transaction event; the message says which field and why."""
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """What the gate accepts; the worker's `events:` settings (config/monitor.yaml)."""
+
+    max_message_bytes: int = 65536
+    max_amount: float = 1e12
+    min_timestamp_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
+    max_future_ms: int | None = 86_400_000  # up to a day ahead of the clock; None: no bound (files, backtests)
+    max_features: int = 256
+    max_feature_abs: float = 1e12
+
+
+DEFAULT_LIMITS = EventLimits()
+FILE_LIMITS = EventLimits(max_message_bytes=1 << 20, min_timestamp_ms=0, max_future_ms=None)
+"""For events read from files (training, backtests): recorded or simulated time need not be near now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,124 +70,283 @@ class Event:
 
 
 def format_timestamp(epoch_ms: int | float) -> str:
-    """ISO 8601 UTC with milliseconds and a `Z`, as in the SPEC examples."""
+    """ISO 8601 UTC with milliseconds and a `Z`, as in the contract's examples."""
     return datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def parse_timestamp(value: Any, name: str = "timestamp") -> int:
-    """ISO 8601 with a zone, or epoch milliseconds, to epoch milliseconds."""
-    if isinstance(value, bool):
-        raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise InvalidEvent(f"{name}: epoch milliseconds must be finite and >= 0")
-        return int(value)
-    if not isinstance(value, str) or not value:
-        raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidEvent(f"{name}: {value[:40]!r} is not ISO 8601") from None
-    if moment.tzinfo is None:
-        raise InvalidEvent(f"{name}: {value[:40]!r} has no time zone (add Z or +00:00)")
-    return int(moment.timestamp() * 1000)
+def _shown(value: Any, limit: int = 40) -> str:
+    """A bounded, escaped rendering of user input for error messages (never a control character)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _required_id(data: dict[str, Any], name: str) -> str:
+def parse_timestamp(value: Any, name: str = "timestamp", low_ms: int | None = None,
+                    high_ms: int | None = None) -> int:
+    """ISO 8601 with a zone, or epoch milliseconds, to epoch milliseconds within [low_ms, high_ms]."""
+    low_ms = DEFAULT_LIMITS.min_timestamp_ms if low_ms is None else low_ms
+    high_ms = int(time.time() * 1000) + DEFAULT_LIMITS.max_future_ms if high_ms is None else high_ms
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
+    if isinstance(value, str):
+        if not value or len(value) > MAX_ISO_LENGTH:
+            raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"{name}: {_shown(value)} is not ISO 8601") from None
+        if moment.tzinfo is None:
+            raise InvalidEvent(f"{name}: {_shown(value)} has no time zone (add Z or +00:00)")
+        try:
+            epoch_ms = moment.timestamp() * 1000
+        except (OverflowError, ValueError):
+            epoch_ms = math.inf if moment.year > 2000 else -math.inf
+        shown = _shown(value)
+    else:
+        epoch_ms, shown = value, _shown(value, 24)
+        if not math.isfinite(epoch_ms):
+            raise InvalidEvent(f"{name}: epoch milliseconds must be finite")
+    if not low_ms <= epoch_ms <= high_ms:
+        raise InvalidEvent(f"{name}: {shown} is outside {format_timestamp(low_ms)} .. {format_timestamp(high_ms)}")
+    return int(epoch_ms)
+
+
+def _id(data: dict[str, Any], name: str, required: bool) -> str | None:
     value = data.get(name)
     if value is None:
-        raise InvalidEvent(f"{name}: required")
+        if required:
+            raise InvalidEvent(f"{name}: required")
+        return None
     if not isinstance(value, str) or not value:
         raise InvalidEvent(f"{name}: must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEvent(f"{name}: longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():  # control characters, lone surrogates, format characters
+        raise InvalidEvent(f"{name}: {_shown(value)} holds control or unprintable characters")
     return value
 
 
-def _optional_str(data: dict[str, Any], name: str) -> str | None:
+def _short_text(data: dict[str, Any], name: str, max_length: int) -> str | None:
     value = data.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(f"{name}: must be a string")
+    if len(value) > max_length:
+        raise InvalidEvent(f"{name}: longer than {max_length} characters")
+    if not value.isprintable():
+        raise InvalidEvent(f"{name}: {_shown(value)} holds control or unprintable characters")
     return value
 
 
-def event_from_dict(data: Any) -> Event:
-    """Validate a decoded JSON value into an `Event`."""
+def _letters(data: dict[str, Any], name: str, length: int, what: str) -> str | None:
+    """`length` ASCII letters (either case), upper-cased."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != length or not (value.isascii() and value.isalpha()):
+        raise InvalidEvent(f"{name}: {_shown(value, 20)} is not {what}")
+    return value.upper()
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    """A JSON number (not a bool) in [low, high]; integers of any length are compared exactly."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"{name}: must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent(f"{name}: must be finite")
+    if value < low:
+        raise InvalidEvent(f"{name}: must be >= {low:g}")
+    if value > high:
+        raise InvalidEvent(f"{name}: must be <= {high:g}")
+    return float(value)
+
+
+def _merchant_category(data: dict[str, Any]) -> str | None:
+    value = data.get("merchant_category")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 9999:
+            raise InvalidEvent("merchant_category: a number must be a code from 0 to 9999")
+        return str(value)
+    return _short_text(data, "merchant_category", MAX_MERCHANT_CATEGORY_LENGTH)
+
+
+def _features(data: dict[str, Any], limits: EventLimits) -> dict[str, float]:
+    raw = data.get("features")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidEvent("features: must be an object of numbers")
+    if len(raw) > limits.max_features:
+        raise InvalidEvent(f"features: {len(raw)} entries, more than {limits.max_features}")
+    features: dict[str, float] = {}
+    bound = limits.max_feature_abs
+    for key, value in raw.items():
+        if not key or len(key) > MAX_ID_LENGTH or not key.isprintable():
+            raise InvalidEvent(f"features: name {_shown(key)} must be 1..{MAX_ID_LENGTH} printable characters")
+        features[key] = _number(value, f"features.{key}", -bound, bound)
+    return features
+
+
+def event_from_dict(data: Any, limits: EventLimits = DEFAULT_LIMITS, now_ms: int | None = None) -> Event:
+    """Validate a decoded JSON value into an `Event` (`now_ms` anchors the timestamp window)."""
     if not isinstance(data, dict):
-        raise InvalidEvent("event: must be a JSON object")
-    transaction_id = _required_id(data, "transaction_id")
-    account_id = _required_id(data, "account_id")
-    amount = data.get("amount")
-    if amount is None:
+        raise InvalidEvent("message: must be a JSON object")
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    transaction_id = _id(data, "transaction_id", required=True)
+    account_id = _id(data, "account_id", required=True)
+    if data.get("amount") is None:
         raise InvalidEvent("amount: required")
-    if isinstance(amount, bool) or not isinstance(amount, int | float):
-        raise InvalidEvent("amount: must be a number")
-    if not math.isfinite(amount):
-        raise InvalidEvent("amount: must be finite")
-    if amount < 0:
-        raise InvalidEvent("amount: must be >= 0")
+    amount = _number(data["amount"], "amount", 0.0, limits.max_amount)
     if "timestamp" not in data:
         raise InvalidEvent("timestamp: required")
-    timestamp_ms = parse_timestamp(data["timestamp"])
-    country = _optional_str(data, "country")
-    if country is not None and (len(country) != 2 or not country.isalpha()):
-        raise InvalidEvent(f"country: {country[:10]!r} is not an ISO 3166-1 alpha-2 code")
-    channel = _optional_str(data, "channel")
+    latest_ms = MAX_TIMESTAMP_MS if limits.max_future_ms is None else now_ms + limits.max_future_ms
+    timestamp_ms = parse_timestamp(data["timestamp"], "timestamp", limits.min_timestamp_ms, latest_ms)
+    channel = data.get("channel")
     if channel is not None and channel not in CHANNELS:
-        raise InvalidEvent(f"channel: {channel[:20]!r} is not one of {', '.join(CHANNELS)}")
+        raise InvalidEvent(f"channel: {_shown(channel, 20)} is not one of {', '.join(CHANNELS)}")
     created = data.get("account_created_at")
-    account_created_ms = None if created is None else parse_timestamp(created, "account_created_at")
-    raw_features = data.get("features") or {}
-    if not isinstance(raw_features, dict):
-        raise InvalidEvent("features: must be an object of numbers")
-    features: dict[str, float] = {}
-    for key, value in raw_features.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidEvent(f"features.{key}: must be a finite number")
-        features[key] = float(value)
-    merchant_category = data.get("merchant_category")
-    if isinstance(merchant_category, int) and not isinstance(merchant_category, bool):
-        merchant_category = str(merchant_category)
-    elif merchant_category is not None and not isinstance(merchant_category, str):
-        raise InvalidEvent("merchant_category: must be a string")
+    account_created_ms = None if created is None else parse_timestamp(
+        created, "account_created_at", MIN_ACCOUNT_CREATED_MS, latest_ms)
+    merchant_id, device_id, counterparty_id = (_id(data, name, required=False) for name in ID_FIELDS)
     return Event(
         transaction_id=transaction_id,
         account_id=account_id,
-        amount=float(amount),
+        amount=amount,
         timestamp_ms=timestamp_ms,
-        currency=_optional_str(data, "currency"),
-        merchant_id=_optional_str(data, "merchant_id"),
-        merchant_category=merchant_category,
-        country=country.upper() if country else None,
-        ip=_optional_str(data, "ip"),
-        device_id=_optional_str(data, "device_id"),
+        currency=_letters(data, "currency", 3, "an ISO 4217 code of three letters"),
+        merchant_id=merchant_id,
+        merchant_category=_merchant_category(data),
+        country=_letters(data, "country", 2, "an ISO 3166-1 alpha-2 code"),
+        ip=_short_text(data, "ip", MAX_IP_LENGTH),
+        device_id=device_id,
         channel=channel,
-        counterparty_id=_optional_str(data, "counterparty_id"),
+        counterparty_id=counterparty_id,
         account_created_ms=account_created_ms,
-        features=features,
+        features=_features(data, limits),
     )
 
 
-def parse_event(raw: bytes | str | None, max_bytes: int = 65536) -> Event:
+def parse_event(raw: bytes | str | None, limits: EventLimits = DEFAULT_LIMITS, now_ms: int | None = None) -> Event:
     """Validate raw message bytes into an `Event`, or raise `InvalidEvent` with the reason."""
     if raw is None:
         raise InvalidEvent("message: empty value (tombstone)")
-    if len(raw) > max_bytes:
-        raise InvalidEvent(f"message: {len(raw)} bytes exceeds the limit of {max_bytes}")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if not raw:
+        raise InvalidEvent("message: empty value")
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidEvent(f"message: {len(raw)} bytes exceeds the limit of {limits.max_message_bytes}")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = _loads_lenient(raw)  # the standard parser also reads NaN/Infinity, so those get a precise reason
-    return event_from_dict(data)
+        data = orjson.loads(raw)  # strict: UTF-8 only, no BOM, NaN, trailing data or lone surrogates
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(_why_not_json(raw, exc)) from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("message: must be a JSON object")
+    if len(_KEY_TOKEN.findall(raw)) != _count_keys(data):  # more key tokens than keys: maybe a duplicate
+        problem = _inspect(raw.decode("utf-8"), duplicates_only=True)
+        if problem:
+            raise InvalidEvent(problem)
+    return event_from_dict(data, limits, now_ms)
 
 
-def _loads_lenient(raw: bytes | str) -> Any:
+# ---- the slow path: saying precisely what is wrong with a message the strict parser refused ------------------
+# Every key token ends in `"` then optional white space then `:`, so the regex finds at least as many matches as
+# there are keys; as many matches as distinct keys proves there is no duplicate without a second parse.
+_KEY_TOKEN = re.compile(rb'"\s*:')
+_DUPLICATE = object()  # marks a decoded object that had a duplicate key, with that key as value
+_MAX_INT_DIGITS = 300
+
+
+class _Bad:
+    """A value the strict parser refused (NaN, an integer too long, a number out of range)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _count_keys(value: Any) -> int:
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return count
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result and _DUPLICATE not in result:
+            result[_DUPLICATE] = key
+        result[key] = value
+    return result
+
+
+def _integer(text: str) -> int | _Bad:
+    digits = len(text.lstrip("-"))
+    return _Bad(f"an integer of {digits} digits is out of range") if digits > _MAX_INT_DIGITS else int(text)
+
+
+def _float(text: str) -> float | _Bad:
+    value = float(text)
+    return value if math.isfinite(value) else _Bad(f"{text[:20]} is out of range")
+
+
+def _problem_in(value: Any, path: str, duplicates_only: bool = False) -> str | None:
+    """The first refused value, duplicate key or unprintable string below `value`, as `path: reason`."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        name = where or "message"
+        if isinstance(item, _Bad):
+            return f"{name}: {item.why}"
+        if isinstance(item, str) and not duplicates_only:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{name}: holds a lone UTF-16 surrogate"
+            if any(ord(c) < 0x20 for c in item):
+                return f"{name}: holds a raw control character (escape it as \\u00XX)"
+        elif isinstance(item, dict):
+            if _DUPLICATE in item:
+                return f"{_join(where, item[_DUPLICATE])}: duplicate key"
+            for key in item:
+                problem = _problem_in(key, f"{_join(where, key)!r} key", duplicates_only)
+                if problem:
+                    return problem
+            stack.extend(reversed([(v, _join(where, k)) for k, v in item.items()]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(v, f"{name}[{i}]") for i, v in enumerate(item)]))
+    return None
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _inspect(text: str, duplicates_only: bool = False) -> str | None:
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(f"message: not JSON ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+        decoded = json.loads(text, object_pairs_hook=_pairs, parse_int=_integer, parse_float=_float,
+                             parse_constant=lambda name: _Bad(f"{name} is not a JSON number"), strict=False)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        return None
+    return _problem_in(decoded, "", duplicates_only)
+
+
+def _why_not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return "message: starts with a byte order mark (BOM); send UTF-8 without one"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"message: not UTF-8 (byte 0x{raw[bad.start]:02x} at {bad.start}); send JSON in UTF-8"
+    problem = _inspect(text)
+    if problem:
+        return problem
+    return f"message: not valid JSON ({str(exc)[:100]})"
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

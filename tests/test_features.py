@@ -44,11 +44,11 @@ def test_known_values_of_the_event_features():
 
 def test_missing_optional_fields_have_defined_values():
     f = features_of(event_from_dict({"transaction_id": "t", "account_id": "a", "amount": 50,
-                                     "timestamp": 0}))
+                                     "timestamp": 1_795_046_400_000}))  # 2026-11-19T00:00Z
     assert f["account_age_days_log"] == 0 and f["account_age_missing"] == 1
     assert f["channel_missing"] == 1 and f["mcc_other"] == 1
     assert f["currency_foreign"] == 0 and f["amount_round"] == 1
-    assert f["dow_sin"] == pytest.approx(math.sin(2 * math.pi * 3 / 7), abs=1e-6)  # 1970-01-01: Thursday
+    assert f["dow_sin"] == pytest.approx(math.sin(2 * math.pi * 3 / 7), abs=1e-6)  # a Thursday
 
 
 @pytest.mark.parametrize(("code", "group"), [("5411", "grocery"), ("5812", "dining"), ("4111", "travel"),

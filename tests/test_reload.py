@@ -44,7 +44,8 @@ def reloader(artifacts):
 
 
 def decide(engine, amount: float) -> dict:
-    event = {"transaction_id": f"t-{time.monotonic_ns()}", "account_id": "a", "amount": amount, "timestamp": 1}
+    event = {"transaction_id": f"t-{time.monotonic_ns()}", "account_id": "a", "amount": amount,
+             "timestamp": int(time.time() * 1000)}
     return engine.process([RawMessage(json.dumps(event).encode(), None, "t", 0, 0)]).decisions[0]
 
 

@@ -28,7 +28,8 @@ def hit_ids(rules, ev, state):
 def test_shipped_rules_file_has_every_type():
     rules = load_rules(PROJECT_ROOT / "config" / "rules.yaml")
     assert {r.type for r in rules.rules} == {"velocity", "new_country", "ip_fanout", "new_counterparty_amount",
-                                             "new_account_amount", "amount_zscore", "amount_over"}
+                                             "new_account_amount", "amount_zscore", "amount_over",
+                                             "duplicate_transaction_id"}
     assert all(r.enabled and r.severity in SEVERITIES for r in rules.rules)
 
 

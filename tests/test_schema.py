@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.schema import InvalidEvent, event_from_dict, event_to_dict, parse_event
+from stream_app.schema import EventLimits, InvalidEvent, event_from_dict, event_to_dict, parse_event
 
 VALID = {
     "transaction_id": "tx-0001", "account_id": "acc-42", "amount": 129.95, "currency": "EUR",
@@ -35,12 +35,12 @@ def test_epoch_milliseconds_timestamp():
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"not json", "message: not JSON"),
-        (b"\xff\xfe", "message: not JSON"),
-        (b"[1, 2]", "event: must be a JSON object"),
+        (b"not json", "message: not valid JSON"),
+        (b"\xff\xfe", "message: not UTF-8"),
+        (b"[1, 2]", "message: must be a JSON object"),
         (None, "tombstone"),
         (json.dumps({**VALID, "amount": None}).encode(), "amount: required"),
-        (b'{"transaction_id":"t","account_id":"a","amount":NaN,"timestamp":1}', "amount: must be finite"),
+        (b'{"transaction_id":"t","account_id":"a","amount":NaN,"timestamp":1}', "amount: NaN is not"),
         (json.dumps({**VALID, "amount": -1}).encode(), "amount: must be >= 0"),
         (json.dumps({**VALID, "amount": "12"}).encode(), "amount: must be a number"),
         (json.dumps({**VALID, "timestamp": "2026-11-22T10:15:00"}).encode(), "has no time zone"),
@@ -69,3 +69,60 @@ def test_arbitrary_bytes_never_raise_anything_but_invalid_event(raw):
 def test_round_trip_through_dict():
     event = event_from_dict(VALID)
     assert event_from_dict(event_to_dict(event)) == event
+
+
+NOW_MS = 1_795_400_000_000  # 2026-11-22T22:13:20Z
+
+
+def _with(**changes) -> bytes:
+    return json.dumps({**VALID, **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (_with(amount=10**400), "amount: an integer of 401 digits"),
+        (b'{"transaction_id":"t","account_id":"a","amount":1' + b"0" * 5000 + b',"timestamp":1}', "amount: an integer"),
+        (_with(amount=1e308), r"amount: must be <= 1e\+12"),
+        (_with(amount=10**20), r"amount: must be <= 1e\+12"),
+        (_with(timestamp=1e15), "timestamp: .* is outside"),
+        (_with(timestamp=1e19), "timestamp: .* is outside"),
+        (_with(timestamp=1e300), "timestamp: .* is outside"),
+        (_with(timestamp="9999-12-31T23:59:59-14:00"), "timestamp: .* is outside"),
+        (_with(timestamp="0001-01-01T00:00:00+14:00"), "timestamp: .* is outside"),
+        (_with(timestamp="1999-12-31T23:59:59Z"), "timestamp: .* is outside"),
+        (_with(account_created_at="9999-12-31T23:59:59Z"), "account_created_at: .* is outside"),
+        (b'{"transaction_id":"\\ud800","account_id":"a","amount":1,"timestamp":1795342500123}',
+         "transaction_id: holds a lone UTF-16 surrogate"),
+        (_with(account_id="acc\u0000"), "account_id: .* control"),
+        (_with(merchant_id="m\u200b"), "merchant_id: .* control or unprintable"),
+        (b'{"transaction_id":"t","account_id":"a","amount":1,"amount":2,"timestamp":1795342500123}',
+         "amount: duplicate key"),
+        (b'{"transaction_id":"t","account_id":"a","amount":1,"timestamp":1795342500123,'
+         b'"features":{"V1":1,"V1" : 2}}', "features.V1: duplicate key"),
+        (b"\xef\xbb\xbf" + _with(), "message: starts with a byte order mark"),
+        (_with() + b" {}", "message: not valid JSON"),
+        (_with(country="1X"), "country:"),
+        (_with(currency="EURO"), "currency:"),
+        (_with(features={f"f{i}": 1.0 for i in range(300)}), "features: 300 entries"),
+        (_with(features={"V1": 1e300}), "features.V1: must be <="),
+        (_with(ip="1" * 65), "ip: longer than 64"),
+        (_with(merchant_category=12345), "merchant_category:"),
+    ],
+)
+def test_poison_values_are_refused_naming_the_field(raw, reason):
+    with pytest.raises(InvalidEvent, match=reason):
+        parse_event(raw, now_ms=NOW_MS)
+
+
+def test_lower_case_codes_are_normalised_and_quoted_colons_are_no_duplicate():
+    event = parse_event(_with(country="de", currency="eur", merchant_id='m":77', features={'x":': 1.0}), now_ms=NOW_MS)
+    assert (event.country, event.currency, event.merchant_id, event.features) == ("DE", "EUR", 'm":77', {'x":': 1.0})
+
+
+def test_limits_are_configurable():
+    limits = EventLimits(max_amount=100.0, min_timestamp_ms=0, max_future_ms=0)
+    with pytest.raises(InvalidEvent, match="amount: must be <= 100"):
+        parse_event(_with(amount=100.5), limits, now_ms=NOW_MS)
+    event = parse_event(_with(timestamp="1990-01-01T00:00:00Z", amount=50), limits, now_ms=NOW_MS)
+    assert event.timestamp_ms == 631152000000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis
@@ -10,7 +11,7 @@ import redis
 from fraudmon.errors import StateUnavailable
 from stream_app.rules import parse_rules
 from stream_app.schema import event_from_dict
-from stream_app.state import InMemoryStateStore, RedisStateStore
+from stream_app.state import InMemoryStateStore, RedisStateStore, StateFailure
 
 RULES = parse_rules({"rules": [
     {"id": "velocity", "type": "velocity", "max_count": 3, "window": "60s"},
@@ -115,3 +116,41 @@ def test_script_is_reloaded_after_a_redis_restart(redis_url):
     store.observe(RULES, [event("t1")])
     client.script_flush()  # what a restarted Redis looks like to the client: the script cache is empty
     assert store.observe(RULES, [event("t2", t_s=1)])[0].prior_count == 1
+
+
+def test_same_id_same_content_is_a_redelivery_other_content_is_a_new_event(store):
+    first = store.observe(RULES, [event("dup", t_s=0, amount=10)])[0]
+    again = store.observe(RULES, [event("dup", t_s=0, amount=10)])[0]
+    reused = store.observe(RULES, [event("dup", t_s=1, amount=99)])[0]
+    assert not first.replayed and not first.id_reused
+    assert again.replayed and replace(again, replayed=False) == first
+    assert not reused.replayed and reused.id_reused
+    assert reused.prior_count == 1  # judged against the state after the first, then recorded
+    assert store.observe(RULES, [event("next", t_s=2)])[0].prior_count == 2
+
+
+def test_reused_ids_count_for_velocity(store):
+    states = store.observe(RULES, [event("same-id", t_s=i * 0.001, amount=10 + i) for i in range(12)])
+    assert [s.velocity_counts[60_000] for s in states] == list(range(12))
+    assert all(s.id_reused for s in states[1:])
+
+
+def test_poisoned_account_state_is_repaired_and_fails_no_other_event(redis_url):
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"{prefix}acct:poisoned", mapping={"n": "3", "mean": "inf", "m2": "nan"})
+    store = RedisStateStore(client, key_prefix=prefix)
+    states = store.observe(RULES, [event("p1", "poisoned", amount=50), event("ok1", "healthy", amount=5)])
+    assert states[0].amount_count == 0 and states[0].amount_mean == 0.0  # unreadable statistics start again
+    assert states[1].prior_count == 0
+    assert float(client.hget(f"{prefix}acct:poisoned", "mean")) == 50.0
+
+
+def test_a_failing_event_fails_alone(redis_url):
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{prefix}acct:wrongtype", "a string where a hash belongs")
+    states = RedisStateStore(client, key_prefix=prefix).observe(
+        RULES, [event("w1", "wrongtype"), event("h1", "healthy"), event("h2", "healthy", t_s=1)])
+    assert isinstance(states[0], StateFailure) and "WRONGTYPE" in states[0].reason
+    assert [s.prior_count for s in states[1:]] == [0, 1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fraudmon.errors import InputDataError
-from stream_app.schema import event_from_dict
+from stream_app.schema import FILE_LIMITS, event_from_dict
 from training.data import Dataset, load_dataset, time_split
 
 HEADER = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]
@@ -109,8 +109,8 @@ def test_too_few_normal_training_rows_is_a_clear_error(tmp_path):
 def test_time_split_trains_on_the_past_and_tests_on_the_future():
     rng = np.random.default_rng(1)
     times = rng.permutation(2000) * 1000  # file order is not time order
-    events = [event_from_dict({"transaction_id": f"t{i}", "account_id": "a", "amount": 1.0, "timestamp": int(t)})
-              for i, t in enumerate(times)]
+    events = [event_from_dict({"transaction_id": f"t{i}", "account_id": "a", "amount": 1.0, "timestamp": int(t)},
+                              FILE_LIMITS) for i, t in enumerate(times)]
     labels = (rng.random(2000) < 0.05).astype(np.int8)
     dataset = Dataset(events, labels)
     split = time_split(dataset, test_fraction=0.3, val_fraction=0.2)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from fraudmon.errors import InputDataError
 from fraudmon.produce import CREDITCARD_COLUMNS, DEFAULT_BASE_TIME, creditcard_event, is_json_lines, read_event_rows
-from stream_app.schema import Event, InvalidEvent, event_from_dict
+from stream_app.schema import FILE_LIMITS, Event, InvalidEvent, event_from_dict
 from training.simulate import read_ground_truth
 
 EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")
@@ -241,7 +241,7 @@ def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
                 dropped[name] = dropped.get(name, 0) + 1
             continue
         try:
-            events.append(event_from_dict(row))
+            events.append(event_from_dict(row, FILE_LIMITS))
         except InvalidEvent as exc:
             raise InputDataError(f"{where}: {exc}") from None
     _check_nonfinite(path, rows, rows - len(events), dropped, first, on_nonfinite)

@@ -1,0 +1,111 @@
+-- One round trip per batch: for each event, in order, the account's state *before* it, then record the event.
+-- KEYS: none (keys are built from the prefix, so a single Redis, not a cluster).
+-- ARGV: prefix, history_ttl_s, dedupe_ttl_s, velocity windows (comma list), fanout windows, max known countries,
+--       and the events as one JSON array of [tx, fingerprint, account, ts_ms, country, ip, counterparty, amount].
+-- Returns a JSON array with one object per event: the snapshot (named fields), or {"error": "..."} for an event
+-- whose state could not be read or written; one bad account never fails the others.
+local prefix, history_ttl, dedupe_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_countries = tonumber(ARGV[6])
+local function windows(text)
+  local list = {}
+  for w in string.gmatch(text, '[^,]+') do list[#list + 1] = tonumber(w) end
+  return list
+end
+local velocity, fanout = windows(ARGV[4]), windows(ARGV[5])
+local longest_velocity, longest_fanout = velocity[#velocity] or 0, fanout[#fanout] or 0
+-- A transaction id may come back with other content this many times before its variants stop being remembered.
+local MAX_VARIANTS = 16
+-- Entries older than the longest window no longer count (ZCOUNT bounds by time); trimming them on about one
+-- event in TRIM_EVERY (by event-time millisecond) keeps busy keys small at a fraction of the calls.
+local TRIM_EVERY = 8
+
+local function finite(x)
+  return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
+end
+
+local function observe(row)
+  local tx, fp, account, ts, country, ip, cp, amount = unpack(row)
+  if not finite(amount) or not finite(ts) then error('amount and timestamp must be finite numbers') end
+  local tx_key = prefix .. 'tx:' .. tx
+  local known = redis.call('HGET', tx_key, fp)
+  if known then
+    local snapshot = cjson.decode(known)
+    snapshot.replayed = true
+    return cjson.encode(snapshot)
+  end
+  local variants = redis.call('HLEN', tx_key)
+  local acct = prefix .. 'acct:' .. account
+  local got = redis.call('HMGET', acct, 'n', 'mean', 'm2', 'c:' .. country, 'p:' .. cp)
+  local n, mean, m2 = tonumber(got[1]) or 0, tonumber(got[2]) or 0, tonumber(got[3]) or 0
+  if not (finite(n) and finite(mean) and finite(m2)) or n < 0 or m2 < 0 then
+    n, mean, m2 = 0, 0, 0  -- unreadable statistics (written by an older version): start them again
+  end
+  local std = 0
+  if n > 0 then std = math.sqrt(m2 / n) end
+  local country_seen, cp_seen = country == '' or got[4] ~= false, cp == '' or got[5] ~= false
+  local countries = {}
+  if not country_seen then
+    local all = {}
+    for _, field in ipairs(redis.call('HKEYS', acct)) do
+      if string.sub(field, 1, 2) == 'c:' then all[#all + 1] = string.sub(field, 3) end
+    end
+    table.sort(all)
+    for k = 1, math.min(#all, max_countries) do countries[k] = all[k] end
+  end
+  local velocity_counts, fanout_counts = {}, {}
+  local vel = prefix .. 'vel:' .. account
+  for _, w in ipairs(velocity) do
+    velocity_counts[#velocity_counts + 1] = {w, redis.call('ZCOUNT', vel, '(' .. (ts - w), ts)}
+  end
+  local ip_key = prefix .. 'ip:' .. ip
+  if ip ~= '' and longest_fanout > 0 then
+    redis.call('ZADD', ip_key, 'GT', ts, account)
+    if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', ip_key, '-inf', ts - longest_fanout) end
+    redis.call('PEXPIRE', ip_key, longest_fanout)
+  end
+  for _, w in ipairs(fanout) do
+    local count = 0
+    if ip ~= '' then count = redis.call('ZCOUNT', ip_key, '(' .. (ts - w), '+inf') end
+    fanout_counts[#fanout_counts + 1] = {w, count}
+  end
+  local snapshot = cjson.encode({
+    replayed = false, id_reused = variants > 0, prior_count = n, country_seen = country_seen,
+    known_countries = countries, counterparty_seen = cp_seen, amount_count = n, amount_mean = mean,
+    amount_std = std, velocity = velocity_counts, fanout = fanout_counts,
+  })
+  if variants < MAX_VARIANTS then
+    redis.call('HSET', tx_key, fp, snapshot)
+    redis.call('EXPIRE', tx_key, dedupe_ttl)
+  end
+  local next_n = n + 1
+  local delta = amount - mean
+  local next_mean = mean + delta / next_n
+  local next_m2 = m2 + delta * (amount - next_mean)
+  local update = {}
+  if finite(next_mean) and finite(next_m2) then
+    update = {'n', next_n, 'mean', string.format('%.17g', next_mean), 'm2', string.format('%.17g', next_m2)}
+  end
+  if country ~= '' then update[#update + 1] = 'c:' .. country; update[#update + 1] = 1 end
+  if cp ~= '' then update[#update + 1] = 'p:' .. cp; update[#update + 1] = 1 end
+  if #update > 0 then redis.call('HSET', acct, unpack(update)) end
+  redis.call('EXPIRE', acct, history_ttl)
+  if longest_velocity > 0 then
+    local member = tx .. '|' .. fp
+    redis.call('ZADD', vel, ts, member)
+    if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', vel, '-inf', ts - longest_velocity) end
+    redis.call('PEXPIRE', vel, longest_velocity)
+  end
+  return snapshot
+end
+
+local out = {}
+for i, row in ipairs(cjson.decode(ARGV[7])) do
+  local ok, result = pcall(observe, row)
+  if ok then
+    out[i] = result
+  else
+    if type(result) == 'table' then result = result.err end  -- a redis.call error
+    out[i] = cjson.encode({error = tostring(result)})
+  end
+end
+return '[' .. table.concat(out, ',') .. ']'
