@@ -227,12 +227,14 @@ def bench_command(
 
 
 # commands: each line registers one command from the module that owns it.
+from fraudmon.chaos import chaos_command  # noqa: E402
 from fraudmon.produce import produce_command  # noqa: E402
 from fraudmon.watch import tail_command, topics_command  # noqa: E402
 from training.commands import evaluate_command, train_command  # noqa: E402
 from training.simulate import simulate_command  # noqa: E402
 
 app.command("simulate")(simulate_command)
+app.command("chaos")(chaos_command)
 app.command("produce")(produce_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)

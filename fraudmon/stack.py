@@ -323,15 +323,16 @@ class LocalStack:
         )
 
     # ---- down / status -------------------------------------------------------------------------------------
-    def down(self, timeout_s: float = 30.0) -> list[str]:
-        """Stop the services this stack started (by their pid files) and return their names."""
+    def down(self, timeout_s: float = 30.0, services: tuple[str, ...] = SERVICES, kill: bool = False) -> list[str]:
+        """Stop the services this stack started (by their pid files) and return their names; `kill` sends
+        SIGKILL at once, as a crash would."""
         stopped = []
-        for service in reversed(SERVICES):
+        for service in reversed(services):
             pid = self._read_pid(service)
             if pid is None:
                 self._pidfile(service).unlink(missing_ok=True)
                 continue
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -378,3 +379,24 @@ def create_topics(bootstrap: str, names: list[str], partitions: int, replication
         return missing
     finally:
         admin.close()
+
+
+def free_port() -> int:
+    """A port the OS says is free now (tests and throwaway stacks; never a fixed one in the ephemeral range)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_settings(base: Settings, data_dir: Path, worker_metrics_port: int | None = None) -> Settings:
+    """`base` with a stack of its own: data in `data_dir`, every port free, clients pointed at it."""
+    stack = base.stack.model_copy(update={
+        "data_dir": str(data_dir), "kafka_port": free_port(), "kafka_controller_port": free_port(),
+        "redis_port": free_port(), "prometheus_port": free_port(),
+    })
+    worker = base.worker.model_copy(update={"metrics_port": worker_metrics_port or free_port()})
+    return base.model_copy(update={
+        "stack": stack, "worker": worker,
+        "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{stack.kafka_port}"}),
+        "redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{stack.redis_port}/0"}),
+    })

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from fraudmon.config import Settings, load_settings
-from fraudmon.stack import LocalStack, create_topics
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from fraudmon.stack import LocalStack, create_topics, free_port, isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -27,18 +20,7 @@ def worker_metrics_port() -> int:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory, worker_metrics_port: int) -> Settings:
     """Settings for the test stack: its own ports and data dir, shared jar cache."""
-    base = load_settings(environ={})
-    data_dir = tmp_path_factory.mktemp("stack")
-    stack = base.stack.model_copy(update={
-        "data_dir": str(data_dir), "kafka_port": free_port(), "kafka_controller_port": free_port(),
-        "redis_port": free_port(), "prometheus_port": free_port(),
-    })
-    return base.model_copy(update={
-        "stack": stack,
-        "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{stack.kafka_port}"}),
-        "redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{stack.redis_port}/0"}),
-        "worker": base.worker.model_copy(update={"metrics_port": worker_metrics_port}),
-    })
+    return isolated_settings(load_settings(environ={}), tmp_path_factory.mktemp("stack"), worker_metrics_port)
 
 
 @pytest.fixture(scope="session")
