@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -350,3 +351,55 @@ def test_startup_refuses_a_busy_metrics_port_naming_the_setting(settings):
                                     text=True, timeout=60)
             assert result.returncode == 2, result.stderr[-2000:]
             assert f"port {port} is not free" in result.stderr and "FRAUDMON_METRICS_PORT" in result.stderr
+
+
+def test_faust_command_line_starts_the_worker_and_it_decides(settings, kafka_bootstrap, worker_topics, tmp_path):
+    import os
+
+    from fraudmon.demo import stop_process, wait_for_group
+
+    group = f"faust-cli-{time.monotonic_ns()}"
+    env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_REDIS_URL": settings.redis.url,
+           "FRAUDMON_TOPICS__TRANSACTIONS": worker_topics["transactions"],
+           "FRAUDMON_TOPICS__SCORES": worker_topics["scores"], "FRAUDMON_TOPICS__FLAGGED": worker_topics["flagged"],
+           "FRAUDMON_TOPICS__DEAD_LETTER": worker_topics["dead_letter"], "FRAUDMON_WORKER__APP_ID": group,
+           "FRAUDMON_METRICS_PORT": str(free_port()), "FRAUDMON_WORKER__WEB_PORT": str(free_port())}
+    log = (tmp_path / "faust.log").open("wb")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "faust"), "-A", "stream_app.app", "worker", "-l",
+                                "info", "--web-port", env["FRAUDMON_WORKER__WEB_PORT"]],
+                               cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_group(settings, group, timeout_s=90)
+        event = {"transaction_id": "via-faust-cli", "account_id": "acc-cli", "amount": 12.5,
+                 "timestamp": int(time.time() * 1000)}
+        produce(kafka_bootstrap, worker_topics["transactions"], [event])
+        [decision] = collect(kafka_bootstrap, worker_topics["scores"], 1, timeout_s=60)
+        assert decision["transaction_id"] == "via-faust-cli"
+        assert process.poll() is None
+    finally:
+        stop_process(process)
+    assert "Traceback" not in (tmp_path / "faust.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FRAUDMON_KAFKA_BOOTSTRAP": "127.0.0.1:{port}"}, "did not answer for 3s"),
+        ({"FRAUDMON_REDIS_URL": "redis://127.0.0.1:{port}/0"}, "gave up after 3s"),
+        ({"FRAUDMON_KAFKA_BOOTSTRAP": "localhost"}, "kafka.bootstrap_servers"),
+        ({"FRAUDMON_REDIS_URL": "http://127.0.0.1:6379"}, "redis.url"),
+    ],
+)
+def test_startup_gives_up_cleanly_on_unreachable_or_malformed_addresses(settings, env, message):
+    import os
+
+    env = {name: value.format(port=free_port()) for name, value in env.items()}
+    full = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
+            "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_WORKER__STARTUP_TIMEOUT_S": "3",
+            "FRAUDMON_METRICS_PORT": str(free_port()), "FRAUDMON_WORKER__WEB_PORT": "0", **env}
+    result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT, env=full,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    if "did not answer" in message or "gave up" in message:
+        assert "fraudmon stack up" in result.stderr

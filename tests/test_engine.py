@@ -1,0 +1,164 @@
+"""The engine's failure paths, with a state store and a model that fail on purpose (unit tests, no services):
+every message still ends as one decision or one dead letter, and degraded decisions say why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+import pytest
+
+from fraudmon.config import PROJECT_ROOT
+from fraudmon.errors import StateUnavailable
+from fraudmon.logs import OutageLogFilter
+from stream_app import engine as engine_module
+from stream_app.engine import DecisionEngine, RawMessage
+from stream_app.metrics import WorkerMetrics
+from stream_app.publish import OutputRecord, Publisher
+from stream_app.rules import load_rules
+from stream_app.scoring import load_model
+from stream_app.state import InMemoryStateStore, StateFailure
+
+MODEL = load_model(PROJECT_ROOT / "models" / "default.onnx")
+RULES = load_rules(PROJECT_ROOT / "config" / "rules.yaml")
+
+
+def message(i: int, account: str = "acc", **changes) -> RawMessage:
+    event = {"transaction_id": f"tx-{i}", "account_id": account, "amount": 20.0 + i,
+             "timestamp": int(time.time() * 1000) - 60_000 + i, "country": "DE", **changes}
+    return RawMessage(orjson.dumps(event), account.encode(), "transactions", 0, i)
+
+
+class FlakyStore(InMemoryStateStore):
+    """The in-process store, unavailable while `down`, failing the events of `broken_account`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.broken_account: str | None = None
+
+    def observe(self, rules, events):
+        if self.down:
+            raise StateUnavailable("connection refused")
+        states = super().observe(rules, events)
+        return [StateFailure("WRONGTYPE") if e.account_id == self.broken_account else s
+                for e, s in zip(events, states, strict=True)]
+
+
+def engine_with(store, **kwargs) -> DecisionEngine:
+    return DecisionEngine(MODEL, RULES, store, retry_after_s=0.0, **kwargs)
+
+
+def test_redis_down_degrades_then_the_backlog_is_recorded():
+    store = FlakyStore()
+    engine = engine_with(store)
+    store.down = True
+    during = engine.process([message(i) for i in range(5)]).decisions
+    assert all(d["degraded"] and "skipped:redis_unavailable" in d["reasons"] for d in during)
+    assert engine.state_backlog == 5
+    store.down = False
+    after = engine.process([message(5)]).decisions[0]
+    assert not after["degraded"] and engine.state_backlog == 0
+    assert store.observe(RULES, [engine_module.parse_event(message(6).value)])[0].prior_count == 6, \
+        "the five events decided during the outage count in the account's history"
+
+
+def test_backlog_overflow_is_counted():
+    store = FlakyStore()
+    store.down = True
+    metrics = WorkerMetrics()
+    engine = engine_with(store, metrics=metrics, max_state_backlog=3)
+    engine.process([message(i) for i in range(5)])
+    assert engine.state_backlog == 3
+    assert metrics.registry.get_sample_value("fraud_state_unrecorded_events_total") == 2
+
+
+def test_one_broken_account_degrades_only_its_own_events():
+    store = FlakyStore()
+    store.broken_account = "poisoned"
+    metrics = WorkerMetrics()
+    decisions = engine_with(store, metrics=metrics).process(
+        [message(0, "healthy"), message(1, "poisoned"), message(2, "healthy")]).decisions
+    assert [d["degraded"] for d in decisions] == [False, True, False]
+    assert decisions[1]["reasons"][-1] == "skipped:state_error"
+    assert metrics.registry.get_sample_value("fraud_degraded_total", {"cause": "state_error"}) == 1
+    assert metrics.registry.get_sample_value("fraud_degraded_total", {"cause": "redis_unavailable"}) == 0
+
+
+def test_a_failing_model_degrades_with_model_error(monkeypatch):
+    engine = engine_with(InMemoryStateStore())
+    monkeypatch.setattr(MODEL, "score", lambda x: (_ for _ in ()).throw(RuntimeError("onnxruntime says no")))
+    decisions = engine.process([message(0), message(1)]).decisions
+    assert all(d["model"] is None and d["degraded"] and "skipped:model_error" in d["reasons"] for d in decisions)
+
+
+def test_events_without_the_models_features_skip_only_the_model():
+    engine = engine_with(InMemoryStateStore())
+    engine._passthrough = ["V1"]  # as a model trained on precomputed features would need
+    engine.model = MODEL
+    with_features = message(0, features={"V1": 1.0})
+    decisions = engine.process([with_features, message(1)]).decisions
+    assert ["skipped:model_error" in d["reasons"] for d in decisions] == [False, True]
+
+
+def test_a_bug_on_one_record_dead_letters_that_record_only(monkeypatch):
+    real = engine_module.evaluate
+
+    def evaluate(rules, event, state):
+        if event.transaction_id == "tx-3":
+            raise ZeroDivisionError("bug")
+        return real(rules, event, state)
+
+    monkeypatch.setattr(engine_module, "evaluate", evaluate)
+    metrics = WorkerMetrics()
+    outcome = engine_with(InMemoryStateStore(), metrics=metrics).process([message(i) for i in range(8)])
+    assert sorted(d["transaction_id"] for d in outcome.decisions) == [f"tx-{i}" for i in range(8) if i != 3]
+    (key, letter), = outcome.dead_letters
+    assert letter["offset"] == 3 and letter["error"].startswith("internal: ZeroDivisionError: bug")
+    assert metrics.registry.get_sample_value("fraud_input_messages_total") == 8
+    assert metrics.registry.get_sample_value("fraud_events_total", {"outcome": "scored"}) == 7
+
+
+def test_dead_letters_are_bounded():
+    huge = bytes(range(256)) * 4000
+    outcome = engine_with(InMemoryStateStore()).process([RawMessage(huge, b"k", "transactions", 1, 9)])
+    (_, letter), = outcome.dead_letters
+    assert letter["raw_encoding"] == "base64" and letter["raw_truncated"] and letter["raw_bytes"] == len(huge)
+    assert len(orjson.dumps(letter)) < 20_000
+
+
+def test_publisher_sends_failed_records_again_until_acknowledged():
+    attempts: list[bytes] = []
+
+    async def send(topic, key, value, partition, timestamp, headers):
+        attempts.append(value)
+        future = asyncio.get_running_loop().create_future()
+        if value == b"flaky" and attempts.count(b"flaky") < 3:
+            future.set_exception(ConnectionError("broker down"))
+        else:
+            future.set_result(None)
+        return future
+
+    metrics = WorkerMetrics()
+    records = [OutputRecord("t", b"k", b"ok"), OutputRecord("t", b"k", b"flaky")]
+    asyncio.run(Publisher(send, metrics, first_retry_s=0.001).publish(records))
+    assert attempts == [b"ok", b"flaky", b"flaky", b"flaky"]
+    assert metrics.registry.get_sample_value("fraud_publish_retries_total") == 2
+
+
+@pytest.mark.parametrize("logger", ["aiokafka.conn", "stream_app.engine"])
+def test_outage_logs_are_rate_limited_per_dependency(logger):
+    limit = OutageLogFilter(window_s=10)
+
+    def record(created: float) -> logging.LogRecord:
+        entry = logging.LogRecord(logger, logging.WARNING, __file__, 1, "cannot connect", None, None)
+        entry.created = created
+        if logger.startswith("stream_app"):
+            entry.dependency = "redis"
+        return entry
+
+    records = [record(t) for t in (0.0, 1.0, 2.0, 9.9, 10.5, 30.0)]
+    assert [limit.filter(r) for r in records] == [True, False, False, False, True, True]
+    assert "[3 more" in records[4].msg and "more" not in records[5].msg
