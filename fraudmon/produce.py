@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,12 +23,13 @@ from typing import Any, Literal
 import numpy as np
 import typer
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fraudmon.config import Settings, load_settings
 from fraudmon.errors import FraudMonitorError, InputDataError
-from stream_app.schema import Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
+from stream_app.schema import FILE_LIMITS, Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
 from training.simulate import CSV_COLUMNS, GroundTruth, SimulationConfig, simulate, write_ground_truth
 
 CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
@@ -38,6 +40,10 @@ DEFAULT_BASE_TIME = datetime(2013, 9, 1, tzinfo=UTC)  # the card-holder dataset 
 DEFAULT_FILE_ACCOUNTS = 1_000
 REQUIRED_EVENT_COLUMNS = ("transaction_id", "account_id", "amount", "timestamp")
 MAX_CHUNK = 1_000  # events sent between two looks at the clock, the stop flag and the progress bar
+DEFAULT_DELIVERY_TIMEOUT_S = 120.0  # how long Kafka may take to acknowledge a message before it counts as undelivered
+STALL_AFTER_S = 5.0  # no acknowledgement for this long while messages wait (or a blocked send): warn
+WARN_EVERY_S = 10.0  # at most one stall warning this often
+LINGER_MS = 5
 FileKind = Literal["events-jsonl", "events-csv", "creditcard"]
 
 
@@ -47,32 +53,41 @@ class ProduceError(FraudMonitorError):
 
 @dataclass(frozen=True)
 class ProduceSummary:
-    """What a produce run did. `delivered` and `failed` count broker acknowledgements, malformed included."""
+    """What a produce run did. `delivered` counts broker acknowledgements and `failed` the errors Kafka reported,
+    malformed messages included; `delivered_ids` are the acknowledged transaction ids (for the truth file)."""
 
     topic: str
-    sent: int
+    sent: int  # events handed to the producer
     delivered: int
     failed: int
     malformed: int
     elapsed_s: float  # sending, from the first message to the last (the pacing window)
-    flush_s: float  # waiting for the last acknowledgements afterwards
+    wait_s: float  # waiting for the outstanding acknowledgements afterwards
+    delivery_timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S
     interrupted: bool = False
     first_error: str | None = None
+    delivered_ids: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
     def rate(self) -> float:
         """Achieved events per second over the sending window."""
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def undelivered(self) -> int:
+        """Messages (events and malformed) Kafka did not acknowledge: refused, failed, or given up on."""
+        return self.sent + self.malformed - self.delivered
+
     def lines(self) -> list[str]:
         """The closing summary, one fact per line."""
         lines = [
-            f"topic      {self.topic}",
-            f"sent       {self.sent} events" + (f" + {self.malformed} malformed" if self.malformed else ""),
-            f"delivered  {self.delivered}",
-            f"failed     {self.failed}" + (f" (first error: {self.first_error})" if self.first_error else ""),
-            f"elapsed    {self.elapsed_s:.2f} s sending + {self.flush_s:.2f} s flushing",
-            f"rate       {self.rate:,.0f} events/s",
+            f"topic        {self.topic}",
+            f"sent         {self.sent} events" + (f" + {self.malformed} malformed" if self.malformed else ""),
+            f"delivered    {self.delivered}",
+            f"undelivered  {self.undelivered}" + (f" (first error: {self.first_error})" if self.first_error else ""),
+            f"elapsed      {self.elapsed_s:.2f} s sending + {self.wait_s:.2f} s waiting for acknowledgements "
+            f"(at most {self.delivery_timeout_s:g} s, --delivery-timeout)",
+            f"rate         {self.rate:,.0f} events/s",
         ]
         if self.interrupted:
             lines.append("stopped early on request")
@@ -220,7 +235,7 @@ def read_event_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _file_events(path: Path) -> Iterator[Event]:
     for where, row in read_event_rows(path):
         try:
-            yield event_from_dict(row)
+            yield event_from_dict(row, FILE_LIMITS)
         except InvalidEvent as exc:
             raise InputDataError(f"{where}, field {exc}") from None
 
@@ -295,39 +310,130 @@ def malformed_messages(n: int) -> list[tuple[bytes, bytes]]:
     return [(f"malformed-{i}".encode(), kinds[i % len(kinds)](f"malformed-{i}")) for i in range(n)]
 
 
-class _Deliveries:
-    """Counts acknowledgements; the callbacks run on the producer's I/O thread."""
+class Deliveries:
+    """What became of each message handed to the producer: acknowledged (with its transaction id) or failed.
+    The callbacks run on the producer's I/O thread; `handed` and `sending_since` are the sending thread's."""
 
     def __init__(self) -> None:
+        self.handed = 0
         self.delivered = 0
         self.failed = 0
         self.first_error: str | None = None
+        self.ids: set[str] = set()
+        self.sending_since: float | None = None  # monotonic start of the send() batch in progress
         self._lock = threading.Lock()
 
-    def ok(self, _metadata: Any) -> None:
+    @property
+    def outstanding(self) -> int:
+        """Messages handed over whose fate Kafka has not reported yet."""
+        return max(0, self.handed - self.delivered - self.failed)
+
+    def ok(self, transaction_id: str | None, _metadata: Any) -> None:
         with self._lock:
             self.delivered += 1
+            if transaction_id is not None:
+                self.ids.add(transaction_id)
 
     def error(self, exc: BaseException) -> None:
         with self._lock:
             self.failed += 1
-            self.first_error = self.first_error or f"{exc.__class__.__name__}: {exc}"
+            if self.first_error is None:
+                text, name = str(exc), exc.__class__.__name__
+                self.first_error = text if text.startswith(name) else f"{name}: {text}"
+
+    def wait(self, deadline: float) -> None:
+        """Until nothing is outstanding or the monotonic `deadline`."""
+        while self.outstanding and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
-def make_producer(settings: Settings, compression: str | None = None) -> KafkaProducer:
-    """An idempotent producer (acks=all) on the configured brokers, with their security options."""
+class StallWatch:
+    """Warns when deliveries stall: nothing acknowledged for `stall_after` seconds while messages wait, or a
+    send() blocked that long. One line at most every `every` seconds, so an outage is reported, not flooded."""
+
+    def __init__(self, deliveries: Deliveries, bootstrap: str, delivery_timeout_s: float,
+                 warn: Callable[[str], None], *, stall_after: float = STALL_AFTER_S, every: float = WARN_EVERY_S,
+                 now: float | None = None) -> None:
+        self.deliveries = deliveries
+        self.bootstrap = bootstrap
+        self.delivery_timeout_s = delivery_timeout_s
+        self.warn = warn
+        self.stall_after = stall_after
+        self.every = every
+        self._acked = 0
+        self._progress_at = time.monotonic() if now is None else now
+        self._warned_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="produce-stall-watch", daemon=True)
+
+    def check(self, now: float) -> str | None:
+        """The warning due at monotonic time `now`, if any."""
+        d = self.deliveries
+        waiting = d.outstanding
+        if not waiting or d.delivered != self._acked:
+            self._acked, self._progress_at = d.delivered, now
+        stalled = now - self._progress_at
+        blocked = now - d.sending_since if d.sending_since is not None else 0.0
+        if max(stalled, blocked) < self.stall_after:
+            return None
+        if self._warned_at is not None and now - self._warned_at < self.every:
+            return None
+        self._warned_at = now
+        what = f"send() blocked for {blocked:.0f} s" if blocked >= self.stall_after else \
+            f"nothing acknowledged for {stalled:.0f} s"
+        return (f"warning: Kafka at {self.bootstrap}: {what}, {waiting:,} messages waiting; still trying, messages "
+                f"not acknowledged within {self.delivery_timeout_s:g} s (--delivery-timeout) count as undelivered")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            message = self.check(time.monotonic())
+            if message:
+                self.warn(message)
+
+
+def make_producer(settings: Settings, compression: str | None = None,
+                  delivery_timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S) -> KafkaProducer:
+    """An idempotent producer (acks=all) on the configured brokers, with their security options. A message not
+    acknowledged within `delivery_timeout_s` fails (its errback gets a KafkaTimeoutError), so no wait is endless."""
     kafka = settings.kafka
+    timeout_ms = max(1_000, round(delivery_timeout_s * 1000))
     try:
         return KafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers.split(","), acks="all", enable_idempotence=True,
-            linger_ms=5, batch_size=128 * 1024, compression_type=compression, max_block_ms=15_000,
-            bootstrap_timeout_ms=10_000, client_id="fraudmon-produce", **kafka.client_options(),
+            linger_ms=LINGER_MS, batch_size=128 * 1024, compression_type=compression,
+            delivery_timeout_ms=timeout_ms, request_timeout_ms=min(30_000, timeout_ms - LINGER_MS),
+            max_block_ms=min(15_000, timeout_ms), bootstrap_timeout_ms=10_000, client_id="fraudmon-produce",
+            reconnect_backoff_max_ms=1_000,  # kafka-python's 30 s would miss a broker back after a restart
+            **kafka.client_options(),
         )
-    except KafkaTimeoutError:
-        raise ProduceError(f"no Kafka broker answers at {kafka.bootstrap_servers}: start the stack "
-                           "(`fraudmon stack up`) or pass --bootstrap host:port") from None
+    except KafkaError as exc:  # KafkaTimeoutError or NoBrokersAvailable: nothing answered at the address
+        raise ProduceError(f"no Kafka broker answers at {kafka.bootstrap_servers} ({exc.__class__.__name__}): "
+                           "start the stack (`fraudmon stack up`) or pass --bootstrap host:port") from None
     except (ValueError, RuntimeError) as exc:  # unknown codec, or its library is not installed
         raise ProduceError(f"compression {compression!r} is not available ({exc}); use gzip or none") from None
+
+
+def _close_producer(producer: KafkaProducer, *, abandon: bool) -> None:
+    """Close the producer; with `abandon`, fail the messages it still holds at once instead of waiting for them.
+    kafka-python's close() flushes first and raises when that times out, which would leave its I/O thread
+    running (and a traceback at exit), hence the forced close of its sender."""
+    try:
+        if abandon:
+            producer._sender.force_close()
+        producer.close(timeout=5)
+    except KafkaError:
+        pass  # nothing left to deliver or to tell: the summary already counts every message not acknowledged
+
+
+def _print_warning(console: Console) -> Callable[[str], None]:
+    return lambda message: console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def produce_events(
@@ -338,12 +444,14 @@ def produce_events(
     rate: float | None = None,
     count: int | None = None,
     duration: float | None = None,
-    live_time: bool = False,
+    live_time: bool = True,
     malformed: int = 0,
     progress: bool = False,
     total: int | None = None,
     compression: str | None = None,
     stop: threading.Event | None = None,
+    delivery_timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S,
+    warn: Callable[[str], None] | None = None,
 ) -> ProduceSummary:
     """Send `events` to `topic` (default: the transactions topic), keyed by account, and wait for the acks.
 
@@ -353,6 +461,11 @@ def produce_events(
     `live_time` each event's timestamp becomes its send time (its account creation time moves with it, so
     account age is kept). `malformed` extra bad messages are spread through the run; `total` (the number of
     events, when `events` has no len) sizes the progress bar and that spread. `stop` ends the run early.
+
+    Kafka going away mid-run does not end the run: messages wait in the producer, `warn` (default: stderr) says
+    so every few seconds, and those not acknowledged within `delivery_timeout_s` count as undelivered. After the
+    last send it waits at most that long for the outstanding acknowledgements (Ctrl-C stops sending, a second one
+    stops waiting). The summary always comes back; only a broker or topic missing at the start raises.
     """
     topic = topic or settings.topics.transactions
     rate = rate or None
@@ -365,85 +478,116 @@ def produce_events(
     bad = malformed_messages(malformed)
     bad_at = [(k + 1) * expected // (malformed + 1) if expected else 0 for k in range(malformed)]
 
-    producer = make_producer(settings, compression)
-    deliveries = _Deliveries()
+    producer = make_producer(settings, compression, delivery_timeout_s)
+    try:
+        producer.partitions_for(topic)
+    except KafkaError as exc:
+        _close_producer(producer, abandon=True)
+        raise ProduceError(f"topic {topic!r} is not available on {settings.kafka.bootstrap_servers} "
+                           f"({exc.__class__.__name__}): create it (`fraudmon stack up` creates the "
+                           "configured topics) or pass --topic") from None
+    console = Console(stderr=True)
+    warn = warn or _print_warning(console)
+    deliveries = Deliveries()
     ok, error, send = deliveries.ok, deliveries.error, producer.send
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     source = iter(events)
     sent = bad_sent = 0
     interrupted = exhausted = False
 
+    def hand_over(value: bytes, key: bytes, transaction_id: str | None) -> None:
+        try:
+            future = send(topic, value=value, key=key)
+        except KafkaError as exc:  # refused at once (e.g. no metadata within max_block_ms): counts as failed
+            deliveries.handed += 1
+            error(exc)
+            raise
+        deliveries.handed += 1
+        future.add_callback(ok, transaction_id).add_errback(error)
+
     def send_bad(until: float) -> None:
         nonlocal bad_sent
         while bad_sent < len(bad) and bad_at[bad_sent] <= until:
             key, value = bad[bad_sent]
-            send(topic, value=value, key=key).add_callback(ok).add_errback(error)
             bad_sent += 1
+            hand_over(value, key, None)
 
+    watch = StallWatch(deliveries, settings.kafka.bootstrap_servers, delivery_timeout_s, warn)
     columns = (TextColumn("producing to {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[speed]}"), TimeElapsedColumn())
+    watch.start()
     started = time.perf_counter()
+    elapsed = 0.0
     try:
         try:
-            producer.partitions_for(topic)
-        except KafkaError as exc:
-            raise ProduceError(f"topic {topic!r} is not available on {settings.kafka.bootstrap_servers} "
-                               f"({exc.__class__.__name__}): create it (`fraudmon stack up` creates the "
-                               "configured topics) or pass --topic") from None
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("produce", total=expected, topic=topic, speed="")
-            started = time.perf_counter()
-            while not exhausted and (limit is None or sent < limit):
-                elapsed = time.perf_counter() - started
-                if stop is not None and stop.is_set():
-                    interrupted = True
-                    break
-                if duration and not rate and elapsed >= duration:
-                    break
-                due = sent + MAX_CHUNK
-                if rate:
-                    due = min(due, int(elapsed * rate) + 1)
-                    if due <= sent:
-                        time.sleep(sent / rate - elapsed)
-                        continue
-                if limit is not None:
-                    due = min(due, limit)
-                now_ms = int(time.time() * 1000)
-                now_text = format_timestamp(now_ms)
-                before = sent
-                while sent < due:
-                    try:
-                        event = next(source)
-                    except StopIteration:
-                        exhausted = True
+            with Progress(*columns, console=console, disable=not progress) as bar:
+                task = bar.add_task("produce", total=expected, topic=topic, speed="")
+                started = time.perf_counter()
+                while not exhausted and (limit is None or sent < limit):
+                    elapsed = time.perf_counter() - started
+                    if stop is not None and stop.is_set():
+                        interrupted = True
                         break
-                    data = event_to_dict(event)
-                    if live_time:
-                        data["timestamp"] = now_text
-                        if event.account_created_ms is not None:
-                            data["account_created_at"] = format_timestamp(
-                                event.account_created_ms + now_ms - event.timestamp_ms)
-                    send(topic, value=dumps(data).encode(), key=event.account_id.encode()) \
-                        .add_callback(ok).add_errback(error)
-                    sent += 1
-                    send_bad(sent)
-                bar.update(task, advance=sent - before, speed=f"{sent / max(elapsed, 1e-3):,.0f}/s")
-            send_bad(math.inf)
-    except KeyboardInterrupt:
-        interrupted = True
-    except KafkaError as exc:  # e.g. the send buffer stayed full: the brokers went away mid-run
-        deliveries.error(exc)
-    finally:
+                    if duration and not rate and elapsed >= duration:
+                        break
+                    due = sent + MAX_CHUNK
+                    if rate:
+                        due = min(due, int(elapsed * rate) + 1)
+                        if due <= sent:
+                            time.sleep(sent / rate - elapsed)
+                            continue
+                    if limit is not None:
+                        due = min(due, limit)
+                    now_ms = int(time.time() * 1000)
+                    now_text = format_timestamp(now_ms)
+                    before = sent
+                    deliveries.sending_since = time.monotonic()
+                    while sent < due:
+                        try:
+                            event = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        data = event_to_dict(event)
+                        if live_time:
+                            data["timestamp"] = now_text
+                            if event.account_created_ms is not None:
+                                data["account_created_at"] = format_timestamp(
+                                    event.account_created_ms + now_ms - event.timestamp_ms)
+                        sent += 1
+                        hand_over(dumps(data).encode(), event.account_id.encode(), event.transaction_id)
+                        send_bad(sent)
+                    deliveries.sending_since = None
+                    bar.update(task, advance=sent - before, speed=f"{sent / max(elapsed, 1e-3):,.0f}/s")
+                send_bad(math.inf)
+        except KeyboardInterrupt:
+            interrupted = True
+        except KafkaError:
+            pass  # hand_over counted it as failed: stop sending, wait for the rest, report
+        deliveries.sending_since = None
         elapsed = time.perf_counter() - started
         try:
-            producer.flush(timeout=180)
-        except KafkaError as exc:
-            deliveries.error(exc)
-        producer.close(timeout=10)
+            if interrupted and deliveries.outstanding:
+                warn(f"stopping: waiting up to {delivery_timeout_s:g} s for {deliveries.outstanding:,} outstanding "
+                     "acknowledgements (Ctrl-C again to stop waiting)")
+            # Kafka fails a message after delivery_timeout_s on its own, but not while an idempotent producer
+            # waits to re-register with a broker that is down: this deadline bounds that case too.
+            deliveries.wait(time.monotonic() + delivery_timeout_s)
+        except KeyboardInterrupt:
+            interrupted = True
+    finally:
+        waited = time.perf_counter() - started - elapsed
+        watch.stop()
+        first_error = deliveries.first_error
+        abandon = deliveries.outstanding > 0
+        _close_producer(producer, abandon=abandon)
+    if abandon and first_error is None:
+        first_error = "stopped before Kafka acknowledged them" if interrupted else \
+            f"not acknowledged within {delivery_timeout_s:g} s"
     return ProduceSummary(
         topic=topic, sent=sent, delivered=deliveries.delivered, failed=deliveries.failed, malformed=bad_sent,
-        elapsed_s=elapsed, flush_s=time.perf_counter() - started - elapsed, interrupted=interrupted,
-        first_error=deliveries.first_error,
+        elapsed_s=elapsed, wait_s=waited, delivery_timeout_s=delivery_timeout_s,
+        interrupted=interrupted, first_error=first_error, delivered_ids=frozenset(deliveries.ids),
     )
 
 
@@ -470,21 +614,31 @@ def produce_command(
     topic: str | None = typer.Option(None, "--topic", "-t", help="Topic (default: topics.transactions)."),
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka host:port (default: kafka settings)."),
     truth: Path | None = typer.Option(
-        None, "--truth", help="Write the labels of the sent events here (transaction_id,label,scenario)."),
-    live_time: bool | None = typer.Option(
-        None, "--live-time/--keep-time",
-        help="Stamp events with their send time, or keep their own (default: live for --simulate, keep for files)."),
+        None, "--truth",
+        help="Write the labels of the events Kafka acknowledged here (transaction_id,label,scenario)."),
+    live_time: bool = typer.Option(
+        True, "--live-time/--file-time",
+        help="Stamp each event with its send time (account creation moves with it), or keep the file's own "
+             "time (the card-holder CSV is from 2013: end-to-end latencies would read as years)."),
     base_time: datetime = typer.Option(
         DEFAULT_BASE_TIME.replace(tzinfo=None), "--base-time", formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
-        help="Card-holder CSV: the UTC moment of Time = 0."),
+        help="Card-holder CSV with --file-time: the UTC moment of Time = 0."),
+    delivery_timeout: float = typer.Option(
+        DEFAULT_DELIVERY_TIMEOUT_S, "--delivery-timeout", min=1.0,
+        help="Seconds Kafka may take to acknowledge an event (e.g. through a broker restart) before it counts as "
+             "undelivered; also the longest wait for the last acknowledgements."),
     malformed: int = typer.Option(0, "--malformed", min=0, help="Also send this many malformed messages."),
     compression: str = typer.Option("none", "--compression", help="none, gzip, snappy, lz4 or zstd."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (default config/monitor.yaml)."),
 ) -> None:
-    """Send transaction events to Kafka at a steady rate: simulated, or replayed from a file."""
+    """Send transaction events to Kafka at a steady rate: simulated, or replayed from a file.
+
+    Prints a summary in every case (sent, delivered, undelivered, first error); exits 1 when Kafka did not
+    acknowledge everything, 2 when nothing could start (bad file, no broker, no topic)."""
     if simulate_ == (file is not None):
         raise typer.BadParameter("give exactly one source: --simulate or --file PATH")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the stall warnings and the summary say what matters
     try:
         settings = load_settings(config)
         if bootstrap:
@@ -499,6 +653,10 @@ def produce_command(
                 raise InputDataError(f"{file} carries no labels (only the card-holder CSV has Class); the labels "
                                      "of simulated events are in the --truth file `fraudmon simulate` wrote")
             typer.echo(f"{file}: {source.rows} events ({source.kind}), validated")
+            if source.kind == "creditcard":
+                typer.echo(f"note: the card-holder CSV has no account column, so its rows get made-up account ids "
+                           f"(cc-acc-0..{source.accounts - 1}, by a hash of the row): stateful rules (velocity, "
+                           "z-score, new counterparty, ...) judge made-up accounts")
             stream: Iterable[Event] = source.events()
             total: int | None = source.rows
         else:
@@ -510,9 +668,9 @@ def produce_command(
             ))
             stream, total = simulated, None
         summary = produce_events(
-            settings, stream, topic=topic, rate=rate, count=count, duration=duration,
-            live_time=simulate_ if live_time is None else live_time, malformed=malformed, progress=progress,
-            total=total, compression=None if compression == "none" else compression,
+            settings, stream, topic=topic, rate=rate, count=count, duration=duration, live_time=live_time,
+            malformed=malformed, progress=progress, total=total,
+            compression=None if compression == "none" else compression, delivery_timeout_s=delivery_timeout,
         )
     except (FraudMonitorError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -520,7 +678,12 @@ def produce_command(
     for line in summary.lines():
         typer.echo(line)
     if truth and labels is not None:
-        written = write_ground_truth(truth, labels[: summary.sent])
-        typer.echo(f"truth      {written} labels ({sum(t.label for t in labels[: summary.sent])} fraud) -> {truth}")
-    if summary.failed:
+        delivered = [t for t in labels if t.transaction_id in summary.delivered_ids]
+        written = write_ground_truth(truth, delivered)
+        typer.echo(f"truth        {written} labels of delivered events ({sum(t.label for t in delivered)} fraud) "
+                   f"-> {truth}")
+    if summary.undelivered:
+        typer.secho(f"error: Kafka at {settings.kafka.bootstrap_servers} did not acknowledge {summary.undelivered} "
+                    "messages (see `undelivered` above); check the broker, e.g. `fraudmon stack status`",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
