@@ -7,34 +7,40 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from stream_app.rules import RuleHit
+from stream_app.rules import SEVERITIES, RuleHit
 from stream_app.schema import Event, format_timestamp
 
 MAX_DEAD_LETTER_RAW = 16_384  # characters of the original value a dead letter keeps (bytes when base64)
 
 
+def decide(model_flag: bool, hits: Sequence[RuleHit], flag_severity: str) -> tuple[str, list[str]]:
+    """The flag-or-pass policy: `flag` when the model's score exceeds its threshold or a rule at or above
+    `flag_severity` fired. Returns the decision and its reasons: `model` first, then the flagging rule ids."""
+    floor = SEVERITIES[flag_severity]
+    reasons = (["model"] if model_flag else []) + [hit.id for hit in hits if SEVERITIES[hit.severity] >= floor]
+    return ("flag" if reasons else "pass"), reasons
+
+
 def build_decision(
     event: Event,
     *,
+    decision: str,
+    reasons: Sequence[str],
     model_part: dict[str, Any] | None,
-    model_flag: bool,
     hits: Sequence[RuleHit],
-    flagging_rules: Sequence[str],
     skipped: Sequence[str],
     decided_at: str,
     latency_ms: float,
 ) -> dict[str, Any]:
-    """One decision: a flag when the model or a flagging rule says so. `reasons` lists `model` and the flagging
-    rule ids, then `skipped:<cause>` for each part of the check that could not run."""
-    reasons = (["model"] if model_flag else []) + list(flagging_rules) + [f"skipped:{cause}" for cause in skipped]
+    """One decision; `skipped:<cause>` is added to `reasons` for each part of the check that could not run."""
     return {
         "transaction_id": event.transaction_id,
         "account_id": event.account_id,
         "amount": event.amount,
         "event_time": event.event_time,
         "decided_at": decided_at,
-        "decision": "flag" if model_flag or flagging_rules else "pass",
-        "reasons": reasons,
+        "decision": decision,
+        "reasons": [*reasons, *(f"skipped:{cause}" for cause in skipped)],
         "model": model_part,
         "rules": [{"id": h.id, "severity": h.severity, "detail": h.detail} for h in hits],
         "degraded": bool(skipped),

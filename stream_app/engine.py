@@ -19,13 +19,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fraudmon.errors import InvalidEvent, StateUnavailable
-from stream_app.decision import build_dead_letter, build_decision
+from stream_app.decision import build_dead_letter, build_decision, decide
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
-from stream_app.rules import AccountState, RuleSet, evaluate, flagging_rules
+from stream_app.rules import AccountState, RuleSet, evaluate
 from stream_app.schema import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.scoring import OnnxModel
 from stream_app.state import StateFailure, StateStore
@@ -45,6 +45,12 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+
+
+class _Scored(NamedTuple):
+    is_outlier: bool
+    score: float
+    top_features: list[tuple[str, float]]
 
 
 @dataclass
@@ -91,7 +97,7 @@ class DecisionEngine:
         self.model = model
         self._passthrough = [name for name in model.feature_names if name not in BUILTIN]
         self.metrics.set_model(
-            model.name, model.version, model.threshold, float(model.card.get("expected_alert_rate", 0.0))
+            model.name, model.version, model.threshold, model.card.expected_alert_rate
         )
 
     @property
@@ -123,6 +129,17 @@ class DecisionEngine:
 
     def _process(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:
         started = time.perf_counter()
+        outcome = self._parse(messages, received_s)
+        if outcome.events:
+            model, rules = self.model, self.rules
+            scored = self._score(model, outcome.events)
+            states, state_causes = self._observe(rules, outcome.events)
+            outcome.decisions = self._decide(model, rules, outcome.events, scored, states, state_causes, started)
+        self._record_metrics(len(messages), outcome, time.perf_counter() - started)
+        return outcome
+
+    def _parse(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:
+        """Valid events, and a dead letter naming the field for every other message."""
         outcome = BatchOutcome()
         now_ms = int(received_s * 1000)
         for message in messages:
@@ -132,57 +149,53 @@ class DecisionEngine:
                 letter = build_dead_letter(str(exc), message.value, message.topic, message.partition,
                                            message.offset, received_s * 1000)
                 outcome.dead_letters.append((message.key, letter))
-        events = outcome.events
-        if events:
-            model, rules = self.model, self.rules
-            scores, explanations, model_causes = self._score(model, events)
-            states, state_causes = self._observe(rules, events)
-            decided_at = format_timestamp(time.time() * 1000)
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            threshold = model.threshold
-            for i, event in enumerate(events):
-                hits = evaluate(rules, event, states[i])
-                score = scores[i]
-                model_part = None if score is None else {
-                    "version": model.version,
-                    "score": round(score, 6),
-                    "threshold": threshold,
-                    "top_features": [{"name": name, "error": round(err, 6)} for name, err in explanations[i]],
-                }
-                skipped = [cause for cause in (state_causes[i], model_causes[i]) if cause]
-                outcome.decisions.append(build_decision(
-                    event, model_part=model_part, model_flag=score is not None and score > threshold,
-                    hits=hits, flagging_rules=flagging_rules(rules, hits), skipped=skipped, decided_at=decided_at,
-                    latency_ms=latency_ms,
-                ))
-        self._record_metrics(len(messages), outcome, time.perf_counter() - started)
         return outcome
 
-    def _score(self, model: OnnxModel, events: list[Event]) -> tuple[list, list, list]:
-        """Per event: the score (None when the model could not score it), its explanation, and the cause."""
+    def _score(self, model: OnnxModel, events: list[Event]) -> list[_Scored | None]:
+        """Per event: the model's verdict, or None when it could not score that event (`model_error`)."""
         n = len(events)
-        scores: list[float | None] = [None] * n
-        explanations: list[list] = [[]] * n
-        causes: list[str | None] = [MODEL_ERROR] * n
+        scored: list[_Scored | None] = [None] * n
         needed = self._passthrough
         rows = [i for i, e in enumerate(events) if all(name in e.features for name in needed)] if needed \
             else range(n)
         if not rows:
-            return scores, explanations, causes
+            return scored
         try:
             started = time.perf_counter()
-            batch = events if len(rows) == n else [events[i] for i in rows]
-            values, errors = model.score(vectorize(batch, model.feature_names))
+            prediction = model.predict(vectorize(events if len(rows) == n else [events[i] for i in rows],
+                                                 model.feature_names))
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            tops = model.top_features(errors)
+            tops = model.top_features(prediction.feature_score)
         except Exception as exc:  # the model must never stop the stream: decide from the rules alone
             log.error("model %s could not score a batch of %d events (deciding from rules only): %s: %s",
                       model.name, n, exc.__class__.__name__, exc, extra={"dependency": "model"})
-            return scores, explanations, causes
-        for row, value, top in zip(rows, values.tolist(), tops, strict=True):
-            if math.isfinite(value):
-                scores[row], explanations[row], causes[row] = value, top, None
-        return scores, explanations, causes
+            return scored
+        for row, outlier, score, top in zip(rows, prediction.is_outlier.tolist(),
+                                            prediction.instance_score.tolist(), tops, strict=True):
+            if math.isfinite(score):
+                scored[row] = _Scored(bool(outlier), score, top)
+        return scored
+
+    def _decide(self, model: OnnxModel, rules: RuleSet, events: list[Event], scored: list[_Scored | None],
+                states: list[AccountState | None], state_causes: list[str | None], started: float) -> list[dict]:
+        decided_at = format_timestamp(time.time() * 1000)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        decisions = []
+        for event, verdict, state, state_cause in zip(events, scored, states, state_causes, strict=True):
+            hits = evaluate(rules, event, state)
+            decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
+            model_part = None if verdict is None else {
+                "version": model.version,
+                "score": round(verdict.score, 6),
+                "threshold": model.threshold,
+                "top_features": [{"name": name, "error": round(err, 6)} for name, err in verdict.top_features],
+            }
+            skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
+            decisions.append(build_decision(
+                event, decision=decision, reasons=reasons, model_part=model_part, hits=hits, skipped=skipped,
+                decided_at=decided_at, latency_ms=latency_ms,
+            ))
+        return decisions
 
     def _observe(self, rules: RuleSet, events: list[Event]) -> tuple[list[AccountState | None], list[str | None]]:
         """Per event: the state before it (None: stateless rules only) and the cause when it is missing."""

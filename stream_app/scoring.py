@@ -7,20 +7,23 @@ or corrupt file, a card that does not belong to the graph, a graph whose width d
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
 from fraudmon.errors import ModelError
+from fraudmon.modelcard import ONNX_INPUT, ONNX_OUTPUTS, ModelCard, read_card
 
-INPUT_NAME = "features"
-OUTPUT_NAMES = ("score", "feature_errors")
-REQUIRED_CARD_KEYS = ("name", "version", "feature_names", "n_features", "threshold", "onnx_sha256")
 
+class Prediction(NamedTuple):
+    """What a detector says about a batch, in alibi-detect's terms."""
+
+    is_outlier: np.ndarray  # bool [n]: score above the card's threshold
+    instance_score: np.ndarray  # float32 [n]: the anomaly score
+    feature_score: np.ndarray  # float32 [n, f]: per-feature error, the explanation of a score
 
 def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -37,35 +40,40 @@ class OnnxModel:
     """A loaded, checked model: `score` a float32 batch `[n, f]` into scores `[n]` and feature errors `[n, f]`."""
 
     session: ort.InferenceSession = field(repr=False)
-    card: dict[str, Any] = field(repr=False)
+    card: ModelCard = field(repr=False)
     path: Path
 
     @property
     def name(self) -> str:
-        return str(self.card["name"])
+        return self.card.name
 
     @property
     def version(self) -> str:
-        return str(self.card["version"])
+        return self.card.version
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.card["feature_names"])
+        return list(self.card.feature_names)
 
     @property
     def threshold(self) -> float:
-        return float(self.card["threshold"]["value"])
+        return self.card.threshold.value
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly scores `[n]` and per-feature squared errors `[n, f]` (float32)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        width = int(self.card["n_features"])
+        width = self.card.n_features
         if x.ndim != 2 or x.shape[1] != width:
             raise ModelError(f"model {self.name} takes [n, {width}] features, got shape {list(x.shape)}")
         if x.shape[0] == 0:
             return np.empty(0, np.float32), np.empty((0, width), np.float32)
-        scores, errors = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        scores, errors = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
         return scores, errors
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        """Scores, per-feature errors and the outlier verdict against the card's threshold, for a batch."""
+        scores, errors = self.score(x)
+        return Prediction(scores > self.threshold, scores, errors)
 
     def top_features(self, errors: np.ndarray, k: int = 3) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """The `k` features with the largest reconstruction error, largest first: the explanation of a score.
@@ -80,34 +88,10 @@ class OnnxModel:
             top_errors = np.take_along_axis(rows, top, axis=1)
             order = np.argsort(-top_errors, axis=1, kind="stable")
             top, top_errors = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_errors, order, axis=1)
-            names = self.card["feature_names"]
+            names = self.card.feature_names
             result = [[(names[i], e) for i, e in zip(idx, errs, strict=True)]
                       for idx, errs in zip(top.tolist(), top_errors.tolist(), strict=True)]
         return result[0] if errors.ndim == 1 else result
-
-
-def _read_card(card_path: Path) -> dict[str, Any]:
-    if not card_path.is_file():
-        raise ModelError(f"model card {card_path} does not exist: the card is the .onnx path with .json")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"model card {card_path} is not valid JSON ({exc}): restore it or retrain") from None
-    if not isinstance(card, dict):
-        raise ModelError(f"model card {card_path} must be a JSON object")
-    missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
-    if missing:
-        raise ModelError(f"model card {card_path} lacks {', '.join(missing)}: retrain or pick the matching card")
-    names, threshold = card["feature_names"], card["threshold"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ModelError(f"model card {card_path}: feature_names must be a non-empty list of names")
-    if card["n_features"] != len(names):
-        raise ModelError(f"model card {card_path}: n_features is {card['n_features']} but feature_names "
-                         f"lists {len(names)}")
-    if not isinstance(threshold, dict) or not isinstance(threshold.get("value"), int | float) \
-            or not np.isfinite(threshold["value"]):
-        raise ModelError(f"model card {card_path}: threshold.value must be a finite number")
-    return card
 
 
 def load_model(onnx_path: str | Path, card_path: str | Path | None = None) -> OnnxModel:
@@ -116,23 +100,23 @@ def load_model(onnx_path: str | Path, card_path: str | Path | None = None) -> On
     card_path = Path(card_path) if card_path is not None else onnx_path.with_suffix(".json")
     if not onnx_path.is_file():
         raise ModelError(f"model file {onnx_path} does not exist: train one with `fraudmon train` or fix the path")
-    card = _read_card(card_path)
+    card = read_card(card_path)
     data = onnx_path.read_bytes()
     try:
         session = ort.InferenceSession(data, sess_options=_session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"{onnx_path} is not a valid ONNX model ({str(exc)[:200]}): retrain or restore it") from None
     digest = hashlib.sha256(data).hexdigest()
-    if digest != card["onnx_sha256"]:
-        raise ModelError(f"model card {card_path} was written for another graph (sha256 {card['onnx_sha256'][:12]}"
+    if digest != card.onnx_sha256:
+        raise ModelError(f"model card {card_path} was written for another graph (sha256 {card.onnx_sha256[:12]}"
                          f"…, {onnx_path} has {digest[:12]}…): retrain or pick the matching card")
     inputs = session.get_inputs()
     outputs = [o.name for o in session.get_outputs()]
-    if [i.name for i in inputs] != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(outputs):
+    if [i.name for i in inputs] != [ONNX_INPUT] or not set(ONNX_OUTPUTS) <= set(outputs):
         raise ModelError(f"{onnx_path} takes {[i.name for i in inputs]} and returns {outputs}; expected input "
-                         f"{INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}: export it with `fraudmon train`")
+                         f"{ONNX_INPUT!r} and outputs {', '.join(ONNX_OUTPUTS)}: export it with `fraudmon train`")
     width = inputs[0].shape[-1] if len(inputs[0].shape) == 2 else None
-    n = len(card["feature_names"])
+    n = card.n_features
     if width != n:
         raise ModelError(f"model card {card_path} lists {n} features but {onnx_path} takes {width}: "
                          f"retrain or pick the matching card")

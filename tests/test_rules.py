@@ -6,7 +6,8 @@ import pytest
 
 from fraudmon.config import PROJECT_ROOT
 from fraudmon.errors import RulesError
-from stream_app.rules import SEVERITIES, AccountState, evaluate, flagging_rules, load_rules, parse_rules
+from stream_app.decision import decide
+from stream_app.rules import SEVERITIES, AccountState, evaluate, load_rules, parse_rules
 from stream_app.schema import event_from_dict
 
 T0 = 1_763_800_000_000
@@ -121,7 +122,7 @@ def test_flag_severity_policy_and_disabled_rules():
         {"id": "off", "type": "amount_over", "limit": 10, "enabled": False},
     ]})
     hits = evaluate(rules, event(50), None)
-    assert [h.id for h in hits] == ["low"] and flagging_rules(rules, hits) == []
+    assert [h.id for h in hits] == ["low"] and decide(False, hits, rules.flag_severity) == ("pass", [])
     strict = parse_rules({"flag_severity": "medium", "rules": [
         {"id": "low", "type": "amount_over", "limit": 10, "severity": "medium"}]})
-    assert flagging_rules(strict, evaluate(strict, event(50), None)) == ["low"]
+    assert decide(False, evaluate(strict, event(50), None), strict.flag_severity) == ("flag", ["low"])

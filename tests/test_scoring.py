@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from fraudmon.config import PROJECT_ROOT
 from fraudmon.errors import ModelError
+from fraudmon.modelcard import ModelCard
 from stream_app.scoring import OnnxModel, load_model
 from tests.test_export import tiny_model
 
@@ -42,7 +43,7 @@ def test_valid_model_loads_with_its_card(copy):
     assert (model.name, model.version) == ("tiny", card["version"])
     assert model.feature_names == ["V1", "V2", "V3", "V4", "amount_log"]
     assert model.threshold == card["threshold"]["value"]
-    assert model.card == card
+    assert model.card == ModelCard.model_validate(card)
     options = model.session.get_session_options()
     assert options.intra_op_num_threads == 1
 
@@ -86,7 +87,7 @@ def test_invalid_or_incomplete_card_is_refused(copy):
     with pytest.raises(ModelError, match="m.json is not valid JSON"):
         load_model(onnx_path)
     write_card(card_path, {k: v for k, v in card.items() if k != "threshold"})
-    with pytest.raises(ModelError, match="m.json lacks threshold: retrain or pick the matching card"):
+    with pytest.raises(ModelError, match=r"m.json is not valid \(lacks threshold\): retrain or pick the matching card"):
         load_model(onnx_path)
 
 

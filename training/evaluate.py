@@ -212,7 +212,7 @@ def evaluate_file(
         raise ValueError(f"unknown part {part!r}: use auto, holdout or all")
     x = vectorize(dataset.events, model.feature_names)
     scores, _ = model.score(x)
-    threshold = thr.Threshold(**card["threshold"])
+    threshold = thr.Threshold(**card.threshold.model_dump())
     references = card.get("metrics", {}).get("table") or reference_thresholds(scores)
     if part == "holdout":
         split_info = training["split"]

@@ -7,7 +7,6 @@ so a watching worker never pairs a new graph with an old card for longer than a 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +19,10 @@ import tensorflow as tf
 import tf2onnx
 
 from fraudmon.errors import ModelError
+from fraudmon.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
 from training.model import TrainedAutoencoder
 
 OPSET = 17
-INPUT_NAME = "features"
-OUTPUT_NAMES = ("score", "feature_errors")
 PARITY_MIN_ROWS = 1000
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-6  # float32 cannot resolve 1e-4 on scores above ~100; allow a relative part for those
@@ -33,12 +31,12 @@ PARITY_RTOL = 1e-6  # float32 cannot resolve 1e-4 on scores above ~100; allow a 
 def to_onnx(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
     """Convert the serving model; input `features` `[batch, n]`, outputs `score` `[batch]` and
     `feature_errors` `[batch, n]`, renamed if tf2onnx named them otherwise."""
-    spec = (tf.TensorSpec((None, n_features), tf.float32, name=INPUT_NAME),)
+    spec = (tf.TensorSpec((None, n_features), tf.float32, name=ONNX_INPUT),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     graph = proto.graph
-    if [i.name for i in graph.input] != [INPUT_NAME]:
-        raise ModelError(f"tf2onnx produced inputs {[i.name for i in graph.input]}, expected [{INPUT_NAME!r}]")
-    renames = {out.name: want for out, want in zip(graph.output, OUTPUT_NAMES, strict=True) if out.name != want}
+    if [i.name for i in graph.input] != [ONNX_INPUT]:
+        raise ModelError(f"tf2onnx produced inputs {[i.name for i in graph.input]}, expected [{ONNX_INPUT!r}]")
+    renames = {out.name: want for out, want in zip(graph.output, ONNX_OUTPUTS, strict=True) if out.name != want}
     for node in graph.node:
         node.output[:] = [renames.get(name, name) for name in node.output]
         node.input[:] = [renames.get(name, name) for name in node.input]
@@ -64,7 +62,7 @@ def check_parity(
     x = np.asarray(x, dtype=np.float32)
     try:
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        onnx_scores, onnx_errors = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        onnx_scores, onnx_errors = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
     except Exception as exc:
         onnx_path.unlink(missing_ok=True)
         raise ModelError(f"exported graph {onnx_path} does not run in onnxruntime: {exc}") from exc
@@ -86,7 +84,7 @@ def check_parity(
 def onnx_scores(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     """Scores of `x` computed by onnxruntime from the file (what the worker will compute)."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run(["score"], {INPUT_NAME: np.asarray(x, dtype=np.float32)})[0]
+    return session.run([ONNX_SCORE], {ONNX_INPUT: np.asarray(x, dtype=np.float32)})[0]
 
 
 def export_onnx(trained: TrainedAutoencoder, path: Path, x_parity: np.ndarray) -> tuple[Path, str, dict]:
@@ -103,10 +101,12 @@ def export_onnx(trained: TrainedAutoencoder, path: Path, x_parity: np.ndarray) -
 
 
 def publish(partial_onnx: Path, onnx_path: Path, card: dict[str, Any], card_path: Path) -> None:
-    """Rename the checked graph into place, then write the card (atomically, last)."""
+    """Check the card against `ModelCard`, rename the checked graph into place, then write the card (atomically,
+    last)."""
+    document = ModelCard.model_validate(card).to_json()
     os.replace(partial_onnx, onnx_path)
     partial = card_path.with_name(card_path.name + ".partial")
-    partial.write_text(json.dumps(card, indent=2) + "\n")
+    partial.write_text(document)
     os.replace(partial, card_path)
 
 
@@ -151,7 +151,7 @@ def build_card(
         "parity": parity,
         "versions": library_versions(),
         "onnx_sha256": onnx_sha256,
-        "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", n]}],
-        "outputs": [{"name": "score", "dtype": "float32", "shape": ["batch"]},
-                    {"name": "feature_errors", "dtype": "float32", "shape": ["batch", n]}],
+        "inputs": [{"name": ONNX_INPUT, "dtype": "float32", "shape": ["batch", n]}],
+        "outputs": [{"name": ONNX_SCORE, "dtype": "float32", "shape": ["batch"]},
+                    {"name": ONNX_FEATURE_ERRORS, "dtype": "float32", "shape": ["batch", n]}],
     }

@@ -1,0 +1,88 @@
+"""The model card: what travels with an ONNX graph (feature names, threshold, training summary, metrics, hashes),
+typed once for the exporter that writes it and the worker that serves it. Also the graph's input and output names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fraudmon.errors import ModelError
+
+ONNX_INPUT = "features"  # float32 [batch, n_features], raw features (scaling lives inside the graph)
+ONNX_SCORE = "score"  # float32 [batch]: the anomaly score the threshold applies to
+ONNX_FEATURE_ERRORS = "feature_errors"  # float32 [batch, n_features]: per-feature reconstruction error
+ONNX_OUTPUTS = (ONNX_SCORE, ONNX_FEATURE_ERRORS)
+
+
+class ThresholdCard(BaseModel):
+    """The decision threshold and how it was chosen."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    value: float = Field(allow_inf_nan=False)
+    method: str = "unknown"
+
+
+class ModelCard(BaseModel):
+    """Metadata of one exported model; unknown keys (training summary, metrics, parity, ...) are kept as they are."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str
+    version: str
+    feature_names: tuple[str, ...] = Field(min_length=1)
+    n_features: int
+    threshold: ThresholdCard
+    onnx_sha256: str
+    expected_alert_rate: float = 0.0
+    created_at: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.n_features != len(self.feature_names):
+            raise ValueError(f"n_features is {self.n_features} but feature_names lists {len(self.feature_names)}")
+        if not 0.0 <= self.expected_alert_rate <= 1.0 or math.isnan(self.expected_alert_rate):
+            raise ValueError("expected_alert_rate must be within [0, 1]")
+        return self
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Any key of the card, typed or kept as written (`card.get("training", {})`)."""
+        value = getattr(self, key, None)
+        if value is None:
+            value = (self.model_extra or {}).get(key, default)
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        """Read access to the JSON document (`card["threshold"]["value"]`); the card itself stays frozen."""
+        return self.model_dump(mode="json")[key]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def read_card(path: Path) -> ModelCard:
+    """Load and check a card; a `ModelError` says what is wrong and what to do."""
+    if not path.is_file():
+        raise ModelError(f"model card {path} does not exist: the card is the .onnx path with .json")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"model card {path} is not valid JSON ({exc}): restore it or retrain") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {path} must be a JSON object")
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"lacks {_where(e['loc'])}" if e["type"] == "missing" else f"{_where(e['loc'])}: {e['msg']}"
+            for e in exc.errors())
+        raise ModelError(f"model card {path} is not valid ({problems}): retrain or pick the matching card") from None
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "card"
