@@ -7,9 +7,9 @@ from typing import NoReturn
 
 import typer
 
-from fraudmon.config import Settings, load_settings
-from fraudmon.errors import FraudMonitorError
-from fraudmon.stack import LocalStack
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.errors import FraudMonitorError
+from fraudmon.tools.stack import LocalStack
 
 app = typer.Typer(
     help="fraud-monitor: streaming card and payment fraud detection on Kafka.",
@@ -138,7 +138,7 @@ def replay_command(
     """Score a file offline through the worker's exact decision code (in-process rule state) — a backtest."""
     import json
 
-    from fraudmon.produce import is_json_lines, read_events_file
+    from fraudmon.tools.produce import is_json_lines, read_events_file
     from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
     settings = _settings(config)
@@ -179,7 +179,7 @@ def replay_command(
 
 
 def _event_dict(event) -> dict:
-    from stream_app.schema import event_to_dict
+    from fraudmon.core.events import event_to_dict
 
     return event_to_dict(event)
 
@@ -195,7 +195,7 @@ def demo_command(
     config: Path | None = ConfigOption,
 ) -> None:
     """Bounded end-to-end demo on the local stack: stack up, worker, labelled stream, summary."""
-    from fraudmon.demo import run_demo
+    from fraudmon.tools.demo import run_demo
 
     settings = _settings(config)
     try:
@@ -216,7 +216,7 @@ def bench_command(
     config: Path | None = ConfigOption,
 ) -> None:
     """Benchmark one worker against a bare aiokafka passthrough on the running local stack."""
-    from fraudmon.bench import print_report, run_bench
+    from fraudmon.tools.bench import print_report, run_bench
 
     settings = _settings(config)
     LocalStack(settings).up()
@@ -227,9 +227,9 @@ def bench_command(
 
 
 # commands: each line registers one command from the module that owns it.
-from fraudmon.chaos import chaos_command  # noqa: E402
-from fraudmon.produce import produce_command  # noqa: E402
-from fraudmon.watch import tail_command, topics_command  # noqa: E402
+from fraudmon.tools.chaos import chaos_command  # noqa: E402
+from fraudmon.tools.produce import produce_command  # noqa: E402
+from fraudmon.tools.watch import tail_command, topics_command  # noqa: E402
 from training.commands import evaluate_command, train_command  # noqa: E402
 from training.simulate import simulate_command  # noqa: E402
 

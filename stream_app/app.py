@@ -15,9 +15,9 @@ import time
 
 import faust
 
-from fraudmon.config import KafkaSettings, load_settings
-from fraudmon.errors import FraudMonitorError
-from fraudmon.logs import configure_logging, install_outage_filter, json_logging_config
+from fraudmon.core.config import KafkaSettings, load_settings
+from fraudmon.core.errors import FraudMonitorError
+from fraudmon.core.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
 from stream_app.publish import Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store

@@ -7,8 +7,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from fraudmon.core.events import Event, format_timestamp
 from stream_app.rules import SEVERITIES, RuleHit
-from stream_app.schema import Event, format_timestamp
 
 MAX_DEAD_LETTER_RAW = 16_384  # characters of the original value a dead letter keeps (bytes when base64)
 

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from fraudmon.errors import InvalidEvent, StateUnavailable
+from fraudmon.core.errors import InvalidEvent, StateUnavailable
+from fraudmon.core.events import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.decision import build_dead_letter, build_decision, decide
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import AccountState, RuleSet, evaluate
-from stream_app.schema import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.scoring import OnnxModel
 from stream_app.state import StateFailure, StateStore
 

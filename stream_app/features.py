@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from stream_app.schema import CHANNELS, Event
+from fraudmon.core.events import CHANNELS, Event
 
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from fraudmon.config import TopicSettings
+from fraudmon.core.config import TopicSettings
 from stream_app.engine import BatchOutcome
 from stream_app.metrics import WorkerMetrics
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fraudmon.config import Settings
+from fraudmon.core.config import Settings
 from stream_app.engine import DecisionEngine, RawMessage
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore

@@ -16,8 +16,8 @@ from typing import Annotated, Any, NamedTuple
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
 
-from fraudmon.errors import RulesError
-from stream_app.schema import Event
+from fraudmon.core.errors import RulesError
+from fraudmon.core.events import Event
 
 SEVERITIES = {"low": 1, "medium": 2, "high": 3}
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudmon.config import Settings
-from fraudmon.errors import ConfigError, FraudMonitorError, StateUnavailable
+from fraudmon.core.config import Settings
+from fraudmon.core.errors import ConfigError, FraudMonitorError, StateUnavailable
+from fraudmon.core.events import EventLimits
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import load_rules
-from stream_app.schema import EventLimits
 from stream_app.scoring import load_model
 from stream_app.state import StateStore, make_state_store
 

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from fraudmon.errors import ModelError
-from fraudmon.modelcard import ONNX_INPUT, ONNX_OUTPUTS, ModelCard, read_card
+from fraudmon.core.errors import ModelError
+from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS, ModelCard, read_card
 
 
 class Prediction(NamedTuple):

@@ -29,10 +29,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from fraudmon.config import Settings
-from fraudmon.errors import StateUnavailable
+from fraudmon.core.config import Settings
+from fraudmon.core.errors import StateUnavailable
+from fraudmon.core.events import Event
 from stream_app.rules import AccountState, RuleSet
-from stream_app.schema import Event
 
 MAX_KNOWN_COUNTRIES = 5
 MAX_ID_VARIANTS = 16  # as MAX_VARIANTS in lua/observe.lua

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from fraudmon.config import Settings, load_settings
-from fraudmon.stack import LocalStack, create_topics, free_port, isolated_settings
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +68,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, topics: dict[str, str], group: str, metrics_port: int,
                  extra_env: dict[str, str], log_path) -> None:
-        from fraudmon.demo import start_worker
+        from fraudmon.tools.demo import start_worker
 
         self.metrics_port = metrics_port
         self.log_path = log_path
@@ -96,7 +99,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        from fraudmon.demo import stop_process
+        from fraudmon.tools.demo import stop_process
 
         stop_process(self.process)
 
@@ -113,7 +116,7 @@ def worker_topics(kafka_bootstrap: str) -> dict[str, str]:
 @pytest.fixture
 def start_worker(settings: Settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """`start_worker(topics, group=None, metrics_port=None, wait=True, **env) -> WorkerProcess`; stopped after."""
-    from fraudmon.demo import wait_for_group
+    from fraudmon.tools.demo import wait_for_group
 
     started: list[WorkerProcess] = []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fraudmon.chaos import SCENARIOS, TABLE_HEADER, run_scenario
-from fraudmon.config import load_settings
+from fraudmon.core.config import load_settings
+from fraudmon.tools.chaos import SCENARIOS, TABLE_HEADER, run_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fraudmon.config import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

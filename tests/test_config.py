@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fraudmon.config import load_settings
-from fraudmon.errors import ConfigError
+from fraudmon.core.config import load_settings
+from fraudmon.core.errors import ConfigError
 
 
 def test_defaults_from_the_shipped_file():

@@ -16,13 +16,13 @@ import pytest
 from jsonschema import Draft202012Validator
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from fraudmon.config import load_settings
-from fraudmon.errors import InvalidEvent, StateUnavailable
+from fraudmon.core.config import load_settings
+from fraudmon.core.errors import InvalidEvent, StateUnavailable
+from fraudmon.core.events import parse_event
 from stream_app.engine import RawMessage
 from stream_app.metrics import WorkerMetrics
 from stream_app.replay import offline_engine
 from stream_app.rules import RULE_TYPES
-from stream_app.schema import parse_event
 from stream_app.scoring import OnnxModel
 from stream_app.state import StateFailure
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from fraudmon.config import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ import time
 import orjson
 import pytest
 
-from fraudmon.config import PROJECT_ROOT
-from fraudmon.errors import StateUnavailable
-from fraudmon.logs import OutageLogFilter
+from fraudmon.core.errors import StateUnavailable
+from fraudmon.core.logs import OutageLogFilter
 from stream_app import engine as engine_module
 from stream_app.engine import DecisionEngine, RawMessage
 from stream_app.metrics import WorkerMetrics
@@ -20,6 +19,7 @@ from stream_app.publish import OutputRecord, Publisher
 from stream_app.rules import load_rules
 from stream_app.scoring import load_model
 from stream_app.state import InMemoryStateStore, StateFailure
+from tests.conftest import PROJECT_ROOT
 
 MODEL = load_model(PROJECT_ROOT / "models" / "default.onnx")
 RULES = load_rules(PROJECT_ROOT / "config" / "rules.yaml")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraudmon.errors import ModelError
+from fraudmon.core.errors import ModelError
+from fraudmon.core.events import Event
 from stream_app.features import vectorize
-from stream_app.schema import Event
 
 N_ROWS = 1500
 

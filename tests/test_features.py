@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from fraudmon.core.events import Event, event_from_dict, event_to_dict, parse_event
 from stream_app.features import (
     EVENT_FEATURES,
     FeatureError,
@@ -14,7 +15,6 @@ from stream_app.features import (
     mcc_group,
     vectorize,
 )
-from stream_app.schema import Event, event_from_dict, event_to_dict, parse_event
 from training.data import load_dataset
 
 RAW = {

@@ -217,8 +217,8 @@ def test_docker_config_scrapes_the_compose_worker() -> None:
 def test_local_stack_config_is_monitoring_prometheus_yml_with_its_own_targets(tmp_path: Path) -> None:
     """`fraudmon stack up` writes its Prometheus config from monitoring/prometheus.yml: promtool accepts it, it
     loads every rule file, keeps the scrape settings and scrapes the stack's worker metrics ports."""
-    from fraudmon.config import load_settings
-    from fraudmon.stack import LocalStack
+    from fraudmon.core.config import load_settings
+    from fraudmon.tools.stack import LocalStack
 
     base = load_settings(environ={})
     settings = base.model_copy(update={"stack": base.stack.model_copy(update={"data_dir": str(tmp_path)})})

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from fraudmon.config import Settings
-from fraudmon.demo import wait_for_group
-from fraudmon.produce import ProduceSummary, produce_events
-from fraudmon.stack import create_topics
+from fraudmon.core.config import Settings
+from fraudmon.tools.demo import wait_for_group
+from fraudmon.tools.produce import ProduceSummary, produce_events
+from fraudmon.tools.stack import create_topics
 from monitoring.dashboard_queries import (
     RULE_PATHS,
     exposition_names,

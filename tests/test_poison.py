@@ -8,8 +8,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from fraudmon.poison import CATEGORIES, interleave, names_field, poison_messages, valid_event
-from stream_app.schema import InvalidEvent, parse_event
+from fraudmon.core.events import InvalidEvent, parse_event
+from fraudmon.tools.poison import CATEGORIES, interleave, names_field, poison_messages, valid_event
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,10 @@ from kafka.errors import IllegalStateError, KafkaTimeoutError
 from kafka.future import Future
 from typer.testing import CliRunner
 
-from fraudmon.config import PROJECT_ROOT, Settings, load_settings
-from fraudmon.errors import InputDataError
-from fraudmon.produce import (
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.errors import InputDataError
+from fraudmon.core.events import InvalidEvent, parse_event
+from fraudmon.tools.produce import (
     DEFAULT_BASE_TIME,
     Deliveries,
     StallWatch,
@@ -33,9 +34,8 @@ from fraudmon.produce import (
     produce_events,
     read_events_file,
 )
-from fraudmon.stack import LocalStack, create_topics
-from stream_app.schema import InvalidEvent, parse_event
-from tests.conftest import free_port
+from fraudmon.tools.stack import LocalStack, create_topics
+from tests.conftest import PROJECT_ROOT, free_port
 from training.simulate import SimulationConfig, read_ground_truth, simulate, write_events, write_ground_truth
 
 CREDITCARD = Path("/work/shared/data/creditcard_head.csv")
@@ -215,7 +215,7 @@ def fake_producer(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[int], 
 
     def install(fate: Callable[[int], str]) -> FakeProducer:
         producer = FakeProducer(fate)
-        monkeypatch.setattr("fraudmon.produce.make_producer", lambda *args, **kwargs: producer)
+        monkeypatch.setattr("fraudmon.tools.produce.make_producer", lambda *args, **kwargs: producer)
         return producer
 
     return install

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from fraudmon.config import PROJECT_ROOT, load_settings
+from fraudmon.core.config import load_settings
 from stream_app.engine import RawMessage
 from stream_app.runtime import HotReloader, build_engine
 from stream_app.state import InMemoryStateStore
+from tests.conftest import PROJECT_ROOT
 
 from .test_worker import collect, metric_value, produce
 

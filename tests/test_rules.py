@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fraudmon.config import PROJECT_ROOT
-from fraudmon.errors import RulesError
+from fraudmon.core.errors import RulesError
+from fraudmon.core.events import event_from_dict
 from stream_app.decision import decide
 from stream_app.rules import SEVERITIES, AccountState, evaluate, load_rules, parse_rules
-from stream_app.schema import event_from_dict
+from tests.conftest import PROJECT_ROOT
 
 T0 = 1_763_800_000_000
 

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fraudmon.config import PROJECT_ROOT
-from fraudmon.errors import ModelError
-from fraudmon.modelcard import ModelCard
+from fraudmon.core.errors import ModelError
+from fraudmon.core.modelcard import ModelCard
 from stream_app.scoring import OnnxModel, load_model
+from tests.conftest import PROJECT_ROOT
 from tests.test_export import tiny_model
 
 
@@ -150,8 +150,8 @@ def test_score_buckets_separate_normal_scores_from_the_threshold():
     import bisect
     import json
 
-    from fraudmon.config import PROJECT_ROOT
     from stream_app.metrics import SCORE_BUCKETS
+    from tests.conftest import PROJECT_ROOT
 
     card = json.loads((PROJECT_ROOT / "models" / "default.json").read_text())
     quantiles = card["score_quantiles"]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stream_app.schema import event_from_dict, event_to_dict
+from fraudmon.core.events import FILE_LIMITS, event_from_dict, event_to_dict
 from training.simulate import (
     SCENARIOS,
     GroundTruth,
@@ -139,7 +139,7 @@ def test_short_live_span_has_no_normal_bursts() -> None:
 def test_every_event_round_trips_through_the_schema(month) -> None:
     events, _ = month
     for event in events:
-        assert event_from_dict(json.loads(json.dumps(event_to_dict(event)))) == event
+        assert event_from_dict(json.loads(json.dumps(event_to_dict(event))), FILE_LIMITS) == event
 
 
 def test_files_keep_labels_apart(tmp_path, month) -> None:

@@ -20,9 +20,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
 from fraudmon.cli import app
-from fraudmon.config import load_settings
-from fraudmon.errors import StackError
-from fraudmon.stack import LocalStack
+from fraudmon.core.config import load_settings
+from fraudmon.core.errors import StackError
+from fraudmon.tools.stack import LocalStack
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import redis
 
-from fraudmon.errors import StateUnavailable
+from fraudmon.core.errors import StateUnavailable
+from fraudmon.core.events import event_from_dict
 from stream_app.rules import parse_rules
-from stream_app.schema import event_from_dict
 from stream_app.state import InMemoryStateStore, RedisStateStore, StateFailure
 
 RULES = parse_rules({"rules": [

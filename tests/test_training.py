@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraudmon.errors import InputDataError
-from stream_app.schema import FILE_LIMITS, event_from_dict
+from fraudmon.core.errors import InputDataError
+from fraudmon.core.events import FILE_LIMITS, event_from_dict
 from training.data import Dataset, load_dataset, time_split
 
 HEADER = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fraudmon.cli import app
-from fraudmon.errors import InputDataError
+from fraudmon.core.errors import InputDataError
 from tests.test_training import HEADER, card_csv
 from training.data import load_dataset, time_split
 from training.report import few_frauds_caveat

@@ -21,9 +21,9 @@ from kafka.structs import OffsetAndMetadata
 from typer.testing import CliRunner
 
 from fraudmon.cli import app
-from fraudmon.config import PROJECT_ROOT, Settings
-from fraudmon.watch import VERDICTS_TOPIC, resolve_topic
-from tests.conftest import free_port
+from fraudmon.core.config import Settings
+from fraudmon.tools.watch import VERDICTS_TOPIC, resolve_topic
+from tests.conftest import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 

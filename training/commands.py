@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from fraudmon.errors import FraudMonitorError
+from fraudmon.core.errors import FraudMonitorError
 
 if TYPE_CHECKING:
     from training.train import DataSummary

@@ -18,9 +18,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fraudmon.errors import InputDataError
-from fraudmon.produce import CREDITCARD_COLUMNS, DEFAULT_BASE_TIME, creditcard_event, is_json_lines, read_event_rows
-from stream_app.schema import FILE_LIMITS, Event, InvalidEvent, event_from_dict
+from fraudmon.core.errors import InputDataError
+from fraudmon.core.events import FILE_LIMITS, Event, InvalidEvent, event_from_dict
+from fraudmon.tools.produce import (
+    CREDITCARD_COLUMNS,
+    DEFAULT_BASE_TIME,
+    creditcard_event,
+    is_json_lines,
+    read_event_rows,
+)
 from training.simulate import read_ground_truth
 
 EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from fraudmon.errors import ModelError
-from fraudmon.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
+from fraudmon.core.errors import ModelError
+from fraudmon.core.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
 from training.model import TrainedAutoencoder
 
 OPSET = 17

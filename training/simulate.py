@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import typer
 
-from fraudmon.errors import InputDataError
-from stream_app.schema import Event, event_to_dict
+from fraudmon.core.errors import InputDataError
+from fraudmon.core.events import Event, event_to_dict
 
 SCENARIOS = (
     "card_testing", "account_takeover", "ip_fanout", "bust_out", "new_counterparty_transfer", "amount_anomaly",

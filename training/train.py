@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from fraudmon.errors import InputDataError
+from fraudmon.core.errors import InputDataError
+from fraudmon.core.events import format_timestamp
 from stream_app.features import default_feature_names, vectorize
-from stream_app.schema import format_timestamp
 from training import evaluate as ev
 from training.data import Dataset, Split, load_dataset, time_split
 from training.export import build_card, export_onnx, onnx_scores, publish

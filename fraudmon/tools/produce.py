@@ -27,9 +27,9 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fraudmon.config import Settings, load_settings
-from fraudmon.errors import FraudMonitorError, InputDataError
-from stream_app.schema import FILE_LIMITS, Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.errors import FraudMonitorError, InputDataError
+from fraudmon.core.events import FILE_LIMITS, Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
 from training.simulate import CSV_COLUMNS, GroundTruth, SimulationConfig, simulate, write_ground_truth
 
 CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))

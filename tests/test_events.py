@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.schema import EventLimits, InvalidEvent, event_from_dict, event_to_dict, parse_event
+from fraudmon.core.events import EventLimits, InvalidEvent, event_from_dict, event_to_dict, parse_event
 
 VALID = {
     "transaction_id": "tx-0001", "account_id": "acc-42", "amount": 129.95, "currency": "EUR",

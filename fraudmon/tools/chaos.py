@@ -28,10 +28,10 @@ import redis
 import typer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from fraudmon.config import Settings, load_settings
-from fraudmon.demo import start_worker, stop_process, wait_for_group
-from fraudmon.poison import PoisonMessage, interleave, names_field, poison_messages, valid_event
-from fraudmon.stack import LocalStack, create_topics, free_port, isolated_settings
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.tools.demo import start_worker, stop_process, wait_for_group
+from fraudmon.tools.poison import PoisonMessage, interleave, names_field, poison_messages, valid_event
+from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
 
 SCENARIOS = ("poison", "worker-kill", "failover", "redis-kill", "broker-restart")
 

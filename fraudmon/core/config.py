@@ -15,10 +15,19 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fraudmon.errors import ConfigError
+from fraudmon.core.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "monitor.yaml"
+HOME_ENV = "FRAUDMON_HOME"
+
+
+def project_dir() -> Path:
+    """Where relative paths (`config/`, `models/`, `monitoring/`, the stack's data) resolve: `$FRAUDMON_HOME`, or
+    the working directory. Never the installed package's location, which a non-editable install moves."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd()).resolve()
+
+
+def default_config_path() -> Path:
+    return project_dir() / "config" / "monitor.yaml"
 ENV_PREFIX = "FRAUDMON_"
 
 SHORT_ENV_NAMES = {
@@ -164,9 +173,10 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: str) -> Path:
-        """A path from the config, relative to the project root unless absolute."""
+        """A path from the config: relative ones resolve from `project_dir()` (`$FRAUDMON_HOME` or the working
+        directory)."""
         candidate = Path(path)
-        return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+        return candidate if candidate.is_absolute() else project_dir() / candidate
 
 
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
@@ -189,7 +199,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     """Read the YAML file (default `config/monitor.yaml`, or `$FRAUDMON_CONFIG`) and apply env overrides."""
     environ = dict(os.environ if environ is None else environ)
     explicit = path or environ.get("FRAUDMON_CONFIG")
-    config_path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    config_path = Path(explicit) if explicit else default_config_path()
     data: dict[str, Any] = {}
     if config_path.exists():
         try:

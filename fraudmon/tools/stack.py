@@ -21,10 +21,8 @@ from typing import Literal
 
 import yaml
 
-from fraudmon.config import PROJECT_ROOT, Settings
-from fraudmon.errors import StackError
-
-MONITORING_DIR = PROJECT_ROOT / "monitoring"
+from fraudmon.core.config import Settings, project_dir
+from fraudmon.core.errors import StackError
 
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
@@ -239,8 +237,9 @@ class LocalStack:
         """The local Prometheus config: monitoring/prometheus.yml (its rules and scrape settings) with this
         stack's worker metrics ports as the targets."""
         home = self._dir("prometheus")
-        config = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text())
-        config["rule_files"] = [str(MONITORING_DIR / pattern) for pattern in config["rule_files"]]
+        monitoring = project_dir() / "monitoring"
+        config = yaml.safe_load((monitoring / "prometheus.yml").read_text())
+        config["rule_files"] = [str(monitoring / pattern) for pattern in config["rule_files"]]
         targets = home / "targets.json"
         targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}" for port in self.worker_metrics_ports]}]))
         for job in config["scrape_configs"]:

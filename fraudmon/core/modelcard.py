@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fraudmon.errors import ModelError
+from fraudmon.core.errors import ModelError
 
 ONNX_INPUT = "features"  # float32 [batch, n_features], raw features (scaling lives inside the graph)
 ONNX_SCORE = "score"  # float32 [batch]: the anomaly score the threshold applies to

@@ -21,9 +21,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 
-from fraudmon.config import Settings
-from fraudmon.demo import delete_state, percentile, run_state_prefix, start_worker, stop_process, wait_for_group
-from fraudmon.stack import create_topics
+from fraudmon.core.config import Settings
+from fraudmon.tools.demo import delete_state, percentile, run_state_prefix, start_worker, stop_process, wait_for_group
+from fraudmon.tools.stack import create_topics
 
 
 @dataclass
@@ -151,7 +151,7 @@ class WorkerUnderTest:
 
 def measure_throughput(settings: Settings, system: str, n: int, out_dir: Path) -> dict:
     """Pre-fill N events, then run the system over them; events/s between first and last output."""
-    from fraudmon.produce import produce_events
+    from fraudmon.tools.produce import produce_events
 
     topics = _new_topics(settings, f"tp-{system}")
     produce_events(settings, _events(n, 11, 600), topic=topics.source, rate=None, live_time=False, progress=False)
@@ -168,7 +168,7 @@ def measure_throughput(settings: Settings, system: str, n: int, out_dir: Path) -
 
 def measure_latency(settings: Settings, system: str, rates: list[int], seconds: float, out_dir: Path) -> list[dict]:
     """Produce live at each rate; end-to-end percentiles as the output topic's consumer sees them."""
-    from fraudmon.produce import produce_events
+    from fraudmon.tools.produce import produce_events
 
     topics = _new_topics(settings, f"lat-{system}")
     timer = OutputTimer(settings, topics.output)

@@ -23,8 +23,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-from fraudmon.config import Settings, load_settings
-from fraudmon.errors import FraudMonitorError
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.errors import FraudMonitorError
 
 VERDICTS_TOPIC = "transaction-verdicts"
 CONNECT_TIMEOUT_MS = 5_000  # kafka-python waits 30 s for a first broker by default; a CLI should answer sooner

@@ -26,9 +26,9 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from fraudmon.config import PROJECT_ROOT, Settings
-from fraudmon.errors import FraudMonitorError
-from fraudmon.stack import LocalStack
+from fraudmon.core.config import Settings, project_dir
+from fraudmon.core.errors import FraudMonitorError
+from fraudmon.tools.stack import LocalStack
 from stream_app.replay import flags_by_reason, recall_by_scenario
 
 
@@ -128,7 +128,7 @@ def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None 
     base = {"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "FRAUDMON_REDIS_URL": settings.redis.url,
             "FRAUDMON_WORKER__WEB_PORT": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=PROJECT_ROOT,
+        [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=project_dir(),
         env={**os.environ, **base, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -231,7 +231,7 @@ def run_demo(
     out_dir: Path,
 ) -> dict:
     """Run the demo end to end; return the summary (also written to `out_dir/summary.json`)."""
-    from fraudmon.produce import produce_events
+    from fraudmon.tools.produce import produce_events
     from training.simulate import SimulationConfig, simulate, write_ground_truth
 
     out_dir.mkdir(parents=True, exist_ok=True)

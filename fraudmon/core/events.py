@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from fraudmon.errors import InvalidEvent
+from fraudmon.core.errors import InvalidEvent
 
 CHANNELS = ("card_present", "ecommerce", "transfer", "atm")
 MAX_ID_LENGTH = 64
