@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from fraudmon.core.errors import FeatureError
 from fraudmon.core.events import CHANNELS, Event
 
 MS_PER_HOUR = 3_600_000
@@ -44,10 +45,6 @@ COUNTRY_CURRENCY: dict[str, str] = {
     "TR": "TRY",
 }
 """Local currency per country, for `currency_foreign` (unlisted countries count as not foreign)."""
-
-
-class FeatureError(ValueError):
-    """A feature name is unknown, or an event lacks a feature the model needs."""
 
 
 @lru_cache(maxsize=4096)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from fraudmon.core.errors import TrainingError
+
 LOSSES = ("mse", "mae", "huber")
 MIN_VARIANCE = 1e-6
 
@@ -69,7 +71,7 @@ def build_models(
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
     """(trainer: scaled → reconstruction, serving: raw → score, feature_errors), sharing their layers."""
     if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+        raise TrainingError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 else None
     widths = [*config.hidden, *reversed(config.hidden[:-1])]
     layers = [

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fraudmon.core.errors import TrainingError
+
 METHODS = ("mean_std", "percentile", "alert_rate", "max_f1")
 DEFAULT_PARAMETERS = {"mean_std": 3.0, "percentile": 99.0, "alert_rate": 0.01, "max_f1": 1.0}
 """mean_std: k; percentile: q in [0, 100]; alert_rate: target share of normal rows flagged; max_f1: beta."""
@@ -27,9 +29,9 @@ class Threshold:
 def _finite(scores: np.ndarray, what: str) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0:
-        raise ValueError(f"no {what} scores to choose a threshold from")
+        raise TrainingError(f"no {what} scores to choose a threshold from")
     if not np.isfinite(scores).all():
-        raise ValueError(f"{what} scores contain NaN or infinite values")
+        raise TrainingError(f"{what} scores contain NaN or infinite values")
     return scores
 
 
@@ -42,14 +44,14 @@ def mean_std(normal_scores: np.ndarray, k: float = 3.0) -> float:
 def percentile(normal_scores: np.ndarray, q: float = 99.0) -> float:
     """The `q`-th percentile (linear interpolation) of the normal scores."""
     if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {q}")
+        raise TrainingError(f"percentile must be within [0, 100], got {q}")
     return float(np.percentile(_finite(normal_scores, "normal"), q))
 
 
 def alert_rate(normal_scores: np.ndarray, rate: float = 0.01) -> float:
     """The lowest observed score such that at most `rate` of the normal rows lie strictly above it."""
     if not 0 <= rate < 1:
-        raise ValueError(f"alert rate must be within [0, 1), got {rate}")
+        raise TrainingError(f"alert rate must be within [0, 1), got {rate}")
     scores = np.sort(_finite(normal_scores, "normal"))
     allowed = int(np.floor(rate * scores.size + 1e-9))
     return float(scores[scores.size - allowed - 1])
@@ -60,9 +62,9 @@ def max_f1(scores: np.ndarray, labels: np.ndarray, beta: float = 1.0) -> float:
     scores = _finite(scores, "labelled")
     labels = np.asarray(labels).ravel().astype(bool)
     if labels.shape != scores.shape:
-        raise ValueError("scores and labels differ in length")
+        raise TrainingError("scores and labels differ in length")
     if not labels.any():
-        raise ValueError("max_f1 needs at least one fraud in the labelled rows")
+        raise TrainingError("max_f1 needs at least one fraud in the labelled rows")
     candidates = np.unique(scores)
     fraud, normal = np.sort(scores[labels]), np.sort(scores[~labels])
     tp = fraud.size - np.searchsorted(fraud, candidates, side="right")
@@ -83,7 +85,7 @@ def choose_threshold(
 ) -> Threshold:
     """Dispatch to one method; `scores`/`labels` (all labelled validation rows) are needed for `max_f1`."""
     if method not in METHODS:
-        raise ValueError(f"unknown threshold method {method!r}; choose one of {', '.join(METHODS)}")
+        raise TrainingError(f"unknown threshold method {method!r}; choose one of {', '.join(METHODS)}")
     p = DEFAULT_PARAMETERS[method] if parameter is None else float(parameter)
     if method == "mean_std":
         value = mean_std(normal_scores, p)
@@ -93,6 +95,6 @@ def choose_threshold(
         value = alert_rate(normal_scores, p)
     else:
         if scores is None or labels is None:
-            raise ValueError("max_f1 needs labelled validation rows (pass --truth, or use another method)")
+            raise TrainingError("max_f1 needs labelled validation rows (pass --truth, or use another method)")
         value = max_f1(scores, labels, p)
     return Threshold(value=value, method=method, parameter=p)

@@ -31,3 +31,19 @@ class StateUnavailable(FraudMonitorError):
 
 class InvalidEvent(FraudMonitorError, ValueError):
     """A message is not a valid transaction event; the message (`<field>: <reason>`) names the field."""
+
+
+class FeatureError(FraudMonitorError, ValueError):
+    """A feature name is unknown, or an event lacks a feature the model needs."""
+
+
+class TrainingError(FraudMonitorError, ValueError):
+    """Training cannot go on as asked: a threshold, a model setting or a simulation setting is invalid."""
+
+
+class ProduceError(FraudMonitorError):
+    """Events could not be read or sent to Kafka; the message says what to fix."""
+
+
+class WatchError(FraudMonitorError):
+    """An output topic could not be read (no broker, unknown topic)."""

@@ -24,16 +24,12 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from fraudmon.core.config import Settings, load_settings
-from fraudmon.core.errors import FraudMonitorError
+from fraudmon.core.errors import FraudMonitorError, WatchError
 
 VERDICTS_TOPIC = "transaction-verdicts"
 CONNECT_TIMEOUT_MS = 5_000  # kafka-python waits 30 s for a first broker by default; a CLI should answer sooner
 RAW_LIMIT = 200  # characters of a non-JSON value, or of a compact JSON value, printed on one line
 POLL_MS = 500
-
-
-class WatchError(FraudMonitorError):
-    """Kafka cannot be reached, or the topic does not exist."""
 
 
 def resolve_topic(settings: Settings, name: str) -> str:
