@@ -68,7 +68,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, topics: dict[str, str], group: str, metrics_port: int,
                  extra_env: dict[str, str], log_path) -> None:
-        from fraudmon.tools.demo import start_worker
+        from fraudmon.tools.harness import start_worker
 
         self.metrics_port = metrics_port
         self.log_path = log_path
@@ -99,7 +99,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        from fraudmon.tools.demo import stop_process
+        from fraudmon.tools.harness import stop_process
 
         stop_process(self.process)
 
@@ -116,7 +116,7 @@ def worker_topics(kafka_bootstrap: str) -> dict[str, str]:
 @pytest.fixture
 def start_worker(settings: Settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """`start_worker(topics, group=None, metrics_port=None, wait=True, **env) -> WorkerProcess`; stopped after."""
-    from fraudmon.tools.demo import wait_for_group
+    from fraudmon.tools.harness import wait_for_group
 
     started: list[WorkerProcess] = []
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import yaml
@@ -33,3 +35,8 @@ def test_demo_prints_its_summary_and_exits_zero(local_stack, settings, tmp_path)
     assert summary["recall_by_scenario"] and summary["recall"] > 0.5
     assert summary["flags"] == summary["flagged_topic_messages"]
     assert all(s.running for s in local_stack.status()), "the demo leaves a stack it did not start running"
+    urls = re.findall(r"https?://[^\s);,]+", result.stdout)
+    assert any(f":{settings.stack.prometheus_port}/" in url for url in urls), "links use the configured port"
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200, url

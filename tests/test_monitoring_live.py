@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from fraudmon.core.config import Settings
-from fraudmon.tools.demo import wait_for_group
+from fraudmon.tools.harness import wait_for_group
 from fraudmon.tools.produce import ProduceSummary, produce_events
 from fraudmon.tools.stack import create_topics
 from monitoring.dashboard_queries import (

@@ -15,7 +15,7 @@ import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from fraudmon.tools.demo import group_members
+from fraudmon.tools.harness import group_members
 from tests.conftest import PROJECT_ROOT
 
 from .conftest import free_port
@@ -356,7 +356,7 @@ def test_startup_refuses_a_busy_metrics_port_naming_the_setting(settings):
 def test_faust_command_line_starts_the_worker_and_it_decides(settings, kafka_bootstrap, worker_topics, tmp_path):
     import os
 
-    from fraudmon.tools.demo import stop_process, wait_for_group
+    from fraudmon.tools.harness import stop_process, wait_for_group
 
     group = f"faust-cli-{time.monotonic_ns()}"
     env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_REDIS_URL": settings.redis.url,

@@ -22,7 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 
 from fraudmon.core.config import Settings
-from fraudmon.tools.demo import delete_state, percentile, run_state_prefix, start_worker, stop_process, wait_for_group
+from fraudmon.tools.demo import percentile
+from fraudmon.tools.harness import delete_state, run_state_prefix, start_worker, stop_process, wait_for_group
 from fraudmon.tools.stack import create_topics
 
 

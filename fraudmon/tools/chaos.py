@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,10 +26,10 @@ from pathlib import Path
 import orjson
 import redis
 import typer
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from fraudmon.core.config import Settings, load_settings
-from fraudmon.tools.demo import start_worker, stop_process, wait_for_group
+from fraudmon.tools.harness import OutputReader, start_worker, stop_process, wait_for_group
 from fraudmon.tools.poison import PoisonMessage, interleave, names_field, poison_messages, valid_event
 from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
 
@@ -72,59 +72,6 @@ class Accounting:
 
 TABLE_HEADER = (f"{'scenario':<15} {'sent':>6} {'decided':>8} {'lost':>5} {'dups':>6} {'dead letters':>13}"
                 f"{'misnamed':>9} {'degraded':>9} {'alive':>6} {'state':>6} {'max delay':>9} {'s':>6}  result")
-
-
-class Outputs:
-    """Reads the scores and dead-letter topics from the beginning in a background thread."""
-
-    def __init__(self, bootstrap: str, scores: str, dead_letter: str) -> None:
-        self.decisions: dict[str, list[dict]] = defaultdict(list)
-        self.dead_letters: list[dict] = []
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
-                                       reconnect_backoff_max_ms=1000)
-        self._topics = (scores, dead_letter)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._lock = threading.Lock()
-
-    def start(self) -> Outputs:
-        partitions = [TopicPartition(t, p) for t in self._topics for p in self._consumer.partitions_for_topic(t)]
-        self._consumer.assign(partitions)
-        self._consumer.seek_to_beginning()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batches = self._consumer.poll(timeout_ms=100)
-            except Exception:  # the broker restarts in one scenario: keep reading once it is back
-                time.sleep(0.5)
-                continue
-            with self._lock:
-                for tp, records in batches.items():
-                    for record in records:
-                        value = orjson.loads(record.value)
-                        if tp.topic == self._topics[1]:
-                            self.dead_letters.append(value)
-                        else:
-                            self.decisions[value["transaction_id"]].append(value)
-
-    def wait(self, decided: int, dead_letters: int, timeout_s: float) -> None:
-        """Until every expected outcome arrived (then a moment more, for duplicates) or the time is up."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                done = len(self.decisions) >= decided and len(self.dead_letters) >= dead_letters
-            if done:
-                time.sleep(2.0)
-                return
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._consumer.close()
 
 
 def _same(first: dict, other: dict) -> bool:
@@ -176,8 +123,8 @@ class Rig:
                              enable_idempotence=True, max_request_size=2 << 20, max_block_ms=120_000,
                              reconnect_backoff_max_ms=1000)
 
-    def outputs(self) -> Outputs:
-        return Outputs(self.settings.kafka.bootstrap_servers, self.topics["scores"], self.topics["dlq"]).start()
+    def outputs(self) -> OutputReader:
+        return OutputReader(self.settings, [self.topics["scores"]], self.topics["dlq"], from_beginning=True).start()
 
     def account_counts(self) -> dict[str, int]:
         """How many events Redis' rule state recorded per account (`n` of each account hash)."""
@@ -193,14 +140,15 @@ class Rig:
         self.stack.down()
 
 
-def _account(rig: Rig, outputs: Outputs, sent: dict[str, dict], poison: dict[tuple[int, int], PoisonMessage],
+def _account(rig: Rig, outputs: OutputReader, sent: dict[str, dict], poison: dict[tuple[int, int], PoisonMessage],
              acc: Accounting, started: float) -> Accounting:
     """Fill in the accounting from what came out."""
     acc.seconds = time.monotonic() - started
     acc.sent, acc.malformed = len(sent), len(poison)
     acc.decided = sum(1 for tx in sent if outputs.decisions.get(tx))
     acc.lost = acc.sent - acc.decided
-    for decisions in outputs.decisions.values():
+    for seen in outputs.decisions.values():
+        decisions = [decision for decision, _ in seen]
         acc.duplicates += len(decisions) - 1
         disagreeing = [d for d in decisions[1:] if not _same(decisions[0], d)]
         if disagreeing and not acc.disagreeing:
@@ -223,6 +171,13 @@ def _account(rig: Rig, outputs: Outputs, sent: dict[str, dict], poison: dict[tup
         acc.notes.append(f"state counts (recorded, decided) differ for {len(wrong)} accounts, e.g. "
                          f"{dict(list(wrong.items())[:3])}")
     return acc
+
+
+def _wait(outputs: OutputReader, decided: int, dead_letters: int, timeout_s: float) -> None:
+    """Until every expected outcome arrived, then a moment more for duplicates to show."""
+    if outputs.wait_for(lambda seen: len(seen.decisions) >= decided and len(seen.dead_letters) >= dead_letters,
+                        timeout_s):
+        time.sleep(2.0)
 
 
 def _epoch_s(iso: str) -> float:
@@ -253,7 +208,7 @@ def _valid_events(n: int, run: str, accounts: int = 40) -> list[dict]:
             for i in range(n)]
 
 
-def run_poison(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
+def run_poison(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputReader]:
     """Every poison kind between valid events, all at once."""
     records = interleave(poison_messages(), valid_count=2)
     producer = rig.producer()
@@ -270,22 +225,22 @@ def run_poison(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
             poison[(metadata.partition, metadata.offset)] = record.expected
     producer.close()
     outputs = rig.outputs()
-    outputs.wait(len(sent), len(poison), timeout_s=120)
+    _wait(outputs, len(sent), len(poison), timeout_s=120)
     return sent, poison, outputs
 
 
 def _disrupted_stream(rig: Rig, disrupt: Callable[[], None], n: int = 3000, rate: float = 500.0,
-                      timeout_s: float = 150) -> tuple[dict, dict, Outputs]:
+                      timeout_s: float = 150) -> tuple[dict, dict, OutputReader]:
     events = _valid_events(n, rig.name)
     outputs = rig.outputs()
     producer = rig.producer()
     _stream(rig, producer, events, rate, 0.4, disrupt)
     producer.close()
-    outputs.wait(len(events), 0, timeout_s=timeout_s)
+    _wait(outputs, len(events), 0, timeout_s=timeout_s)
     return {e["transaction_id"]: e for e in events}, {}, outputs
 
 
-def run_worker_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
+def run_worker_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputReader]:
     """SIGKILL the worker mid-stream, start another in its group."""
     def disrupt() -> None:
         rig.workers[0].kill()
@@ -294,7 +249,7 @@ def run_worker_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
     return _disrupted_stream(rig, disrupt)
 
 
-def run_failover(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
+def run_failover(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputReader]:
     """Two workers share the partitions; SIGKILL one and let the other take over (max delay = failover time)."""
     rig.start_worker(wait=False)
     wait_for_group(rig.settings, rig.group, timeout_s=90, members=2)
@@ -305,7 +260,7 @@ def run_failover(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
     return _disrupted_stream(rig, disrupt)
 
 
-def run_redis_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
+def run_redis_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputReader]:
     """SIGKILL Redis mid-stream; start it again (same append-only file) three seconds later."""
     def disrupt() -> None:
         rig.stack.down(services=("redis",), kill=True)
@@ -315,7 +270,7 @@ def run_redis_kill(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
     return sent, poison, outputs
 
 
-def run_broker_restart(rig: Rig, acc: Accounting) -> tuple[dict, dict, Outputs]:
+def run_broker_restart(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputReader]:
     """Stop the broker mid-stream (SIGTERM) and start it again."""
     def disrupt() -> None:
         rig.stack.down(services=("kafka",))
@@ -339,7 +294,7 @@ def _wait_backlog_recorded(rig: Rig, timeout_s: float = 30.0) -> None:
     producer.close()
 
 
-RUNNERS: dict[str, Callable[[Rig, Accounting], tuple[dict, dict, Outputs]]] = {
+RUNNERS: dict[str, Callable[[Rig, Accounting], tuple[dict, dict, OutputReader]]] = {
     "poison": run_poison, "worker-kill": run_worker_kill, "failover": run_failover, "redis-kill": run_redis_kill,
     "broker-restart": run_broker_restart,
 }
@@ -369,7 +324,7 @@ def run_scenario(name: str, base: Settings | None = None, workdir: Path | None =
             rig.start_worker()
             started = time.monotonic()
             sent, poison, outputs = RUNNERS[name](rig, acc)
-            outputs.close()
+            outputs.stop()
             _account(rig, outputs, sent, poison, acc, started)
             if name == "redis-kill" and acc.degraded == 0:
                 acc.notes.append("no decision was degraded: Redis was not down while events were decided")

@@ -142,6 +142,16 @@ class LocalStack:
         scheme = {"kafka": "", "redis": "redis://", "prometheus": "http://"}[service]
         return f"{scheme}127.0.0.1:{self.port(service)}"
 
+    def ui_url(self, page: str) -> str:
+        """The address of a page of the running Prometheus's UI (`alerts`, `graph`, `targets`): the classic UI
+        where the new one is not installed (Debian's Prometheus 2.x answers 404 on `/alerts`)."""
+        base = self.address("prometheus")
+        try:
+            with urllib.request.urlopen(f"{base}/{page}", timeout=2):
+                return f"{base}/{page}"
+        except OSError:
+            return f"{base}/classic/{page}"
+
     def _pid_in_file(self, service: str) -> int | None:
         try:
             return int(self._pidfile(service).read_text().strip())
