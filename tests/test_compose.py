@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 import shlex
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_images_are_pinned():
         repository, _, tag = image.rpartition(":")
         assert repository and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: pin {image}"
         if "build" in service:
-            assert (PROJECT_ROOT / service["build"] / "Dockerfile").exists()
+            assert (PROJECT_ROOT / service["build"]["context"] / "Dockerfile").exists()
 
 
 def test_long_running_services_have_health_checks_and_ports():
@@ -129,17 +130,27 @@ def test_kafka_keeps_its_log_in_the_volume():
     assert kafka["environment"]["KAFKA_LOG_DIRS"] in mounts
 
 
-def test_dockerfile_builds_the_project_image():
-    """python:3.11-slim, the package installed with pip, and every path it copies present in the repo."""
+def test_dockerfile_builds_a_worker_without_tensorflow_and_a_trainer():
+    """python:3.11-slim; a `worker` target with the base dependencies and a `trainer` target that adds the `train`
+    extra; every path it copies present in the repo; compose builds each target for its services."""
     lines = [line.strip() for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines()]
-    (base,) = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base), base
-    copied = [word for line in lines if line.startswith("COPY ") for word in line.split()[1:-1]]
+    stages = {line.split()[-1]: line.split()[1] for line in lines if line.startswith("FROM ")}
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", stages["base"]), stages
+    assert stages["worker"] == "base" and stages["trainer"] == "base"
+    copied = [word for line in lines if line.startswith("COPY ") and "--from" not in line for word in line.split()[1:-1]]
     assert {"pyproject.toml", "fraudmon", "stream_app", "training", "config", "models"} <= set(copied)
     for source in copied:
         assert (PROJECT_ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    assert any("pip install" in line for line in lines)
+    text = "\n".join(lines)
+    assert "['optional-dependencies']['train']" in text.split("AS trainer")[1].split("AS worker")[0]
+    assert "optional-dependencies" not in text.split("AS worker")[1], "the worker image has no TensorFlow"
     assert 'ENTRYPOINT ["fraudmon"]' in lines
+    train_extra = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("tensorflow") for d in train_extra["train"])
+    base = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(d.startswith(("tensorflow", "tf2onnx")) for d in base)
+    assert SERVICES["trainer"]["build"]["target"] == "trainer"
+    assert SERVICES["worker"]["build"]["target"] == SERVICES["producer"]["build"]["target"] == "worker"
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", ".stack", ".cache"} <= set(ignored), "keep the build context small"
 
