@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import tomllib
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -137,7 +137,8 @@ def test_dockerfile_builds_a_worker_without_tensorflow_and_a_trainer():
     stages = {line.split()[-1]: line.split()[1] for line in lines if line.startswith("FROM ")}
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", stages["base"]), stages
     assert stages["worker"] == "base" and stages["trainer"] == "base"
-    copied = [word for line in lines if line.startswith("COPY ") and "--from" not in line for word in line.split()[1:-1]]
+    copied = [word for line in lines if line.startswith("COPY ") and "--from" not in line
+              for word in line.split()[1:-1]]
     assert {"pyproject.toml", "fraudmon", "stream_app", "training", "config", "models"} <= set(copied)
     for source in copied:
         assert (PROJECT_ROOT / source).exists(), f"Dockerfile copies missing {source}"
