@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
-from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.console import fail, settings_or_fail
 from fraudmon.core.errors import FraudMonitorError
 from fraudmon.tools.stack import LocalStack
 
@@ -27,36 +26,26 @@ ConfigOption = typer.Option(
 )
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except FraudMonitorError as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @stack_app.command("install")
 def stack_install(config: Path | None = ConfigOption) -> None:
     """Fetch the Kafka jars (Maven) once and check Java, Redis and Prometheus are installed."""
     try:
-        LocalStack(_settings(config)).install()
+        LocalStack(settings_or_fail(config)).install()
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @stack_app.command("up")
 def stack_up(config: Path | None = ConfigOption) -> None:
     """Start Kafka (KRaft), Redis and Prometheus, wait until each answers, and create the topics."""
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     stack = LocalStack(settings)
     try:
         stack.up()
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_status(stack)
     typer.echo(f"topics: {', '.join(settings.topics.all())} ({settings.topics.partitions} partitions)")
 
@@ -64,7 +53,7 @@ def stack_up(config: Path | None = ConfigOption) -> None:
 @stack_app.command("down")
 def stack_down(config: Path | None = ConfigOption) -> None:
     """Stop the services that `stack up` started (and nothing else)."""
-    stopped = LocalStack(_settings(config)).down()
+    stopped = LocalStack(settings_or_fail(config)).down()
     typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
@@ -72,7 +61,7 @@ def stack_down(config: Path | None = ConfigOption) -> None:
 def stack_status(config: Path | None = ConfigOption) -> None:
     """Print each service: up, starting, down, crashed or foreign (another program on its port). Exit 1 unless
     every port answers."""
-    stack = LocalStack(_settings(config))
+    stack = LocalStack(settings_or_fail(config))
     if not _print_status(stack):
         raise typer.Exit(1)
 
@@ -112,14 +101,14 @@ def worker_command(
     if json_logs:
         os.environ["FRAUDMON_LOG_JSON"] = "true"
     os.environ.setdefault("FRAUDMON_LOG_LEVEL", log_level.upper())
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     try:  # fail fast with a clear message before Faust starts
         from stream_app.runtime import build_engine, check_ports
 
         build_engine(settings)
         check_ports(settings)
     except FraudMonitorError as exc:
-        _fail(f"worker cannot start: {exc}")
+        fail(f"worker cannot start: {exc}")
     from faust.cli.faust import cli as faust_cli
 
     web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]
@@ -141,12 +130,12 @@ def replay_command(
     from fraudmon.tools.produce import is_json_lines, read_events_file
     from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     try:
         engine = offline_engine(settings)
         parsed = None if is_json_lines(data) else read_events_file(data)
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     events = None
     labels: dict[str, tuple[int, str]] = {}
     if parsed is not None:
@@ -197,14 +186,14 @@ def demo_command(
     """Bounded end-to-end demo on the local stack: stack up, worker, labelled stream, summary."""
     from fraudmon.tools.demo import run_demo
 
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     try:
         summary = run_demo(settings, duration_s=duration, rate=rate, malformed=malformed, seed=seed,
                            keep_running=keep_running, out_dir=out_dir)
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not summary["complete"]:
-        _fail("not every event reached a decision or the dead-letter topic in time", code=1)
+        fail("not every event reached a decision or the dead-letter topic in time", code=1)
 
 
 @app.command("bench")
@@ -218,7 +207,7 @@ def bench_command(
     """Benchmark one worker against a bare aiokafka passthrough on the running local stack."""
     from fraudmon.tools.bench import print_report, run_bench
 
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     LocalStack(settings).up()
     report = run_bench(settings, events=events, rates=[int(r) for r in rates.split(",")], seconds=seconds,
                        out_dir=out_dir)

@@ -23,7 +23,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.config import Settings
+from fraudmon.core.console import fail, settings_or_fail
 from fraudmon.core.errors import FraudMonitorError, WatchError
 
 VERDICTS_TOPIC = "transaction-verdicts"
@@ -276,16 +277,6 @@ ConfigOption = typer.Option(
 )
 
 
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except FraudMonitorError as exc:
-        _fail(str(exc))
 
 
 def _quiet_broken_pipe() -> NoReturn:
@@ -319,13 +310,13 @@ def tail_command(
       fraudmon tail dlq --from-beginning --max 5  the first five dead letters
       fraudmon tail --json -n 100 | jq .reasons   the last 100 flags' reasons
     """
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     name = resolve_topic(settings, topic)
     try:
         printed = tail(settings, name, follow=follow, from_beginning=from_beginning, last=last, account=account,
                        as_json=as_json, max_records=max_records)
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except BrokenPipeError:
@@ -348,11 +339,11 @@ def topics_command(
       fraudmon topics
       fraudmon topics --json | jq '.groups[].lag'
     """
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     try:
         report = topic_report(settings)
     except FraudMonitorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -1,0 +1,24 @@
+"""How commands end on a user's mistake: one red `error:` line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from fraudmon.core.config import Settings, load_settings
+from fraudmon.core.errors import FraudMonitorError
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_fail(config: Path | None) -> Settings:
+    """The settings from `config` (or the default file and the environment), or a clean exit saying what is wrong."""
+    try:
+        return load_settings(config)
+    except FraudMonitorError as exc:
+        fail(str(exc))
