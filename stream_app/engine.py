@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 
 REDIS_UNAVAILABLE, STATE_ERROR, MODEL_ERROR = "redis_unavailable", "state_error", "model_error"
 BACKLOG_CHUNK = 1000  # backlog events recorded per batch once the store is back
+RECENT_EVENTS = 200  # kept to check a new model against before it replaces the served one
+
+
+def passthrough_features(model: OnnxModel) -> list[str]:
+    """The model's features that events must carry in `features` (the others are computed from the event)."""
+    return [name for name in model.feature_names if name not in BUILTIN]
+
+
+def fit_problem(model: OnnxModel, events: Sequence[Event]) -> str | None:
+    """Why `model` does not fit `events` (most of them lack features it needs), or None when it fits."""
+    needed = passthrough_features(model)
+    if not needed or not events:
+        return None
+    lacking = [e for e in events if any(name not in e.features for name in needed)]
+    if len(lacking) * 2 <= len(events):
+        return None
+    example = next(name for name in needed if name not in lacking[0].features)
+    return (f"model {model.name} ({model.version}) needs {len(needed)} precomputed features "
+            f"({', '.join(needed[:4])}{', ...' if len(needed) > 4 else ''}) in each event's `features`; "
+            f"{len(lacking)} of the last {len(events)} events lack some (e.g. {lacking[0].transaction_id} has no "
+            f"features.{example}): serve a model trained on these events, or send the features")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +111,20 @@ class DecisionEngine:
         self.max_state_backlog = max_state_backlog
         self._store_down_until = 0.0
         self._backlog: deque[Event] = deque()
+        self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self.metrics.latency_budget_seconds.set(latency_budget_ms / 1000.0)
         self.set_model(model)
 
     def set_model(self, model: OnnxModel) -> None:
         self.model = model
-        self._passthrough = [name for name in model.feature_names if name not in BUILTIN]
+        self._passthrough = passthrough_features(model)
         self.metrics.set_model(
             model.name, model.version, model.threshold, model.card.expected_alert_rate
         )
+
+    def fit_problem(self, model: OnnxModel) -> str | None:
+        """Why `model` would not fit the events this engine saw last, or None (see `fit_problem`)."""
+        return fit_problem(model, list(self._recent))
 
     @property
     def state_backlog(self) -> int:
@@ -130,6 +156,7 @@ class DecisionEngine:
     def _process(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:
         started = time.perf_counter()
         outcome = self._parse(messages, received_s)
+        self._recent.extend(outcome.events)
         if outcome.events:
             model, rules = self.model, self.rules
             scored = self._score(model, outcome.events)

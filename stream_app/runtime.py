@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraudmon.core.config import Settings
-from fraudmon.core.errors import ConfigError, FraudMonitorError, StateUnavailable
+from fraudmon.core.errors import ConfigError, FraudMonitorError, ModelError, StateUnavailable
 from fraudmon.core.events import EventLimits
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
@@ -145,8 +145,15 @@ class HotReloader:
         if self._changed(self._rules):
             events.append(self._reload("rules", self._swap_rules))
         if self._changed(self._model):
-            events.append(self._reload("model", lambda: self.engine.set_model(load_model(self.model_path))))
+            events.append(self._reload("model", self._swap_model))
         return events
+
+    def _swap_model(self) -> None:
+        model = load_model(self.model_path)
+        problem = self.engine.fit_problem(model)
+        if problem:
+            raise ModelError(problem)
+        self.engine.set_model(model)
 
     def _swap_rules(self) -> None:
         self.engine.rules = load_rules(self._rules.paths[0])

@@ -135,3 +135,18 @@ def test_running_worker_reloads_rules_and_refuses_a_broken_model(
     assert [h["id"] for h in decisions["reload-after"]["rules"]] == ["any"], "new rules without a restart"
     assert not decisions["reload-after"]["degraded"], "the old model keeps serving"
     assert worker.process.poll() is None
+
+
+def test_a_model_that_does_not_fit_the_recent_events_is_refused(reloader, artifacts, tmp_path):
+    from tests.test_export import tiny_model
+
+    for amount in (10, 20, 30):
+        decide(reloader.engine, amount)  # events without precomputed features, as the simulator sends
+    _, _, onnx_path, _ = tiny_model(tmp_path / "v-model")  # needs features.V1..V4
+    shutil.copy(onnx_path, artifacts / "model.onnx")
+    shutil.copy(onnx_path.with_suffix(".json"), artifacts / "model.json")
+    touch_later(artifacts / "model.json")
+    [outcome] = reloader.check()
+    assert outcome.startswith("model: refused") and "needs 4 precomputed features (V1, V2, V3, V4)" in outcome
+    assert "3 of the last 3 events lack some" in outcome
+    assert not decide(reloader.engine, 40)["degraded"], "the old model keeps serving"
