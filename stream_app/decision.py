@@ -31,9 +31,11 @@ def build_decision(
     skipped: Sequence[str],
     decided_at: str,
     latency_ms: float,
+    shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One decision; `skipped:<cause>` is added to `reasons` for each part of the check that could not run."""
-    return {
+    """One decision; `skipped:<cause>` is added to `reasons` for each part of the check that could not run;
+    `shadow` (the shadow model's score and flag) when one is configured and could score the event."""
+    decision_record = {
         "transaction_id": event.transaction_id,
         "account_id": event.account_id,
         "amount": event.amount,
@@ -46,6 +48,9 @@ def build_decision(
         "degraded": bool(skipped),
         "latency_ms": round(latency_ms, 3),
     }
+    if shadow is not None:
+        decision_record["shadow"] = shadow
+    return decision_record
 
 
 def build_dead_letter(

@@ -21,13 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from fraudmon.core.errors import InvalidEvent, StateUnavailable
 from fraudmon.core.events import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.decision import build_dead_letter, build_decision, decide
+from stream_app.drift import FeatureDrift
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import AccountState, RuleSet, evaluate
-from stream_app.scoring import OnnxModel
+from stream_app.scoring import OnnxModel, Prediction
 from stream_app.state import StateFailure, StateStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,15 @@ log = logging.getLogger(__name__)
 REDIS_UNAVAILABLE, STATE_ERROR, MODEL_ERROR = "redis_unavailable", "state_error", "model_error"
 BACKLOG_CHUNK = 1000  # backlog events recorded per batch once the store is back
 RECENT_EVENTS = 200  # kept to check a new model against before it replaces the served one
+
+
+def _predict(model: OnnxModel, events: list[Event]) -> tuple[list[int], np.ndarray, Prediction]:
+    """Score the events that carry the model's precomputed features: their rows, feature matrix and prediction."""
+    needed = passthrough_features(model)
+    rows = [i for i, e in enumerate(events) if all(name in e.features for name in needed)] if needed \
+        else list(range(len(events)))
+    x = vectorize(events if len(rows) == len(events) else [events[i] for i in rows], model.feature_names)
+    return rows, x, model.predict(x)
 
 
 def passthrough_features(model: OnnxModel) -> list[str]:
@@ -101,6 +113,8 @@ class DecisionEngine:
         retry_after_s: float = 1.0,
         limits: EventLimits = DEFAULT_LIMITS,
         max_state_backlog: int = 100_000,
+        shadow: OnnxModel | None = None,
+        drift_window: int = 5_000,
     ) -> None:
         self.metrics = metrics or WorkerMetrics()
         self.store = store
@@ -112,15 +126,24 @@ class DecisionEngine:
         self._store_down_until = 0.0
         self._backlog: deque[Event] = deque()
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+        self.drift_window = drift_window
+        self.set_shadow(shadow)
         self.metrics.latency_budget_seconds.set(latency_budget_ms / 1000.0)
         self.set_model(model)
 
     def set_model(self, model: OnnxModel) -> None:
         self.model = model
-        self._passthrough = passthrough_features(model)
+        self.drift = FeatureDrift(model.card, self.drift_window)
         self.metrics.set_model(
             model.name, model.version, model.threshold, model.card.expected_alert_rate
         )
+
+    def set_shadow(self, model: OnnxModel | None) -> None:
+        """Score `model` next to the served one on every batch (None: no shadow); it never changes a decision."""
+        self.shadow = model
+        self.metrics.shadow_info.clear()
+        if model is not None:
+            self.metrics.shadow_info.labels(version=model.version, name=model.name).set(1)
 
     def fit_problem(self, model: OnnxModel) -> str | None:
         """Why `model` would not fit the events this engine saw last, or None (see `fit_problem`)."""
@@ -180,35 +203,50 @@ class DecisionEngine:
 
     def _score(self, model: OnnxModel, events: list[Event]) -> list[_Scored | None]:
         """Per event: the model's verdict, or None when it could not score that event (`model_error`)."""
-        n = len(events)
-        scored: list[_Scored | None] = [None] * n
-        needed = self._passthrough
-        rows = [i for i, e in enumerate(events) if all(name in e.features for name in needed)] if needed \
-            else range(n)
-        if not rows:
-            return scored
+        scored: list[_Scored | None] = [None] * len(events)
         try:
             started = time.perf_counter()
-            prediction = model.predict(vectorize(events if len(rows) == n else [events[i] for i in rows],
-                                                 model.feature_names))
+            rows, x, prediction = _predict(model, events)
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            tops = model.top_features(prediction.feature_score)
+            tops = model.top_features(prediction.feature_score) if rows else []
         except Exception as exc:  # the model must never stop the stream: decide from the rules alone
             log.error("model %s could not score a batch of %d events (deciding from rules only): %s: %s",
-                      model.name, n, exc.__class__.__name__, exc, extra={"dependency": "model"})
+                      model.name, len(events), exc.__class__.__name__, exc, extra={"dependency": "model"})
             return scored
+        if self.drift is not None:
+            self.drift.observe(x)
         for row, outlier, score, top in zip(rows, prediction.is_outlier.tolist(),
                                             prediction.instance_score.tolist(), tops, strict=True):
             if math.isfinite(score):
                 scored[row] = _Scored(bool(outlier), score, top)
         return scored
 
+    def _shadow(self, events: list[Event]) -> list[dict | None]:
+        """The shadow model's score and flag per event (None where it could not score); never raises."""
+        shadow, parts = self.shadow, [None] * len(events)
+        if shadow is None:
+            return parts
+        try:
+            rows, _, prediction = _predict(shadow, events)
+        except Exception as exc:  # a broken shadow never degrades the served decisions
+            log.error("shadow model %s could not score a batch: %s: %s", shadow.name, exc.__class__.__name__, exc,
+                      extra={"dependency": "shadow-model"})
+            return parts
+        for row, outlier, score in zip(rows, prediction.is_outlier.tolist(), prediction.instance_score.tolist(),
+                                       strict=True):
+            if math.isfinite(score):
+                parts[row] = {"version": shadow.version, "score": round(score, 6), "threshold": shadow.threshold,
+                              "flag": bool(outlier)}
+        return parts
+
     def _decide(self, model: OnnxModel, rules: RuleSet, events: list[Event], scored: list[_Scored | None],
                 states: list[AccountState | None], state_causes: list[str | None], started: float) -> list[dict]:
+        shadows = self._shadow(events)
         decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
         decisions = []
-        for event, verdict, state, state_cause in zip(events, scored, states, state_causes, strict=True):
+        for event, verdict, state, state_cause, shadow in zip(events, scored, states, state_causes, shadows,
+                                                               strict=True):
             hits = evaluate(rules, event, state)
             decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
             model_part = None if verdict is None else {
@@ -220,9 +258,20 @@ class DecisionEngine:
             skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
             decisions.append(build_decision(
                 event, decision=decision, reasons=reasons, model_part=model_part, hits=hits, skipped=skipped,
-                decided_at=decided_at, latency_ms=latency_ms,
+                decided_at=decided_at, latency_ms=latency_ms, shadow=shadow,
             ))
+        self._remember(decisions)
         return decisions
+
+    def _remember(self, decisions: list[dict]) -> None:
+        """Keep each decision for the verdict window (best effort: a Redis failure only loses verdict counts)."""
+        if self._store_down_until:
+            return
+        try:
+            self.store.remember([(d["transaction_id"], d["decision"]) for d in decisions])
+        except Exception as exc:  # verdict bookkeeping must never cost a decision
+            log.warning("decisions not kept for verdicts: %s: %s", exc.__class__.__name__, exc,
+                        extra={"dependency": "redis"})
 
     def _observe(self, rules: RuleSet, events: list[Event]) -> tuple[list[AccountState | None], list[str | None]]:
         """Per event: the state before it (None: stateless rules only) and the cause when it is missing."""
@@ -301,6 +350,20 @@ class DecisionEngine:
         metrics.decisions.labels("flag").inc(flags)
         metrics.decisions.labels("pass").inc(n - flags)
         metrics.model_flags.inc(model_flags)
+        shadow_flags = shadow_only = served_only = 0
+        for decision in outcome.decisions:
+            shadow = decision.get("shadow")
+            if shadow is not None:
+                served = "model" in decision["reasons"]
+                shadow_flags += shadow["flag"]
+                shadow_only += shadow["flag"] and not served
+                served_only += served and not shadow["flag"]
+        if shadow_flags or shadow_only or served_only:
+            metrics.shadow_flags.inc(shadow_flags)
+            metrics.shadow_disagreements.labels("shadow_only").inc(shadow_only)
+            metrics.shadow_disagreements.labels("served_only").inc(served_only)
+        for feature, value in self.drift.psi().items():
+            metrics.feature_psi.labels(feature).set(value)
         for cause, count in degraded.items():
             metrics.degraded.labels(cause).inc(count)
         observe_processing = metrics.processing_seconds.observe

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,17 @@ class StateStore(Protocol):
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[StateResult]:
         """The state before each event (in order), recording each event once. Raises `StateUnavailable`."""
         ...
+
+    def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
+        """Keep `(transaction_id, decision)` pairs for the verdict window. Raises `StateUnavailable`."""
+        ...
+
+    def recall(self, transaction_id: str) -> str | None:
+        """The decision on a transaction within the verdict window, or None. Raises `StateUnavailable`."""
+        ...
+
+
+DECISION_BUCKET_S = 3600  # decisions are kept in one hash per hour of deciding
 
 
 def fingerprint(event: Event) -> str:
@@ -98,9 +110,16 @@ class InMemoryStateStore:
         self._counterparties: dict[str, set[str]] = defaultdict(set)
         self._times: dict[str, dict[str, int]] = defaultdict(dict)  # account -> tx|fingerprint -> event time
         self._ip_accounts: dict[str, dict[str, int]] = defaultdict(dict)  # ip -> account -> last event time
+        self._decisions: dict[str, str] = {}
 
     def connect(self) -> None:
         """Nothing to connect to."""
+
+    def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
+        self._decisions.update(decisions)
+
+    def recall(self, transaction_id: str) -> str | None:
+        return self._decisions.get(transaction_id)
 
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[StateResult]:
         velocity, fanout = rules.velocity_windows_ms, rules.fanout_windows_ms
@@ -157,10 +176,12 @@ class InMemoryStateStore:
 class RedisStateStore:
     """Rule state in Redis: one Lua script call per batch, with socket timeouts derived from the latency budget."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str = "fm:", dedupe_ttl_s: int = 3600) -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str = "fm:", dedupe_ttl_s: int = 3600,
+                 verdict_window_s: int = 86_400) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.verdict_window_s = verdict_window_s
         self._script = client.register_script(OBSERVE_LUA)  # re-loads itself on NOSCRIPT (Redis restarted)
 
     def connect(self) -> None:
@@ -195,6 +216,33 @@ class RedisStateStore:
         return [_state(snapshot) for snapshot in snapshots]
 
 
+    def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
+        """One hash per hour of deciding (`dec:<hour>`: transaction id -> decision), kept for the verdict window."""
+        if not decisions:
+            return
+        key = f"{self.key_prefix}dec:{int(time.time()) // DECISION_BUCKET_S}"
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=dict(decisions))
+                pipe.expire(key, self.verdict_window_s + DECISION_BUCKET_S)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"Redis did not keep the decisions: {exc}") from exc
+
+    def recall(self, transaction_id: str) -> str | None:
+        """Looks through the hours of the verdict window, newest first (one pipelined round trip)."""
+        hour = int(time.time()) // DECISION_BUCKET_S
+        hours = range(hour, hour - self.verdict_window_s // DECISION_BUCKET_S - 2, -1)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for bucket in hours:
+                    pipe.hget(f"{self.key_prefix}dec:{bucket}", transaction_id)
+                found = pipe.execute()
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
+        return next((value.decode() for value in found if value is not None), None)
+
+
 def _address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
@@ -207,4 +255,5 @@ def make_state_store(settings: Settings) -> RedisStateStore:
     client = redis.Redis.from_url(  # no client-side retries: the engine retries after `redis_retry_after_s`
         settings.redis.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
     )
-    return RedisStateStore(client, settings.redis.key_prefix, settings.redis.dedupe_ttl_s)
+    return RedisStateStore(client, settings.redis.key_prefix, settings.redis.dedupe_ttl_s,
+                           settings.worker.verdict_window_s)

@@ -94,10 +94,9 @@ def test_a_failing_model_degrades_with_model_error(monkeypatch):
     assert all(d["model"] is None and d["degraded"] and "skipped:model_error" in d["reasons"] for d in decisions)
 
 
-def test_events_without_the_models_features_skip_only_the_model():
+def test_events_without_the_models_features_skip_only_the_model(monkeypatch):
     engine = engine_with(InMemoryStateStore())
-    engine._passthrough = ["V1"]  # as a model trained on precomputed features would need
-    engine.model = MODEL
+    monkeypatch.setattr(engine_module, "passthrough_features", lambda model: ["V1"])  # as a V1..V28 model needs
     with_features = message(0, features={"V1": 1.0})
     decisions = engine.process([with_features, message(1)]).decisions
     assert ["skipped:model_error" in d["reasons"] for d in decisions] == [False, True]

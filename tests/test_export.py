@@ -36,7 +36,7 @@ def tiny_model(directory: Path, n_features: int = 5):
     onnx_path = directory / "tiny.onnx"
     partial, sha, parity = export_onnx(trained, onnx_path, x)
     scores = trained.score(x[1000:1200])[0]
-    card = build_card(name="tiny", onnx_sha256=sha, feature_names=names,
+    card = build_card(name="tiny", onnx_sha256=sha, feature_names=names, x_train=x[:1000],
                       threshold={"value": float(np.quantile(scores, 0.99)), "method": "percentile", "parameter": 99},
                       val_normal_scores=scores, training={"rows": N_ROWS}, metrics={}, parity=parity,
                       created=datetime(2026, 11, 22, tzinfo=UTC))

@@ -110,6 +110,19 @@ def publish(partial_onnx: Path, onnx_path: Path, card: dict[str, Any], card_path
     os.replace(partial, card_path)
 
 
+def feature_deciles(x: np.ndarray, feature_names: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Each feature's training deciles (10%..90%) and the share of training rows in each of the ten bins they
+    bound (not 10% each for a feature with few values): what the worker's drift estimate (PSI) compares with."""
+    x = np.asarray(x, dtype=np.float64)
+    deciles = np.quantile(x, np.arange(1, 10) / 10, axis=0)
+    result = {}
+    for j, name in enumerate(feature_names):
+        bins = np.searchsorted(deciles[:, j], x[:, j], side="right")
+        shares = np.bincount(bins, minlength=10) / max(1, len(x))
+        result[name] = {"deciles": [float(v) for v in deciles[:, j]], "shares": [float(v) for v in shares]}
+    return result
+
+
 def library_versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
             "onnxruntime": ort.__version__, "numpy": np.__version__}
@@ -125,6 +138,7 @@ def build_card(
     onnx_sha256: str,
     feature_names: list[str],
     threshold: dict[str, Any],
+    x_train: np.ndarray,
     val_normal_scores: np.ndarray,
     training: dict[str, Any],
     metrics: dict[str, Any],
@@ -146,6 +160,7 @@ def build_card(
         "score_quantiles": {f"p{q:g}".replace(".", ""): float(np.quantile(scores, q / 100))
                             for q in (50, 90, 99, 99.9)},
         "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()), "rows": int(scores.size)},
+        "feature_quantiles": feature_deciles(x_train, feature_names),
         "training": training,
         "metrics": metrics,
         "parity": parity,

@@ -248,6 +248,7 @@ def train(request: TrainRequest) -> TrainResult:
             "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": n_components}},
         }
         card = build_card(name=request.name, onnx_sha256=sha, feature_names=names, threshold=threshold.to_dict(),
+                          x_train=x[split.train],
                           val_normal_scores=scores[val_normal], training=training,
                           metrics=assessment.metrics, parity=parity, created=datetime.now(UTC))
         training["duration_seconds"] = round(time.perf_counter() - started, 2)

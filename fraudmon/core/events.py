@@ -228,16 +228,22 @@ def event_from_dict(data: Any, limits: EventLimits = DEFAULT_LIMITS, now_ms: int
 
 def parse_event(raw: bytes | str | None, limits: EventLimits = DEFAULT_LIMITS, now_ms: int | None = None) -> Event:
     """Validate raw message bytes into an `Event`, or raise `InvalidEvent` with the reason."""
+    return event_from_dict(decode_object(raw, limits.max_message_bytes), limits, now_ms)
+
+
+def decode_object(raw: bytes | str | None, max_bytes: int) -> dict[str, Any]:
+    """One strict UTF-8 JSON object (no BOM, NaN, trailing data, lone surrogates or duplicate keys) of at most
+    `max_bytes`, or `InvalidEvent` naming what is wrong."""
     if raw is None:
         raise InvalidEvent("message: empty value (tombstone)")
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if not raw:
         raise InvalidEvent("message: empty value")
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidEvent(f"message: {len(raw)} bytes exceeds the limit of {limits.max_message_bytes}")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"message: {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
-        data = orjson.loads(raw)  # strict: UTF-8 only, no BOM, NaN, trailing data or lone surrogates
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(_why_not_json(raw, exc)) from None
     if not isinstance(data, dict):
@@ -246,7 +252,52 @@ def parse_event(raw: bytes | str | None, limits: EventLimits = DEFAULT_LIMITS, n
         problem = _inspect(raw.decode("utf-8"), duplicates_only=True)
         if problem:
             raise InvalidEvent(problem)
-    return event_from_dict(data, limits, now_ms)
+    return data
+
+
+VERDICT_LABELS = ("fraud", "legit")
+MAX_VERDICT_BYTES = 8192
+MAX_NOTE_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an analyst concluded about a transaction (topic `transaction-verdicts`)."""
+
+    transaction_id: str
+    label: str  # fraud or legit
+    reviewer: str | None = None
+    reviewed_at_ms: int | None = None
+    note: str | None = None
+
+
+def parse_verdict(raw: bytes | str | None, now_ms: int | None = None) -> Verdict:
+    """Validate a verdict message, or raise `InvalidEvent` naming the field."""
+    data = decode_object(raw, MAX_VERDICT_BYTES)
+    transaction_id = _id(data, "transaction_id", required=True)
+    label = data.get("label")
+    if label not in VERDICT_LABELS:
+        raise InvalidEvent(f"label: {_shown(label, 20)} is not one of {', '.join(VERDICT_LABELS)}")
+    reviewed = data.get("reviewed_at")
+    latest_ms = (int(time.time() * 1000) if now_ms is None else now_ms) + DEFAULT_LIMITS.max_future_ms
+    return Verdict(
+        transaction_id=transaction_id, label=label, reviewer=_id(data, "reviewer", required=False),
+        reviewed_at_ms=None if reviewed is None else parse_timestamp(reviewed, "reviewed_at",
+                                                                      MIN_ACCOUNT_CREATED_MS, latest_ms),
+        note=_short_text(data, "note", MAX_NOTE_LENGTH),
+    )
+
+
+def verdict_to_dict(verdict: Verdict) -> dict[str, Any]:
+    """The JSON form of a verdict (inverse of `parse_verdict`)."""
+    data: dict[str, Any] = {"transaction_id": verdict.transaction_id, "label": verdict.label}
+    if verdict.reviewer is not None:
+        data["reviewer"] = verdict.reviewer
+    if verdict.reviewed_at_ms is not None:
+        data["reviewed_at"] = format_timestamp(verdict.reviewed_at_ms)
+    if verdict.note is not None:
+        data["note"] = verdict.note
+    return data
 
 
 # ---- the slow path: saying precisely what is wrong with a message the strict parser refused ------------------

@@ -1,0 +1,255 @@
+"""Served model, candidates, and promotion behind a backtest gate (`fraudmon models`, `fraudmon promote`).
+
+`fraudmon train` writes candidates (`models/candidates/<name>-<version>/`); the served model is the file
+`worker.model_path` points at. `promote` backtests a candidate and the served model through the worker's exact
+decision code (offline replay, same rules) on labelled data, refuses a candidate that catches less fraud or
+flags much more, and otherwise switches atomically: both files are written beside the target and renamed into
+place, the card last, so running workers pick it up through hot reload. The served model it replaced is kept in
+`models/previous/`, which `promote --rollback` returns to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from fraudmon.core.config import Settings
+from fraudmon.core.console import fail, settings_or_fail
+from fraudmon.core.errors import FraudMonitorError, ModelError
+from stream_app.engine import RawMessage
+from stream_app.replay import offline_engine, replay
+from stream_app.scoring import OnnxModel, load_model
+
+CANDIDATES_DIR = "candidates"
+PREVIOUS_DIR = "previous"
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """One model's decisions on the labelled backtest data."""
+
+    version: str
+    decisions: int
+    flags: int
+    frauds: int
+    caught: int
+
+    @property
+    def alert_rate(self) -> float:
+        return self.flags / self.decisions if self.decisions else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.caught / self.frauds if self.frauds else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.caught / self.flags if self.flags else 0.0
+
+
+def models_dir(settings: Settings) -> Path:
+    return settings.resolve(settings.worker.model_path).parent
+
+
+def candidates(settings: Settings) -> list[Path]:
+    """Every candidate's ONNX file, newest first."""
+    root = models_dir(settings) / CANDIDATES_DIR
+    found = [p for p in root.glob("*/*.onnx") if p.with_suffix(".json").is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def resolve_candidate(settings: Settings, name: str) -> Path:
+    """A candidate by path (directory or .onnx) or by its directory name under models/candidates/."""
+    path = Path(name)
+    if path.is_dir():
+        found = sorted(path.glob("*.onnx"))
+        if len(found) == 1:
+            return found[0]
+    if path.suffix == ".onnx" and path.is_file():
+        return path
+    matches = [p for p in candidates(settings) if p.parent.name == name or p.parent.name.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(p.parent.name for p in candidates(settings)) or "none (train one with `fraudmon train`)"
+    raise ModelError(f"no single candidate matches {name!r}; candidates: {listed}")
+
+
+def backtest(settings: Settings, model: OnnxModel, messages: list[RawMessage], labels: dict[str, int]) -> Backtest:
+    """Replay `messages` through the worker's decision code with `model`; count flags and caught frauds."""
+    engine = offline_engine(settings)
+    engine.set_model(model)
+    decisions = replay(messages, engine).decisions
+    flagged = {d["transaction_id"] for d in decisions if d["decision"] == "flag"}
+    frauds = {tx for tx, label in labels.items() if label == 1}
+    return Backtest(model.version, len(decisions), len(flagged), len(frauds), len(flagged & frauds))
+
+
+def gate(served: Backtest, candidate: Backtest, max_recall_drop: float, max_alert_rate_rise: float) -> list[str]:
+    """Why the candidate must not replace the served model (empty: it may)."""
+    problems = []
+    if candidate.recall < served.recall - max_recall_drop:
+        problems.append(f"recall drops from {served.recall:.3f} to {candidate.recall:.3f} "
+                        f"(allowed: {max_recall_drop:.3f})")
+    if candidate.alert_rate > served.alert_rate * (1 + max_alert_rate_rise):
+        problems.append(f"alert rate rises from {served.alert_rate:.4f} to {candidate.alert_rate:.4f} "
+                        f"(allowed: +{max_alert_rate_rise:.0%})")
+    return problems
+
+
+def table(served: Backtest, candidate: Backtest) -> str:
+    rows = [("", "served", "candidate"), ("version", served.version, candidate.version),
+            ("decisions", served.decisions, candidate.decisions), ("flags", served.flags, candidate.flags),
+            ("alert rate", f"{served.alert_rate:.4f}", f"{candidate.alert_rate:.4f}"),
+            ("frauds caught", f"{served.caught}/{served.frauds}", f"{candidate.caught}/{candidate.frauds}"),
+            ("recall", f"{served.recall:.3f}", f"{candidate.recall:.3f}"),
+            ("precision", f"{served.precision:.3f}", f"{candidate.precision:.3f}")]
+    return "\n".join(f"{a:<14} {b!s:>20} {c!s:>20}" for a, b, c in rows)
+
+
+def install(source_onnx: Path, target_onnx: Path, card_changes: dict | None = None) -> None:
+    """Put a model in place atomically: both files written beside the target, the graph renamed first and the
+    card last, so a watching worker never pairs a new graph with an old card for longer than a moment."""
+    card = json.loads(source_onnx.with_suffix(".json").read_text())
+    card.update(card_changes or {})
+    target_card = target_onnx.with_suffix(".json")
+    partial_onnx = target_onnx.with_name(target_onnx.name + ".partial")
+    partial_card = target_card.with_name(target_card.name + ".partial")
+    shutil.copyfile(source_onnx, partial_onnx)
+    partial_card.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial_onnx, target_onnx)
+    os.replace(partial_card, target_card)
+
+
+def keep_previous(served_onnx: Path) -> Path:
+    """Copy the served model to models/previous/ (what --rollback returns to)."""
+    previous = served_onnx.parent / PREVIOUS_DIR / served_onnx.name
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    install(served_onnx, previous)
+    return previous
+
+
+def promote(settings: Settings, candidate_onnx: Path, messages: list[RawMessage], labels: dict[str, int], *,
+            max_recall_drop: float, max_alert_rate_rise: float, force: bool) -> tuple[Backtest, Backtest, list[str]]:
+    """Backtest both, then switch unless the gate refuses (or `force`). Returns both backtests and the gate's
+    objections; raises nothing when refused, so the caller can show the table."""
+    served_onnx = settings.resolve(settings.worker.model_path)
+    served_model, candidate_model = load_model(served_onnx), load_model(candidate_onnx)
+    if not any(labels.values()):
+        raise ModelError("the backtest data holds no fraud label: pass labelled recent data (--truth) to compare "
+                         "recall")
+    served = backtest(settings, served_model, messages, labels)
+    candidate = backtest(settings, candidate_model, messages, labels)
+    problems = gate(served, candidate, max_recall_drop, max_alert_rate_rise)
+    if problems and not force:
+        return served, candidate, problems
+    keep_previous(served_onnx)
+    install(candidate_onnx, served_onnx, {"promotion": {
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "replaced": served_model.version,
+        "forced": bool(problems), "gate": problems, "from": str(candidate_onnx),
+        "backtest": {"served": asdict(served), "candidate": asdict(candidate)},
+    }})
+    return served, candidate, problems
+
+
+def rollback(settings: Settings) -> str:
+    """Swap the served model and the previous one; return the version now served."""
+    served_onnx = settings.resolve(settings.worker.model_path)
+    previous = served_onnx.parent / PREVIOUS_DIR / served_onnx.name
+    if not previous.is_file():
+        raise ModelError(f"no previous model at {previous}: nothing was promoted over this one")
+    returning = load_model(previous)
+    swap = previous.with_name(previous.stem + ".swap.onnx")
+    install(served_onnx, swap)
+    install(previous, served_onnx, {"rolled_back_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    install(swap, previous)
+    swap.unlink()
+    swap.with_suffix(".json").unlink()
+    return returning.version
+
+
+def describe(model_path: Path) -> str:
+    """One line for a model: name, version, threshold, expected alert rate, held-out ROC-AUC / PR-AUC."""
+    try:
+        model = load_model(model_path)
+    except FraudMonitorError as exc:
+        return f"{model_path}: unusable ({exc})"
+    held_out = (model.card.get("metrics") or {}).get("model") or {}
+    roc, pr = held_out.get("roc_auc", float("nan")), held_out.get("pr_auc", float("nan"))
+    return (f"{model.name:<14} {model.version:<18} threshold {model.threshold:.4g} "
+            f"({model.card.threshold.method})  expected alert rate {model.card.expected_alert_rate:.4f}  "
+            f"held-out ROC-AUC {roc:.3f} PR-AUC {pr:.3f}  {model_path}")
+
+
+def models_command(config: Path | None = typer.Option(None, "--config", "-c", help="YAML config.")) -> None:
+    """List the served model, the one it replaced, and the candidates, with their key metrics.
+
+    Example: fraudmon models
+    """
+    settings = settings_or_fail(config)
+    served = settings.resolve(settings.worker.model_path)
+    typer.echo(f"served     {describe(served)}")
+    previous = served.parent / PREVIOUS_DIR / served.name
+    if previous.is_file():
+        typer.echo(f"previous   {describe(previous)}")
+    found = candidates(settings)
+    for path in found:
+        typer.echo(f"candidate  {describe(path)}")
+    if not found:
+        typer.echo("candidates none: `fraudmon train ...` writes one to models/candidates/")
+
+
+def promote_command(
+    candidate: str | None = typer.Argument(None, help="Candidate: its directory name under models/candidates/ "
+                                                      "(a unique prefix will do), its directory, or its .onnx."),
+    data: Path | None = typer.Option(None, "--data", "-d", exists=True, dir_okay=False,
+                                     help="Recent labelled events to backtest on (JSON lines, CSV, card-holder CSV)."),
+    truth: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                      help="Ground truth for --data (transaction_id,label,scenario)."),
+    max_recall_drop: float = typer.Option(0.0, min=0.0, max=1.0,
+                                          help="Refuse when recall falls by more than this (absolute)."),
+    max_alert_rate_rise: float = typer.Option(0.25, min=0.0,
+                                              help="Refuse when the alert rate rises by more than this share."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (the card records it)."),
+    rollback_: bool = typer.Option(False, "--rollback", help="Return to the model the last promotion replaced."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config."),
+) -> None:
+    """Make a candidate the served model after a backtest gate; running workers switch through hot reload.
+
+    Both models decide the labelled data through the worker's exact code (same rules). The candidate is refused,
+    with the table, when its recall drops or its alert rate rises beyond the limits.
+
+    Examples: fraudmon promote mymodel-20261123-ab12cd --data recent.jsonl --truth recent_truth.csv
+              fraudmon promote --rollback
+    """
+    from fraudmon.core.eventfiles import is_json_lines, read_events_file, read_ground_truth
+    from stream_app.replay import raw_messages
+
+    settings = settings_or_fail(config)
+    try:
+        if rollback_:
+            typer.echo(f"rolled back: {rollback(settings)} is served again")
+            return
+        if candidate is None or data is None:
+            fail("name a candidate and pass --data (labelled recent events), or use --rollback")
+        candidate_onnx = resolve_candidate(settings, candidate)
+        events, file_truth = (None, []) if is_json_lines(data) else read_events_file(data)
+        labels = {t.transaction_id: t.label for t in (read_ground_truth(truth) if truth else file_truth)}
+        messages = list(raw_messages(data, events))
+        served, tested, problems = promote(settings, candidate_onnx, messages, labels,
+                                           max_recall_drop=max_recall_drop, max_alert_rate_rise=max_alert_rate_rise,
+                                           force=force)
+    except FraudMonitorError as exc:
+        fail(str(exc))
+    typer.echo(table(served, tested))
+    if problems and not force:
+        fail("promotion refused: " + "; ".join(problems) + " (--force overrides; the card records it)", code=1)
+    target = settings.resolve(settings.worker.model_path)
+    forced = " (forced past: " + "; ".join(problems) + ")" if problems else ""
+    typer.echo(f"promoted {tested.version} to {target}{forced}; the replaced {served.version} is kept for "
+               "`fraudmon promote --rollback`")

@@ -1,0 +1,100 @@
+"""The model lifecycle on a real worker (Kafka, Redis): a shadow model scored next to the served one, analysts'
+verdicts counted against decisions, and feature drift against the card's training deciles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from fraudmon.core.events import event_to_dict
+from stream_app.features import vectorize
+from tests.conftest import PROJECT_ROOT
+from tests.test_worker import collect, metric_value, produce
+from training.export import feature_deciles
+from training.simulate import SimulationConfig, simulate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def shadow_model(tmp_path):
+    """The default model under another version with a tenth of its threshold (it flags more), and a served copy
+    whose card carries training deciles that the test traffic's amounts do not match (drift)."""
+    paths = {}
+    for role in ("served", "shadow"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(PROJECT_ROOT / "models" / f"default{suffix}", tmp_path / f"{role}{suffix}")
+        paths[role] = tmp_path / f"{role}.onnx"
+    shadow_card = json.loads((tmp_path / "shadow.json").read_text())
+    shadow_card.update(version="shadow-1", threshold={**shadow_card["threshold"],
+                                                       "value": shadow_card["threshold"]["value"] / 10})
+    (tmp_path / "shadow.json").write_text(json.dumps(shadow_card))
+    served_card = json.loads((tmp_path / "served.json").read_text())
+    events, _ = simulate(SimulationConfig(n_events=2000, n_accounts=200, seed=3))
+    quantiles = feature_deciles(vectorize(events, served_card["feature_names"]), served_card["feature_names"])
+    quantiles["amount_log"]["deciles"] = [100.0 + i for i in range(9)]  # training saw amounts nobody spends
+    quantiles["amount_log"]["shares"] = [0.0] * 9 + [1.0]
+    served_card["feature_quantiles"] = quantiles
+    (tmp_path / "served.json").write_text(json.dumps(served_card))
+    return paths
+
+
+def test_shadow_scores_verdicts_count_and_drift_shows(kafka_bootstrap, worker_topics, start_worker, shadow_model,
+                                                       settings, tmp_path):
+    verdicts_topic = f"verdicts-{worker_topics['transactions']}"
+    from fraudmon.tools.stack import create_topics
+
+    create_topics(kafka_bootstrap, [verdicts_topic], 3)
+    env = {"FRAUDMON_MODEL": str(shadow_model["served"]), "FRAUDMON_WORKER__SHADOW_MODEL_PATH":
+           str(shadow_model["shadow"]), "FRAUDMON_TOPICS__VERDICTS": verdicts_topic,
+           "FRAUDMON_WORKER__DRIFT_WINDOW": "200"}
+    worker = start_worker(worker_topics, env=env)
+    now_ms = int(time.time() * 1000)
+    events, _ = simulate(SimulationConfig(n_events=400, n_accounts=100, seed=5))
+    sent = [{**event_to_dict(e), "timestamp": now_ms - 60_000 + i} for i, e in enumerate(events)]
+    produce(kafka_bootstrap, worker_topics["transactions"], sent)
+    decisions = {d["transaction_id"]: d for d in collect(kafka_bootstrap, worker_topics["scores"], len(sent))}
+    assert len(decisions) == len(sent)
+    assert all(d["shadow"]["version"] == "shadow-1" for d in decisions.values()), "every decision carries shadow"
+    assert all((d["shadow"]["score"] > d["shadow"]["threshold"]) == d["shadow"]["flag"] for d in decisions.values())
+    shadow_only = sum(d["shadow"]["flag"] and "model" not in d["reasons"] for d in decisions.values())
+    assert shadow_only > 0, "a shadow with a lower threshold flags more, and never changes a decision"
+    flagged = next(tx for tx, d in decisions.items() if d["decision"] == "flag")
+    passed = next(tx for tx, d in decisions.items() if d["decision"] == "pass")
+
+    env_cli = {"FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_TOPICS__VERDICTS": verdicts_topic}
+    for tx, label in ((flagged, "--fraud"), (passed, "--fraud"), (passed, "--legit")):
+        result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "label", tx, label, "--reviewer", "ana"],
+                                cwd=PROJECT_ROOT, env={**_environ(), **env_cli}, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(verdicts_topic, key=b"x", value=b'{"transaction_id": "never-seen", "label": "fraud"}')
+    producer.send(verdicts_topic, key=b"y", value=b'{"transaction_id": "t", "label": "maybe"}')
+    producer.flush()
+    letters = collect(kafka_bootstrap, worker_topics["dead_letter"], 2, timeout_s=60)
+    assert sorted(letter["error"].split(":")[0] for letter in letters) == ["label", "transaction_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = worker.metrics_text()
+        counts = {(d, v): metric_value(text, "fraud_verdicts_total", f'decision="{d}",verdict="{v}"')
+                  for d in ("flag", "pass") for v in ("fraud", "legit")}
+        if sum(counts.values()) >= 3:
+            break
+        time.sleep(0.5)
+    assert counts == {("flag", "fraud"): 1, ("flag", "legit"): 0, ("pass", "fraud"): 1, ("pass", "legit"): 1}
+    assert metric_value(text, "fraud_shadow_disagreements_total", 'kind="shadow_only"') == shadow_only
+    assert metric_value(text, "fraud_feature_psi", 'feature="amount_log"') > 1.0, "amounts far from training"
+    assert metric_value(text, "fraud_feature_psi", 'feature="has_ip"') < 0.1, "the same traffic as in training"
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
