@@ -1,242 +1,528 @@
-"""`fraudmon bench`: one worker's sustained throughput and end-to-end latency at fixed rates, next to a
-baseline measured in the same run on the same broker: a bare aiokafka consume-and-produce passthrough.
+"""`fraudmon bench`: one worker's throughput and end-to-end latency next to peers measured in the same run on the
+same broker: bare aiokafka and confluent-kafka consume-and-produce passthroughs and a Quix Streams scoring
+pipeline (`fraudmon.tools.bench_peers`).
 
-Throughput: a topic is pre-filled with N events; the clock runs from the first output record to the last.
-Latency: events are produced live at a fixed rate; latency is the time the output record is read minus the
-event's own timestamp (set at send time), i.e. what a consumer of the output topic experiences.
+The clock is the broker's. Every bench topic is created with `message.timestamp.type=LogAppendTime`, so each
+record carries the time the broker appended it, and nothing is timed in band: the systems run as processes of
+their own, and the bench reads the topics back only after a run.
+
+- Throughput: N events are pre-filled into one topic; each system drains it with a consumer group and an output
+  topic of its own; throughput = records / (last - first output append time).
+- Latency: events are produced at a fixed rate (from this process) into a fresh input topic; latency = output
+  append time - input append time of the same transaction id, joined after the run.
+- The worker's CPU time per event (/proc/<pid>/stat utime + stime while it drained the topic) and peak RSS
+  (VmHWM) come from /proc; so do the peers'.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib.metadata
+import importlib.util
 import json
 import os
-import threading
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka import KafkaConsumer, TopicPartition
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError
 
-from fraudmon.core.config import Settings
+from fraudmon.core.config import Settings, project_dir
+from fraudmon.core.errors import FraudMonitorError
+from fraudmon.core.events import Event
 from fraudmon.tools.demo import percentile
 from fraudmon.tools.harness import delete_state, run_state_prefix, start_worker, stop_process, wait_for_group
-from fraudmon.tools.stack import create_topics
+
+SYSTEMS = ("worker", "aiokafka", "confluent", "quix")
+LATENCY_SYSTEMS = ("worker", "aiokafka")
+PEER_NEEDS = {"confluent": ("confluent_kafka", "confluent-kafka"), "quix": ("quixstreams", "quixstreams")}
+LOG_APPEND_TIME = 1  # a record's timestamp_type when the broker stamped it
+THROUGHPUT_SEED = 11
+POLL_S = 0.05  # how often the bench looks at the output's end offsets and the system's CPU time
+STALL_S = 90.0  # no new output for this long (start-up included): the system is stuck, stop waiting
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(FraudMonitorError):
+    """The bench could not set a run up (e.g. the pre-fill was not acknowledged)."""
 
 
 @dataclass
-class Topics:
-    source: str
-    output: str
-    flagged: str
-    dead_letter: str
+class Throughput:
+    """One system draining the pre-filled topic."""
+
+    system: str
+    events: int
+    outputs: int  # records the system produced before it was stopped
+    events_per_s: float  # outputs / (last - first output append time)
+    first_to_last_s: float
+    cpu_us_per_event: float | None  # utime + stime between the last look with no output and the last output
+    peak_rss_mb: float | None
+    degraded: int | None = None  # the worker's decisions taken without the model or the rule state
+    exit_code: int | None = None  # when the process ended on its own
+
+    @property
+    def drained(self) -> bool:
+        return self.outputs >= self.events
 
 
-def _new_topics(settings: Settings, label: str) -> Topics:
-    run = uuid.uuid4().hex[:6]
-    topics = Topics(*(f"bench-{label}-{name}-{run}" for name in ("in", "scores", "flagged", "dlq")))
-    create_topics(settings.kafka.bootstrap_servers, list(vars(topics).values()), settings.topics.partitions)
-    return topics
+@dataclass
+class Latency:
+    """End-to-end latency of one system at one produced rate (broker append time in to broker append time out)."""
+
+    system: str
+    rate: int  # events/s asked of the producer
+    label: str  # "fixed" or e.g. "80% of worker max"
+    events: int
+    joined: int  # events found on both topics
+    achieved_rate: float  # input records / (last - first input append time)
+    p50_ms: float | None  # None when no event came out
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
 
 
-class OutputTimer:
-    """Reads an output topic in a thread and records (event time, receive time) per transaction."""
+@dataclass
+class Report:
+    measured_at: str
+    cpu_count: int | None
+    broker: str
+    broker_on_this_host: bool
+    partitions: int
+    events: int
+    seconds: float
+    versions: dict[str, str]
+    throughput: list[Throughput] = field(default_factory=list)
+    latency: list[Latency] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.received: dict[str, tuple[float, float]] = {}
+    @property
+    def depends_on(self) -> str:
+        where = "on this host, sharing its cores" if self.broker_on_this_host else "on another host"
+        return (f"{self.cpu_count} cores (os.cpu_count()) shared by the system under test, the load generator and "
+                f"Redis; the broker {self.broker} {where}; {self.events:,} events over {self.partitions} partitions "
+                f"for throughput; {self.seconds:g} s per latency rate; LogAppendTime has millisecond resolution")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for row in data["throughput"]:
+            row["drained"] = row["outputs"] >= row["events"]
+        data["depends_on"] = self.depends_on
+        return data
+
+
+# ---- topics, read back after a run ---------------------------------------------------------------------------
+
+
+def create_log_append_topics(settings: Settings, names: list[str]) -> None:
+    """Create topics whose records carry the broker's append time (`message.timestamp.type=LogAppendTime`)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=15000,
+                             **settings.kafka.client_options())
+    try:
+        admin.create_topics([
+            NewTopic(name, settings.topics.partitions, settings.topics.replication_factor,
+                     topic_configs={"message.timestamp.type": "LogAppendTime"})
+            for name in names
+        ])
+    finally:
+        admin.close()
+
+
+def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete the bench's topics; one that cannot be deleted is named on stderr, not raised."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_options())
+        try:
+            admin.delete_topics(names)
+        finally:
+            admin.close()
+    except KafkaError as exc:
+        print(f"bench: could not delete topics {', '.join(names)} ({exc.__class__.__name__})", file=sys.stderr)
+
+
+class TopicReader:
+    """A consumer without a group: end offsets while a system runs, then the records with their timestamps."""
+
+    def __init__(self, settings: Settings) -> None:
         self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=10,
-            max_poll_records=5000, **settings.kafka.client_options(),
+            bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=50,
+            max_poll_records=10000, **settings.kafka.client_options(),
         )
-        self._consumer.assign([TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic)])
-        self._consumer.seek_to_end()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for records in self._consumer.poll(timeout_ms=20).values():
-                now = time.time()
-                for record in records:
-                    value = json.loads(record.value)
-                    event_time = value.get("event_time") or value.get("timestamp")
-                    self.received.setdefault(
-                        value["transaction_id"], (datetime.fromisoformat(event_time).timestamp(), now)
-                    )
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        deadline = time.monotonic() + 10
+        while not (partitions := self._consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [TopicPartition(topic, p) for p in sorted(partitions or ())]
 
-    def wait(self, count: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return len(self.received) >= count
+    def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        return self._consumer.end_offsets(self._partitions(topic))
+
+    def count(self, topic: str) -> int:
+        """Records ever written to `topic` (the bench's topics start empty and are never compacted)."""
+        return sum(self.end_offsets(topic).values())
+
+    def read(self, topic: str) -> list[tuple[int, bytes]]:
+        """(append time in ms, value) of every record up to the current end offsets."""
+        todo = {tp: end for tp, end in self.end_offsets(topic).items() if end > 0}
+        self._consumer.assign(list(todo))
+        self._consumer.seek_to_beginning(*todo)
+        records: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + 120
+        while todo and time.monotonic() < deadline:
+            for tp, batch in self._consumer.poll(timeout_ms=500).items():
+                for record in batch:
+                    if record.offset >= todo.get(tp, 0):
+                        continue
+                    if record.timestamp_type != LOG_APPEND_TIME:
+                        raise BenchError(f"topic {topic} does not carry the broker's append time")
+                    records.append((record.timestamp, record.value))
+                if self._consumer.position(tp) >= todo.get(tp, 0):
+                    todo.pop(tp, None)
+        self._consumer.assign([])
+        return records
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
         self._consumer.close()
 
-    def throughput(self) -> float:
-        times = [received for _, received in self.received.values()]
-        return len(times) / max(1e-9, max(times) - min(times)) if len(times) > 1 else 0.0
 
-    def latencies_ms(self) -> list[float]:
-        return [(received - event) * 1000.0 for event, received in self.received.values()]
+# ---- systems under test --------------------------------------------------------------------------------------
 
 
-class Passthrough:
-    """The baseline: consume raw bytes, produce them unchanged to the output topic, in its own event loop."""
-
-    def __init__(self, settings: Settings, topics: Topics) -> None:
-        self.settings, self.topics = settings, topics
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self._thread.start()
-
-    async def _run(self) -> None:
-        bootstrap = self.settings.kafka.bootstrap_servers
-        consumer = AIOKafkaConsumer(
-            self.topics.source, bootstrap_servers=bootstrap, group_id=f"passthrough-{uuid.uuid4().hex[:6]}",
-            auto_offset_reset="earliest", max_poll_records=self.settings.worker.max_batch,
-        )
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
-        await consumer.start()
-        await producer.start()
-        try:
-            while not self._stop.is_set():
-                batches = await consumer.getmany(timeout_ms=self.settings.worker.batch_window_ms or 5)
-                for records in batches.values():
-                    for record in records:
-                        await producer.send(self.topics.output, record.value, key=record.key)
-        finally:
-            await producer.stop()
-            await consumer.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads) from /proc/<pid>/stat; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _events(n: int, seed: int, duration_s: float):
-    from training.simulate import SimulationConfig, simulate
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a process from /proc/<pid>/status; None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
-    events, _ = simulate(SimulationConfig(
-        n_events=n, n_accounts=max(500, n // 3), start=datetime.now(UTC), duration=timedelta(seconds=duration_s),
-        seed=seed,
-    ))
-    return events
 
+class Running:
+    """One system under test, as a process of its own, consuming `source` and producing to `output`. Creates the
+    topics it writes to and adds their names to `create` (the run deletes them all afterwards)."""
 
-class WorkerUnderTest:
-    """One worker with the model and all rules on, its rule state under a prefix of its own (removed after)."""
+    def __init__(self, settings: Settings, system: str, source: str, output: str, out_dir: Path,
+                 create: list[str]) -> None:
+        self.settings, self.system, self.output = settings, system, output
+        self.group = f"bench-{system}-{uuid.uuid4().hex[:8]}"
+        self.state_prefix: str | None = None
+        self.log_path = out_dir / f"bench-{system}.log"
+        if system == "worker":
+            flagged, dead_letter = f"{output}-flagged", f"{output}-dlq"
+            create_log_append_topics(settings, [output, flagged, dead_letter])
+            create += [output, flagged, dead_letter, f"{self.group}-__assignor-__leader"]  # the last one is Faust's
+            self.state_prefix = run_state_prefix(settings, "bench")
+            self.process = start_worker(settings, self.log_path, {
+                "FRAUDMON_TOPICS__TRANSACTIONS": source, "FRAUDMON_TOPICS__SCORES": output,
+                "FRAUDMON_TOPICS__FLAGGED": flagged, "FRAUDMON_TOPICS__DEAD_LETTER": dead_letter,
+                "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": "0", "FRAUDMON_LOG_LEVEL": "WARNING",
+                "FRAUDMON_REDIS__KEY_PREFIX": self.state_prefix,
+            })
+            return
+        create_log_append_topics(settings, [output])
+        create.append(output)
+        command = [sys.executable, "-m", "fraudmon.tools.bench_peers", system,
+                   "--bootstrap", settings.kafka.bootstrap_servers, "--source", source, "--output", output,
+                   "--group", self.group, "--max-batch", str(settings.worker.max_batch),
+                   "--model", str(settings.resolve(settings.worker.model_path))]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=project_dir(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
 
-    def __init__(self, settings: Settings, topics: Topics, log_path: Path) -> None:
-        self.settings = settings
-        self.group = f"bench-worker-{uuid.uuid4().hex[:6]}"
-        self.state_prefix = run_state_prefix(settings, "bench")
-        self.process = start_worker(settings, log_path, {
-            "FRAUDMON_TOPICS__TRANSACTIONS": topics.source, "FRAUDMON_TOPICS__SCORES": topics.output,
-            "FRAUDMON_TOPICS__FLAGGED": topics.flagged, "FRAUDMON_TOPICS__DEAD_LETTER": topics.dead_letter,
-            "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": "0", "FRAUDMON_LOG_LEVEL": "WARNING",
-            "FRAUDMON_REDIS__KEY_PREFIX": self.state_prefix,
-        })
-        wait_for_group(settings, self.group, timeout_s=90)
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
         stop_process(self.process)
-        delete_state(self.settings, self.state_prefix)
+        if self.state_prefix:
+            delete_state(self.settings, self.state_prefix)
+            self.state_prefix = None
 
 
-def measure_throughput(settings: Settings, system: str, n: int, out_dir: Path) -> dict:
-    """Pre-fill N events, then run the system over them; events/s between first and last output."""
+def _wait_for_outputs(running: Running, reader: TopicReader, expected: int,
+                      on_sample: Callable[[int], None] | None = None) -> int:
+    """Wait until `running`'s output topic holds `expected` records, the process ends, or no new record came for
+    `STALL_S`; return the count. `on_sample(count)` is called at each look."""
+    count, last_count, last_progress = 0, -1, time.monotonic()
+    while True:
+        count = reader.count(running.output)
+        if on_sample:
+            on_sample(count)
+        if count >= expected or running.process.poll() is not None:
+            return count
+        if count != last_count:
+            last_count, last_progress = count, time.monotonic()
+        elif time.monotonic() - last_progress > STALL_S:
+            return count
+        time.sleep(POLL_S)
+
+
+def _events(n: int, seed: int) -> list[Event]:
+    from training.simulate import SimulationConfig, simulate
+
+    events, _ = simulate(SimulationConfig(n_events=n, n_accounts=max(500, n // 3), start=datetime.now(UTC),
+                                          duration=timedelta(seconds=max(1.0, n / 1000)), seed=seed))
+    return events
+
+
+def _produce(settings: Settings, events: list[Event], topic: str, rate: float | None) -> None:
     from fraudmon.tools.produce import produce_events
 
-    topics = _new_topics(settings, f"tp-{system}")
-    produce_events(settings, _events(n, 11, 600), topic=topics.source, rate=None, live_time=False, progress=False)
-    timer = OutputTimer(settings, topics.output)
-    runner = WorkerUnderTest(settings, topics, out_dir / "bench-worker.log") if system == "worker" else \
-        Passthrough(settings, topics)
-    try:
-        complete = timer.wait(n, timeout_s=max(120.0, n / 500))
-    finally:
-        runner.stop()
-        timer.close()
-    return {"system": system, "events": n, "complete": complete, "events_per_s": round(timer.throughput(), 1)}
+    summary = produce_events(settings, events, topic=topic, rate=rate, live_time=True, progress=False)
+    if summary.undelivered:
+        raise BenchError(f"Kafka did not acknowledge {summary.undelivered} of {summary.sent} events for {topic} "
+                         f"({summary.first_error})")
 
 
-def measure_latency(settings: Settings, system: str, rates: list[int], seconds: float, out_dir: Path) -> list[dict]:
-    """Produce live at each rate; end-to-end percentiles as the output topic's consumer sees them."""
-    from fraudmon.tools.produce import produce_events
-
-    topics = _new_topics(settings, f"lat-{system}")
-    timer = OutputTimer(settings, topics.output)
-    runner = WorkerUnderTest(settings, topics, out_dir / "bench-worker.log") if system == "worker" else \
-        Passthrough(settings, topics)
-    results = []
-    try:
-        for seed, rate in enumerate(rates):
-            n = int(rate * seconds)
-            events = _events(n, 100 + seed, seconds)
-            before = len(timer.received)
-            produce_events(settings, events, topic=topics.source, rate=rate, live_time=True, progress=False)
-            timer.wait(before + n, timeout_s=60)
-            ids = {e.transaction_id for e in events}
-            latencies = [(r - e) * 1000.0 for tx, (e, r) in timer.received.items() if tx in ids]
-            results.append({
-                "system": system, "rate": rate, "events": n, "received": len(latencies),
-                **{f"p{q}_ms": round(percentile(latencies, q), 2) for q in (50, 95, 99)},
-            })
-    finally:
-        runner.stop()
-        timer.close()
-    return results
+# ---- the runs ------------------------------------------------------------------------------------------------
 
 
-def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: float, out_dir: Path) -> dict:
+def measure_throughput(running: Running, reader: TopicReader, events: int) -> Throughput:
+    """Let `running` drain the pre-filled topic. Its CPU time is counted from the last look (every `POLL_S`) at
+    which it had produced nothing to the last one, at which it had produced everything (start-up left out)."""
+    pid = running.process.pid
+    cpu_before: list[float | None] = [cpu_seconds(pid)]
+    cpu_after: list[float | None] = [None]
+
+    def sample(count: int) -> None:
+        if count == 0:
+            cpu_before[0] = cpu_seconds(pid)
+        else:
+            cpu_after[0] = cpu_seconds(pid)
+
+    outputs = _wait_for_outputs(running, reader, events, sample)
+    rss = peak_rss_mb(pid)
+    records = reader.read(running.output)
+    stamps = [stamp for stamp, _ in records]
+    span_s = (max(stamps) - min(stamps)) / 1000 if stamps else 0.0
+    cpu = None
+    if cpu_before[0] is not None and cpu_after[0] is not None and outputs:
+        cpu = round((cpu_after[0] - cpu_before[0]) / outputs * 1e6, 1)
+    degraded = None
+    if running.system == "worker":
+        degraded = sum(1 for _, value in records if orjson.loads(value).get("degraded"))
+    return Throughput(
+        system=running.system, events=events, outputs=outputs,
+        events_per_s=round(len(records) / max(span_s, 1e-3), 1) if len(records) > 1 else 0.0,
+        first_to_last_s=round(span_s, 3), cpu_us_per_event=cpu, peak_rss_mb=rss, degraded=degraded,
+        exit_code=running.process.poll(),
+    )
+
+
+def measure_latency(settings: Settings, running: Running, reader: TopicReader, source: str,
+                    rates: list[tuple[int, str]], seconds: float, seed: int) -> list[Latency]:
+    """Produce `rate x seconds` events at each rate into `source` (which `running` consumes), wait for their
+    outputs, then join input and output append times by transaction id."""
+    produced: list[tuple[int, str, list[Event]]] = []
+    expected = reader.count(running.output)
+    for i, (rate, label) in enumerate(rates):
+        events = _events(max(1, round(rate * seconds)), seed + i)
+        _produce(settings, events, source, rate)
+        expected += len(events)
+        _wait_for_outputs(running, reader, expected)
+        produced.append((rate, label, events))
+    inputs = _append_times(reader.read(source))
+    outputs = _append_times(reader.read(running.output))
+    rows = []
+    for rate, label, events in produced:
+        ids = [e.transaction_id for e in events if e.transaction_id in inputs]
+        latencies = [float(outputs[tx] - inputs[tx]) for tx in ids if tx in outputs]
+        stamps = [inputs[tx] for tx in ids]
+        span_s = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else 0.0
+        rows.append(Latency(
+            system=running.system, rate=rate, label=label, events=len(events), joined=len(latencies),
+            achieved_rate=round(len(stamps) / span_s, 1) if span_s else 0.0,
+            **{f"p{q}_ms": percentile(latencies, q) if latencies else None for q in (50, 95, 99)},
+            max_ms=max(latencies, default=None),
+        ))
+    return rows
+
+
+def _append_times(records: list[tuple[int, bytes]]) -> dict[str, int]:
+    """Each transaction id's first append time."""
+    times: dict[str, int] = {}
+    for stamp, value in records:
+        tx = orjson.loads(value).get("transaction_id")
+        if tx is not None:
+            times.setdefault(tx, stamp)
+    return times
+
+
+def missing(system: str, settings: Settings) -> str | None:
+    """Why a system cannot run here, or None."""
+    if system in PEER_NEEDS:
+        module, package = PEER_NEEDS[system]
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install 'fraud-monitor[bench]')"
+    if system != "worker" and settings.kafka.security_protocol != "PLAINTEXT":
+        return "the peers connect in plaintext only"
+    return None
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("faust-streaming", "aiokafka", "confluent-kafka", "quixstreams", "onnxruntime", "kafka-python"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _on_this_host(bootstrap: str) -> bool:
+    hosts = {part.rsplit(":", 1)[0].strip("[]") for part in bootstrap.split(",")}
+    local = {"localhost", socket.gethostname()}
+    return all(host in local or host.startswith("127.") or host == "::1" for host in hosts)
+
+
+def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: float, out_dir: Path,
+              systems: list[str] | tuple[str, ...] = SYSTEMS, max_share: float = 0.8) -> Report:
+    """Pre-fill, throughput of each system in turn (the worker last), then latency at each rate (plus
+    `max_share` of the worker's measured maximum, when it ran) for the worker and the aiokafka passthrough.
+    Writes bench.json and bench.png to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    throughput = [measure_throughput(settings, system, events, out_dir) for system in ("passthrough", "worker")]
-    latency = []
-    for system in ("passthrough", "worker"):
-        latency += measure_latency(settings, system, rates, seconds, out_dir)
-    ratio = throughput[1]["events_per_s"] / max(1e-9, throughput[0]["events_per_s"])
-    report = {"throughput": throughput, "worker_vs_passthrough": round(ratio, 3), "latency": latency,
-              "cpu_count": os.cpu_count(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
-    _plot(latency, out_dir / "latency.png")
+    report = Report(
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"), cpu_count=os.cpu_count(),
+        broker=settings.kafka.bootstrap_servers, broker_on_this_host=_on_this_host(settings.kafka.bootstrap_servers),
+        partitions=settings.topics.partitions, events=events, seconds=seconds, versions=_versions(),
+    )
+    report.skipped = {s: why for s in systems if (why := missing(s, settings))}
+    order = [s for s in SYSTEMS if s in systems and s not in report.skipped and s != "worker"]
+    order += ["worker"] if "worker" in systems else []
+    for system in order:
+        (out_dir / f"bench-{system}.log").unlink(missing_ok=True)
+    run = uuid.uuid4().hex[:6]
+    source = f"bench-{run}-in"
+    topics = [source]
+    reader = TopicReader(settings)
+    running: dict[str, Running] = {}
+    try:
+        create_log_append_topics(settings, [source])
+        _produce(settings, _events(events, THROUGHPUT_SEED), source, None)
+        for system in order:
+            current = running[system] = Running(settings, system, source, f"bench-{run}-{system}", out_dir,
+                                                create=topics)
+            row = measure_throughput(current, reader, events)
+            report.throughput.append(row)
+            if not row.drained:
+                print(f"bench: {system} produced {row.outputs} of {events} outputs; the end of its log "
+                      f"({current.log_path}):\n{current.log_tail()}", file=sys.stderr)
+            if system != "worker" or not row.drained:
+                current.stop()
+        latency_rates = [(rate, "fixed") for rate in rates]
+        worker = next((row for row in report.throughput if row.system == "worker" and row.drained), None)
+        if worker and max_share > 0:
+            latency_rates.append((max(1, round(worker.events_per_s * max_share)), f"{max_share:.0%} of worker max"))
+        latency_rates.sort()
+        for index, system in enumerate(LATENCY_SYSTEMS):
+            if system == "worker" and worker:  # warm and idle after its drain: no second start-up
+                current, latency_source = running["worker"], source
+            elif system in order and system != "worker":
+                latency_source = f"bench-{run}-lat-{system}-in"
+                create_log_append_topics(settings, [latency_source])
+                topics.append(latency_source)
+                current = running[f"{system}-latency"] = Running(
+                    settings, system, latency_source, f"bench-{run}-lat-{system}", out_dir, create=topics)
+                wait_for_group(settings, current.group, timeout_s=60)
+            else:
+                continue
+            report.latency += measure_latency(settings, current, reader, latency_source, latency_rates, seconds,
+                                              seed=100 + 10 * index)
+            current.stop()
+    finally:
+        for current in running.values():
+            current.stop()
+        reader.close()
+        delete_topics(settings, topics)
+    (out_dir / "bench.json").write_text(json.dumps(report.to_dict(), indent=2))
+    plot(report, out_dir / "bench.png")
     return report
 
 
-def _plot(latency: list[dict], path: Path) -> None:
+# ---- output --------------------------------------------------------------------------------------------------
+
+
+def plot(report: Report, path: Path) -> None:
+    """Latency percentiles by rate per system (left) and throughput per system (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for system in ("passthrough", "worker"):
-        rows = [r for r in latency if r["system"] == system]
-        for q, style in (("p50_ms", "-o"), ("p99_ms", "--o")):
-            ax.plot([r["rate"] for r in rows], [r[q] for r in rows], style, label=f"{system} {q[:-3]}")
-    ax.set_xlabel("events/s")
-    ax.set_ylabel("end-to-end latency (ms)")
-    ax.set_title("fraud-monitor worker vs aiokafka passthrough")
-    ax.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for color, system in enumerate(dict.fromkeys(row.system for row in report.latency)):
+        rows = [row for row in report.latency if row.system == system]
+        for q, style in (("p50", "-o"), ("p95", "--s"), ("p99", ":^")):
+            left.plot([r.rate for r in rows], [getattr(r, f"{q}_ms") for r in rows], style, color=f"C{color}",
+                      label=f"{system} {q}")
+    left.set_xlabel("produced events/s")
+    left.set_ylabel("end-to-end latency, broker to broker (ms)")
+    left.set_yscale("log")
+    for axis in (left.yaxis, right.yaxis):
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,g}"))
+    left.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_minor_formatter(ticker.NullFormatter())
+    left.set_title("latency at fixed rates")
+    if report.latency:
+        left.legend(fontsize=8)
+    names = [row.system for row in report.throughput]
+    bars = right.bar(names, [row.events_per_s for row in report.throughput], color="tab:blue")
+    right.bar_label(bars, labels=[f"{row.events_per_s:,.0f}" for row in report.throughput], fontsize=8)
+    right.set_ylabel("events/s (first to last output)")
+    right.set_title(f"throughput, {report.events:,} pre-filled events")
+    fig.suptitle(f"fraudmon bench {report.measured_at}: {report.cpu_count} cores, broker {report.broker}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def print_report(report: dict) -> None:
-    print("\nthroughput (pre-filled topic, first to last output)")
-    for row in report["throughput"]:
-        print(f"  {row['system']:<12} {row['events_per_s']:>10,.0f} events/s  ({row['events']} events)")
-    print(f"  worker / passthrough = {report['worker_vs_passthrough']:.2f}")
-    print("\nend-to-end latency at fixed rates (ms)")
-    print(f"  {'system':<12} {'rate':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'received':>9}")
-    for row in report["latency"]:
-        print(f"  {row['system']:<12} {row['rate']:>6} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} "
-              f"{row['received']:>6}/{row['events']}")
+def report_lines(report: Report) -> list[str]:
+    """The tables, as Markdown (readable in a terminal, pasteable into the README)."""
+    base = next((row.events_per_s for row in report.throughput if row.system == "aiokafka"), None)
+    lines = ["throughput (pre-filled topic; records / (last - first output append time))", "",
+             "| system | events/s | vs aiokafka | drained | CPU µs/event | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row in report.throughput:
+        ratio = f"{row.events_per_s / base:.2f}" if base else "-"
+        cpu = "-" if row.cpu_us_per_event is None else f"{row.cpu_us_per_event:,.0f}"
+        rss = "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:,.0f}"
+        drained = f"{row.outputs:,}/{row.events:,}"
+        lines.append(f"| {row.system} | {row.events_per_s:,.0f} | {ratio} | {drained} | {cpu} | {rss} |")
+    degraded = [row for row in report.throughput if row.degraded]
+    lines += [f"(worker: {row.degraded:,} degraded decisions)" for row in degraded]
+    lines += ["", "end-to-end latency (output append time - input append time, ms)", "",
+              "| system | rate | achieved | p50 | p95 | p99 | max | joined |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report.latency:
+        rate = f"{row.rate:,}" + ("" if row.label == "fixed" else f" ({row.label})")
+        ms = " | ".join("-" if v is None else f"{v:g}" for v in (row.p50_ms, row.p95_ms, row.p99_ms, row.max_ms))
+        lines.append(f"| {row.system} | {rate} | {row.achieved_rate:,.0f} | {ms} | {row.joined:,}/{row.events:,} |")
+    lines += [f"skipped {system}: {why}" for system, why in report.skipped.items()]
+    lines += ["", f"depends on: {report.depends_on}"]
+    return lines
+
+
+def print_report(report: Report) -> None:
+    print("\n" + "\n".join(report_lines(report)))

@@ -1,0 +1,94 @@
+"""`fraudmon bench` on the session's real Kafka and Redis: a small run of every system, checked for structure and
+sanity (everything drained, clocks from the broker, percentiles ordered, files written), never for speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaAdminClient
+from typer.testing import CliRunner
+
+from fraudmon.cli import app
+from fraudmon.core.config import Settings
+from fraudmon.tools import bench
+from fraudmon.tools.bench import SYSTEMS, missing, report_lines, run_bench
+
+pytestmark = pytest.mark.integration
+
+
+def _bench_leftovers(settings: Settings) -> tuple[list[str], list[bytes]]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        topics = [name for name in admin.list_topics() if name.startswith("bench-")]
+    finally:
+        admin.close()
+    keys = list(redis.Redis.from_url(settings.redis.url).scan_iter(f"{settings.redis.key_prefix}bench-*"))
+    return topics, keys
+
+
+@pytest.mark.slow
+def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Path) -> None:
+    report = run_bench(settings, events=3000, rates=[300], seconds=3, out_dir=tmp_path, systems=SYSTEMS,
+                       max_share=0)
+
+    for system, module in (("confluent", "confluent_kafka"), ("quix", "quixstreams")):
+        if importlib.util.find_spec(module) is None:  # skipped and said so, never a crash
+            assert "not installed" in report.skipped[system]
+    assert set(report.skipped) <= {"confluent", "quix"}
+    ran = [row.system for row in report.throughput]
+    assert ran == [s for s in ("aiokafka", "confluent", "quix", "worker") if s not in report.skipped]
+    for row in report.throughput:
+        assert row.drained and row.outputs == 3000, row
+        assert row.events_per_s > 0 and row.first_to_last_s > 0, row
+        assert row.exit_code is None, (tmp_path / f"bench-{row.system}.log").read_text()[-2000:]
+    worker = next(row for row in report.throughput if row.system == "worker")
+    assert worker.cpu_us_per_event is not None and worker.cpu_us_per_event > 0
+    assert worker.peak_rss_mb is not None and worker.peak_rss_mb > 20
+    assert worker.degraded is not None
+
+    assert [(row.system, row.rate) for row in report.latency] == [("worker", 300), ("aiokafka", 300)]
+    for row in report.latency:
+        assert row.joined == row.events == 900, row
+        assert row.achieved_rate > 0
+        assert 0 <= row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms, row
+
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000
+    assert data["broker_on_this_host"] is True
+    assert all(row["drained"] for row in data["throughput"])
+    assert "cores" in data["depends_on"] and "3,000 events" in data["depends_on"]
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = "\n".join(report_lines(report))
+    assert "| worker |" in table and "depends on:" in table
+
+    assert _bench_leftovers(settings) == ([], [])  # topics and the worker's rule state are removed
+
+
+def test_a_peer_whose_library_is_missing_is_skipped(settings: Settings, local_stack, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name == "quixstreams" else real(name))
+    assert missing("quix", settings) == "quixstreams is not installed (pip install 'fraud-monitor[bench]')"
+
+    report = run_bench(settings, events=20, rates=[10], seconds=1, out_dir=tmp_path, systems=["quix"])
+
+    assert report.throughput == [] and report.latency == []
+    assert "quix" in report.skipped
+    assert any(line.startswith("skipped quix: quixstreams is not installed") for line in report_lines(report))
+    assert json.loads((tmp_path / "bench.json").read_text())["skipped"] == report.skipped
+
+
+def test_the_command_documents_its_options_and_refuses_unknown_systems() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--events", "--rates", "--seconds", "--systems", "--max-share", "--out-dir"):
+        assert option in result.output
+    assert "--processes" not in result.output
+
+    result = runner.invoke(app, ["bench", "--systems", "worker,flink"])
+    assert result.exit_code == 2 and "unknown flink" in result.output
