@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fraudmon.core.config import load_settings
@@ -54,6 +56,60 @@ def test_bad_config_names_the_problem(tmp_path, text, message):
         load_settings(path, environ={})
 
 
-def test_missing_explicit_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_settings(tmp_path / "nope.yaml", environ={})
+def test_bad_value_from_the_environment_names_the_variable_not_the_file():
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"FRAUDMON_WORKER__MAX_BATCH": "abc"})
+    message = str(raised.value)
+    assert "worker.max_batch: " in message and "'abc'" in message
+    assert "set by environment variable FRAUDMON_WORKER__MAX_BATCH" in message
+    assert "monitor.yaml" not in message
+
+
+def test_bad_value_from_the_file_names_the_file(tmp_path):
+    path = tmp_path / "monitor.yaml"
+    path.write_text("worker: {max_batch: abc}\n")
+    with pytest.raises(ConfigError, match=rf"worker\.max_batch: .*'abc' \(set in {re.escape(str(path))}\)"):
+        load_settings(path, environ={})
+
+
+def test_environment_override_of_a_file_value_is_what_gets_blamed(tmp_path):
+    path = tmp_path / "monitor.yaml"
+    path.write_text("worker: {max_batch: 10, metrics_port: 8001}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={"FRAUDMON_METRICS_PORT": "70000"})
+    assert str(raised.value) == ("invalid configuration: worker.metrics_port: Input should be less than or equal to "
+                                 "65535, got '70000' (set by environment variable FRAUDMON_METRICS_PORT)")
+
+
+def test_every_problem_is_listed_on_its_own_line(tmp_path):
+    path = tmp_path / "monitor.yaml"
+    path.write_text("worker: {max_batch: 0}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={"FRAUDMON_REDIS_URL": "localhost"})
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["redis.url", "worker.max_batch"]
+    assert lines[1].endswith("(set by environment variable FRAUDMON_REDIS_URL)")
+    assert lines[2].endswith(f"(set in {path})")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("worker: {max_bach: 5}", {}, "worker.max_bach: unknown setting; did you mean worker.max_batch? (set in "),
+        ("", {"FRAUDMON_WORKER__MAX_BACH": "5"},
+         "worker.max_bach: unknown setting; did you mean worker.max_batch (FRAUDMON_WORKER__MAX_BATCH)? "
+         "(set by environment variable FRAUDMON_WORKER__MAX_BACH)"),
+        ("wroker: {max_batch: 5}", {}, "wroker: unknown section; did you mean worker? (set in "),
+        ("", {"FRAUDMON_KAFAK__BOOTSTRAP_SERVERS": "k:9092"},
+         "kafak: unknown section; did you mean kafka? (set by environment variable FRAUDMON_KAFAK__BOOTSTRAP_SERVERS)"),
+        ("redis: {colour: blue}", {}, "redis.colour: unknown setting; valid ones: redis.url, redis.key_prefix, "),
+    ],
+)
+def test_unknown_keys_suggest_the_closest_valid_one(tmp_path, text, environ, message):
+    path = tmp_path / "monitor.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ=environ)
+    assert message in str(raised.value)
+

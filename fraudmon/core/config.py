@@ -6,6 +6,7 @@ setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDG
 
 from __future__ import annotations
 
+import difflib
 import os
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ def project_dir() -> Path:
 
 def default_config_path() -> Path:
     return project_dir() / "config" / "monitor.yaml"
+
+
 ENV_PREFIX = "FRAUDMON_"
 
 SHORT_ENV_NAMES = {
@@ -179,7 +182,13 @@ class Settings(_Section):
         return candidate if candidate.is_absolute() else project_dir() / candidate
 
 
-def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+def env_name(section: str, key: str) -> str:
+    """The `FRAUDMON_<SECTION>__<KEY>` variable that overrides one setting."""
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str], origins: dict[tuple[str, ...], str]) -> None:
+    """Write the overrides of `environ` into `data`, noting in `origins` which variable set each value."""
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -189,18 +198,52 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         else:
             continue
-        data.setdefault(section, {})
+        origin = f"set by environment variable {name}"
+        if section not in data:
+            data[section], origins[(section,)] = {}, origin
         if not isinstance(data[section], dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
+            raise ConfigError(f"{section}: must be a mapping of settings, not {data[section]!r} "
+                              f"({origins[(section,)]}), so {name} cannot set {section}.{key}")
         data[section][key] = value
+        origins[(section, key)] = origin
+
+
+def _unknown(loc: tuple[str, ...], origin: str) -> str:
+    """An unknown section or setting, with the closest valid name (or all of them) to write instead."""
+    if len(loc) == 1:
+        kind, prefix, choices = "section", "", list(Settings.model_fields)
+    else:
+        kind, prefix, choices = "setting", f"{loc[0]}.", list(Settings.model_fields[loc[0]].annotation.model_fields)
+    close = difflib.get_close_matches(loc[-1], choices, n=1)
+    if not close:
+        return f"unknown {kind}; valid ones: {', '.join(prefix + choice for choice in choices)}"
+    hint = prefix + close[0]
+    if kind == "setting" and "environment variable" in origin:
+        hint += f" ({env_name(loc[0], close[0])})"
+    return f"unknown {kind}; did you mean {hint}?"
+
+
+def _problem(error: Any, origins: dict[tuple[str, ...], str]) -> str:
+    """One validation error as `section.key: what is wrong (where the value came from)`."""
+    loc = tuple(str(part) for part in error["loc"])
+    origin = origins.get(loc[:2]) or origins.get(loc[:1], "")
+    if error["type"] == "extra_forbidden":
+        message = _unknown(loc, origin)
+    elif error["type"] == "value_error":
+        message = error["msg"].removeprefix("Value error, ")
+    else:
+        message = f"{error['msg']}, got {error['input']!r}"
+    return f"{'.'.join(loc)}: {message}" + (f" ({origin})" if origin else "")
 
 
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Read the YAML file (default `config/monitor.yaml`, or `$FRAUDMON_CONFIG`) and apply env overrides."""
+    """Read the YAML file (default `config/monitor.yaml`, or `$FRAUDMON_CONFIG`) and apply env overrides. An
+    invalid value or unknown key raises ConfigError naming the key and the file or variable that set it."""
     environ = dict(os.environ if environ is None else environ)
     explicit = path or environ.get("FRAUDMON_CONFIG")
     config_path = Path(explicit) if explicit else default_config_path()
     data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
     if config_path.exists():
         try:
             loaded = yaml.safe_load(config_path.read_text()) or {}
@@ -209,13 +252,16 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_path} must hold a mapping of sections (kafka, redis, worker, ...)")
         data = loaded
+        for section, values in data.items():
+            origins[(str(section),)] = f"set in {config_path}"
+            for key in values if isinstance(values, dict) else ():
+                origins[(str(section), str(key))] = f"set in {config_path}"
     elif explicit:
         raise ConfigError(f"config file {config_path} does not exist")
-    _apply_env(data, environ)
+    _apply_env(data, environ, origins)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration ({config_path}): {problems}") from exc
+        problems = [_problem(error, origins) for error in exc.errors()]
+        listed = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  {problem}" for problem in problems)
+        raise ConfigError(f"invalid configuration:{listed}") from exc
