@@ -48,7 +48,9 @@ class WorkerMetrics:
             "Share of normal traffic the model card expects above the threshold.", registry=r,
         )
         self.latency_budget_seconds = Gauge("fraud_latency_budget_seconds", "Configured latency budget.", registry=r)
-        self.reloads = Counter("fraud_model_reloads", "Hot reloads by kind and result.", ["kind", "result"], registry=r)
+        self.reloads = Counter(
+            "fraud_reloads", "Hot reloads of the model or the rules, by result.", ["artifact", "result"], registry=r
+        )
         self.consumer_lag = Gauge(
             "fraud_consumer_lag", "Messages behind the high watermark.", ["topic", "partition"], registry=r
         )
@@ -72,9 +74,9 @@ class WorkerMetrics:
             self.events.labels(outcome)
         for decision in ("flag", "pass"):
             self.decisions.labels(decision)
-        for kind in ("model", "rules"):
+        for artifact in ("model", "rules"):
             for result in ("ok", "refused"):
-                self.reloads.labels(kind, result)
+                self.reloads.labels(artifact=artifact, result=result)
         for cause in ("redis_unavailable", "state_error", "model_error"):
             self.degraded.labels(cause)
 

@@ -170,10 +170,10 @@ class HotReloader:
         try:
             swap()
         except FraudMonitorError as exc:
-            self.engine.metrics.reloads.labels(kind, "refused").inc()
+            self.engine.metrics.reloads.labels(artifact=kind, result="refused").inc()
             log.error("hot reload of the %s refused, the previous one keeps serving: %s", kind, exc)
             return f"{kind}: refused ({exc})"
-        self.engine.metrics.reloads.labels(kind, "ok").inc()
+        self.engine.metrics.reloads.labels(artifact=kind, result="ok").inc()
         if kind == "model":
             log.info("model %s (%s) now serving", self.engine.model.name, self.engine.model.version)
         else:

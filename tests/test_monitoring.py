@@ -146,8 +146,8 @@ def test_series_the_alerts_rely_on_exist_from_start() -> None:
     for series in (
         'fraud_events_total{outcome="dead_letter"}', 'fraud_events_total{outcome="scored"}',
         'fraud_decisions_total{decision="flag"}', 'fraud_decisions_total{decision="pass"}',
-        'fraud_model_reloads_total{kind="model",result="refused"}',
-        'fraud_model_reloads_total{kind="rules",result="refused"}',
+        'fraud_reloads_total{artifact="model",result="refused"}',
+        'fraud_reloads_total{artifact="rules",result="refused"}',
         'fraud_degraded_total{cause="redis_unavailable"}', "fraud_latency_budget_exceeded_total ",
         "fraud_input_messages_total ", "fraud_model_flags_total ",
     ):

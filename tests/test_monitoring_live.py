@@ -131,7 +131,7 @@ def test_the_stream_was_delivered(live: Live) -> None:
 
 def test_refused_reload_fires_its_alert_on_the_real_prometheus(live: Live) -> None:
     answer = query(live.prometheus_url, 'ALERTS{alertname="FraudReloadRefused", alertstate="firing"}')
-    assert [r["metric"]["kind"] for r in answer["data"]["result"]] == ["rules"]
+    assert [r["metric"]["artifact"] for r in answer["data"]["result"]] == ["rules"]
 
 
 def test_rule_files_load_and_every_rule_evaluates_without_error(live: Live) -> None:

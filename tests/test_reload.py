@@ -123,8 +123,8 @@ def test_running_worker_reloads_rules_and_refuses_a_broken_model(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = worker.metrics_text()
-        rules_ok = metric_value(text, "fraud_model_reloads_total", 'kind="rules",result="ok"')
-        model_refused = metric_value(text, "fraud_model_reloads_total", 'kind="model",result="refused"')
+        rules_ok = metric_value(text, "fraud_reloads_total", 'artifact="rules",result="ok"')
+        model_refused = metric_value(text, "fraud_reloads_total", 'artifact="model",result="refused"')
         if rules_ok and model_refused:
             break
         time.sleep(0.5)
