@@ -1,7 +1,8 @@
 """The PromQL that the alert rules and the Grafana dashboard run, as data the tests can check and execute.
 
 `panel_queries()` lists every dashboard panel's queries, `render()` replaces Grafana's variables so a query can
-be sent to Prometheus' HTTP API as is, `rule_expressions()` lists the alert and recording rules,
+be sent to Prometheus' HTTP API as is, `template_variables()` and `label_values_query()` read the dashboard's
+variables, `rule_expressions()` lists the alert and recording rules,
 `metric_names()` and `selectors()` pull the metric names and series selectors out of an expression, and
 `exposition_names()` lists the sample names a /metrics page exposes (to compare the two).
 """
@@ -48,8 +49,8 @@ class PanelQuery:
     expr: str
     instant: bool
 
-    def rendered(self, rate_interval: str = "1m") -> str:
-        return render(self.expr, rate_interval=rate_interval)
+    def rendered(self, rate_interval: str = "1m", instance: str = ".*") -> str:
+        return render(self.expr, rate_interval=rate_interval, instance=instance)
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ def panel_queries(path: Path = DASHBOARD_PATH) -> list[PanelQuery]:
     return queries
 
 
-def render(expr: str, rate_interval: str = "1m", interval: str = "15s", range_: str = "1h") -> str:
-    """Replace Grafana's built-in variables with fixed durations, giving plain PromQL for /api/v1/query."""
-    values = {"__rate_interval": rate_interval, "__interval": interval, "__range": range_}
+def render(expr: str, rate_interval: str = "1m", interval: str = "15s", range_: str = "1h",
+           instance: str = ".*") -> str:
+    """Replace Grafana's built-in variables with fixed durations and `$instance` with a regex (`.*` is the
+    dashboard's All), giving plain PromQL for /api/v1/query."""
+    values = {"__rate_interval": rate_interval, "__interval": interval, "__range": range_, "instance": instance}
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(0).strip("${}")
@@ -94,6 +97,19 @@ def render(expr: str, rate_interval: str = "1m", interval: str = "15s", range_: 
         return values[name]
 
     return _VARIABLE.sub(substitute, expr)
+
+
+def template_variables(path: Path = DASHBOARD_PATH) -> dict[str, dict[str, Any]]:
+    """The dashboard's template variables by name."""
+    return {variable["name"]: variable for variable in load_dashboard(path)["templating"]["list"]}
+
+
+def label_values_query(variable: dict[str, Any]) -> tuple[str, str]:
+    """The series selector and the label of a `label_values(selector, label)` query variable."""
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"].strip())
+    if match is None:
+        raise ValueError(f"variable {variable['name']} is not label_values(selector, label): {variable['query']}")
+    return match.group(1).strip(), match.group(2)
 
 
 def rule_expressions(paths: Iterable[Path] = RULE_PATHS) -> list[RuleExpression]:

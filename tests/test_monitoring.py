@@ -22,12 +22,14 @@ from monitoring.dashboard_queries import (
     RULE_PATHS,
     exposition_names,
     is_worker_metric,
+    label_values_query,
     load_dashboard,
     metric_names,
     panel_queries,
     render,
     rule_expressions,
     selectors,
+    template_variables,
     used_metric_names,
 )
 
@@ -247,19 +249,20 @@ def datasource_uid() -> str:
 
 
 def test_dashboard_is_provisioned_with_fixed_uids() -> None:
+    """Every panel reads the `$datasource` variable, whose default is the provisioned Prometheus."""
     dashboard = load_dashboard()
     assert dashboard["uid"] == "fraud-monitor"
-    uid = datasource_uid()
+    assert template_variables()["datasource"]["current"]["value"] == datasource_uid()
     panels = dashboard["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["targets"], f"{panel['title']}: no queries"
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, panel["title"]
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
     provider = yaml.safe_load((PROVISIONING / "dashboards" / "dashboards.yml").read_text())["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
     assert DASHBOARD_PATH.parent.name == "dashboards"
@@ -277,6 +280,43 @@ def test_dashboard_covers_the_required_views() -> None:
                for p in heatmaps for t in p["targets"])
 
 
+def test_dashboard_variables_pick_the_prometheus_and_the_workers() -> None:
+    variables = template_variables()
+    assert list(variables) == ["datasource", "instance"], "datasource first: the instance query runs on it"
+    datasource, instance = variables["datasource"], variables["instance"]
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
+    assert instance["type"] == "query"
+    assert instance["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert label_values_query(instance) == ('up{job="fraud-worker"}', "instance"), "every target, down ones too"
+    assert instance["definition"] == instance["query"]
+    assert instance["multi"] and instance["includeAll"]
+    assert instance["allValue"] == ".*", "All must also match workers that appear after the dashboard loaded"
+    assert instance["current"]["value"] == ["$__all"]
+
+
+# Each selector filters by the `$instance` variable. Fleet-wide alerts have no instance label, so the firing-alerts
+# panel also matches an empty one (`$instance|`) to keep them in view when one worker is picked.
+INSTANCE_FILTER = re.compile(r'\binstance=~"\$instance\|?"')
+
+
+def test_every_panel_query_filters_by_instance() -> None:
+    unfiltered = [f"{q.panel} [{q.ref_id}]: {s}" for q in panel_queries() for s in selectors(q.expr)
+                  if not INSTANCE_FILTER.search(s)]
+    assert not unfiltered, "selectors without instance=~\"$instance\":\n" + "\n".join(unfiltered)
+    assert all(selectors(q.expr) for q in panel_queries())
+
+
+def test_workers_up_is_on_the_top_row() -> None:
+    panels = [p for p in load_dashboard()["panels"] if p["type"] != "row"]
+    top = min(p["gridPos"]["y"] for p in panels)
+    (workers_up,) = [p for p in panels if p["title"] == "Workers up"]
+    assert workers_up["gridPos"]["y"] == top and workers_up["gridPos"]["x"] == 0
+    top_row = [p for p in panels if p["gridPos"]["y"] == top]
+    assert sum(p["gridPos"]["w"] for p in top_row) == 24, "the top row fills the width"
+
+
 def test_every_panel_query_renders_to_plain_promql() -> None:
     for query in panel_queries():
         assert "$" not in render(query.expr), query
+    assert render('up{instance=~"$instance"}', instance="w1:8000") == 'up{instance=~"w1:8000"}'
+

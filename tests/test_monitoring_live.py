@@ -2,7 +2,8 @@
 
 Grafana cannot run here, so every panel's PromQL is sent to Prometheus' HTTP API the way Grafana would send it
 (`$__rate_interval` rendered as 20s: 4 x the 5 s scrape interval, Grafana's value for the provisioned
-datasource): each query must be valid and return at least one finite number. The rules must load and evaluate
+datasource; `$instance` as All and as the worker picked alone): each query must be valid and return at least one
+finite number. The rules must load and evaluate
 without errors, every series selector of every rule and panel must match a real series, and every metric name
 must be on the worker's own /metrics. An alert is made to fire for real (a refused rules reload) so the
 "Firing alerts" panel has something to show.
@@ -34,9 +35,12 @@ from monitoring.dashboard_queries import (
     RULE_PATHS,
     exposition_names,
     is_worker_metric,
+    label_values_query,
     panel_queries,
+    render,
     rule_expressions,
     selectors,
+    template_variables,
     used_metric_names,
 )
 from training.simulate import SimulationConfig, simulate
@@ -134,6 +138,14 @@ def test_refused_reload_fires_its_alert_on_the_real_prometheus(live: Live) -> No
     assert [r["metric"]["artifact"] for r in answer["data"]["result"]] == ["rules"]
 
 
+def test_instance_variable_lists_the_worker(live: Live) -> None:
+    """The dashboard's $instance choices, asked the way Grafana asks (label values of the variable's selector)."""
+    selector, label = label_values_query(template_variables()["instance"])
+    url = f"{live.prometheus_url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": selector})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert f"127.0.0.1:{live.worker.metrics_port}" in json.loads(response.read())["data"]
+
+
 def test_rule_files_load_and_every_rule_evaluates_without_error(live: Live) -> None:
     """Prometheus loaded monitoring/alerts*.yml and evaluates every rule cleanly on real series (a
     many-to-many match or a label clash only shows up here, on real data)."""
@@ -166,15 +178,18 @@ def test_every_selector_matches_real_series(live: Live) -> None:
     """Each metric-plus-label-matchers selector of each rule and panel finds series on the real Prometheus: a
     label value that the worker never exports (outcome="scored", decision="flag", job="fraud-worker") fails."""
     found = {s for r in rule_expressions() for s in selectors(r.expr)}
-    found |= {s for p in panel_queries() for s in selectors(p.expr)}
+    found |= {render(s) for p in panel_queries() for s in selectors(p.expr)}
     empty = [s for s in sorted(found) if not query(live.prometheus_url, f"count({s})")["data"]["result"]]
     assert not empty, f"selectors with no series on Prometheus: {empty}"
 
 
-def test_every_panel_query_is_valid_and_returns_data(live: Live) -> None:
+@pytest.mark.parametrize("instance", ["all", "this worker"])
+def test_every_panel_query_is_valid_and_returns_data(live: Live, instance: str) -> None:
+    """With $instance at All (`.*`) and at this worker alone, the way Grafana escapes a picked value."""
+    regex = ".*" if instance == "all" else f"127\\\\.0\\\\.0\\\\.1:{live.worker.metrics_port}"
     failures, checked = [], 0
     for panel in panel_queries():
-        promql = panel.rendered(rate_interval=RATE_INTERVAL)
+        promql = panel.rendered(rate_interval=RATE_INTERVAL, instance=regex)
         answer = query(live.prometheus_url, promql, range_s=None if panel.instant else 180)
         checked += 1
         if answer.get("status") != "success":
