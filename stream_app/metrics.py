@@ -90,8 +90,8 @@ class WorkerMetrics:
     def serving(self) -> bool:
         return self._serving
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on `port` in a background thread (0 disables it); once per process."""
+    def serve(self, port: int, address: str) -> None:
+        """Expose /metrics on `address:port` in a background thread (port 0 disables it); once per process."""
         if port and not self._serving:
-            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+            start_http_server(port, addr=address, registry=self.registry)
         self._serving = True

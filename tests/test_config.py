@@ -113,3 +113,14 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path, text, environ, mes
         load_settings(path, environ=environ)
     assert message in str(raised.value)
 
+
+def test_metrics_address_defaults_to_every_interface_and_must_be_an_ip_address():
+    assert load_settings(environ={}).worker.metrics_address == "0.0.0.0"
+    assert load_settings(environ={"FRAUDMON_WORKER__METRICS_ADDRESS": "::1"}).worker.metrics_address == "::1"
+    with pytest.raises(ConfigError, match="worker.metrics_address: 'metrics.local' is not an IP address"):
+        load_settings(environ={"FRAUDMON_WORKER__METRICS_ADDRESS": "metrics.local"})
+
+
+def test_missing_explicit_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", environ={})

@@ -320,3 +320,17 @@ def test_every_panel_query_renders_to_plain_promql() -> None:
         assert "$" not in render(query.expr), query
     assert render('up{instance=~"$instance"}', instance="w1:8000") == 'up{instance=~"w1:8000"}'
 
+
+def test_worker_serves_metrics_on_the_configured_address() -> None:
+    """`worker.metrics_address` is where /metrics listens: bound to 127.0.0.2, it does not answer on 127.0.0.1."""
+    import urllib.request
+
+    from fraudmon.tools.stack import free_port
+    from stream_app.metrics import WorkerMetrics
+
+    port = free_port()
+    WorkerMetrics().serve(port, "127.0.0.2")
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5) as response:
+        assert "fraud_reloads_total" in response.read().decode()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -106,7 +106,8 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
     rules = home / "rules.yaml"
     rules.write_text(settings.resolve(settings.worker.rules_path).read_text())
     group = f"monitoring-live-{run}"
-    worker = WorkerProcess(settings, topics, group, worker_metrics_port, {"FRAUDMON_RULES": str(rules)},
+    worker = WorkerProcess(settings, topics, group, worker_metrics_port,
+                           {"FRAUDMON_RULES": str(rules), "FRAUDMON_WORKER__METRICS_ADDRESS": "127.0.0.1"},
                            home / "worker.log")
     try:
         try:
@@ -136,6 +137,13 @@ def test_the_stream_was_delivered(live: Live) -> None:
 def test_refused_reload_fires_its_alert_on_the_real_prometheus(live: Live) -> None:
     answer = query(live.prometheus_url, 'ALERTS{alertname="FraudReloadRefused", alertstate="firing"}')
     assert [r["metric"]["artifact"] for r in answer["data"]["result"]] == ["rules"]
+
+
+def test_metrics_listen_only_on_the_configured_address(live: Live) -> None:
+    """The worker runs with worker.metrics_address 127.0.0.1: Prometheus scrapes it there, 127.0.0.2 is refused."""
+    assert "fraud_reloads_total" in live.metrics_text
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.2:{live.worker.metrics_port}/metrics", timeout=5)
 
 
 def test_instance_variable_lists_the_worker(live: Live) -> None:

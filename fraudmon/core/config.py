@@ -7,6 +7,7 @@ setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDG
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from datetime import datetime
 from pathlib import Path
@@ -142,6 +143,7 @@ class WorkerSettings(_Section):
     max_batch: int = Field(250, ge=1)
     batch_window_ms: float = Field(5.0, ge=0)
     metrics_port: int = Field(8000, ge=0, le=65535)
+    metrics_address: str = "0.0.0.0"  # where /metrics listens: every interface (containers); 127.0.0.1 keeps it local
     web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
     reload_interval_s: float = Field(2.0, gt=0)
     redis_retry_after_s: float = Field(1.0, gt=0)
@@ -149,6 +151,16 @@ class WorkerSettings(_Section):
     startup_timeout_s: float = Field(120.0, gt=0)  # give up when Kafka or Redis do not answer at start
     session_timeout_s: float = Field(10.0, ge=6)  # a dead worker's partitions move after about this long
     heartbeat_interval_s: float = Field(3.0, gt=0)
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (0.0.0.0: every interface; 127.0.0.1: this host "
+                             "only)") from None
+        return value
 
 
 class StackSettings(_Section):
