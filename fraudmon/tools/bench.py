@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -479,18 +480,22 @@ def plot(report: Report, path: Path) -> None:
     left.set_xlabel("produced events/s")
     left.set_ylabel("end-to-end latency, broker to broker (ms)")
     left.set_yscale("log")
-    for axis in (left.yaxis, right.yaxis):
-        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,g}"))
-    left.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    left.yaxis.set_minor_formatter(ticker.NullFormatter())
     left.set_title("latency at fixed rates")
     if report.latency:
         left.legend(fontsize=8)
     names = [row.system for row in report.throughput]
     bars = right.bar(names, [row.events_per_s for row in report.throughput], color="tab:blue")
     right.bar_label(bars, labels=[f"{row.events_per_s:,.0f}" for row in report.throughput], fontsize=8)
-    right.set_ylabel("events/s (first to last output)")
+    right.set_yscale("log")
+    if any(row.events_per_s > 0 for row in report.throughput):  # bars from the power of ten below the lowest
+        right.set_ylim(bottom=10 ** math.floor(math.log10(min(r.events_per_s for r in report.throughput
+                                                              if r.events_per_s > 0))))
+    right.set_ylabel("events/s (first to last output), log scale")
     right.set_title(f"throughput, {report.events:,} pre-filled events")
+    for axis in (left.yaxis, right.yaxis):
+        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
     fig.suptitle(f"fraudmon bench {report.measured_at}: {report.cpu_count} cores, broker {report.broker}",
                  fontsize=9)
     fig.tight_layout()
