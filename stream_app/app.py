@@ -7,6 +7,7 @@ Configuration comes from `config/monitor.yaml` and `FRAUDMON_*` environment vari
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -14,13 +15,15 @@ import sys
 import time
 
 import faust
+import orjson
 
 from fraudmon.core.config import KafkaSettings, load_settings
-from fraudmon.core.errors import FraudMonitorError
+from fraudmon.core.errors import FraudMonitorError, StateUnavailable
 from fraudmon.core.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
-from stream_app.publish import Publisher, outcome_records
+from stream_app.publish import OutputRecord, Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
+from stream_app.verdicts import count_verdicts
 
 log = logging.getLogger("stream_app")
 
@@ -51,7 +54,8 @@ except FraudMonitorError as exc:
 
 worker = settings.worker
 topics = settings.topics
-reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path))
+reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path),
+                       settings.resolve(worker.shadow_model_path) if worker.shadow_model_path else None)
 
 app = faust.App(
     worker.app_id,
@@ -75,6 +79,7 @@ app = faust.App(
 )
 
 transactions_topic = app.topic(topics.transactions, key_type=bytes, value_type=bytes)
+verdicts_topic = app.topic(topics.verdicts, key_type=bytes, value_type=bytes)
 
 
 @app.on_worker_init.connect
@@ -121,6 +126,24 @@ async def decide(stream: faust.StreamT) -> None:
             log.critical("cannot publish the outcome of %d records; stopping without committing them (they are "
                          "consumed again after a restart)", len(batch), exc_info=True)
             os._exit(70)
+
+
+@app.agent(verdicts_topic)
+async def count_analyst_verdicts(stream: faust.StreamT) -> None:
+    """Analysts' verdicts counted against the worker's decisions; malformed or unknown ones are dead letters."""
+    publisher = Publisher(app.producer.send, engine.metrics)
+    async for batch in stream.take_events(worker.max_batch, within=1.0):
+        messages = [RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+                    for e in batch]
+        while True:
+            try:
+                letters = count_verdicts(messages, engine.store, engine.metrics, time.time())
+                break
+            except StateUnavailable as exc:  # not counted yet: ask again rather than lose the verdicts
+                log.warning("verdicts wait for Redis: %s", exc, extra={"dependency": "redis"})
+                await asyncio.sleep(worker.redis_retry_after_s)
+        await publisher.publish([OutputRecord(topics.dead_letter, key, orjson.dumps(letter))
+                                 for key, letter in letters])
 
 
 @app.timer(worker.reload_interval_s)

@@ -70,6 +70,27 @@ class WorkerMetrics:
         self.publish_retries = Counter(
             "fraud_publish_retries", "Output records whose delivery failed and was retried.", registry=r
         )
+        self.shadow_flags = Counter(
+            "fraud_shadow_flags", "Events the shadow model would flag (it never changes a decision).", registry=r
+        )
+        self.shadow_disagreements = Counter(
+            "fraud_shadow_disagreements", "Events where only one of the served and the shadow model flags.", ["kind"],
+            registry=r,
+        )
+        self.shadow_info = Gauge("fraud_shadow_model_info", "The shadow model being scored.", ["version", "name"],
+                                 registry=r)
+        self.verdicts = Counter(
+            "fraud_verdicts", "Analysts' verdicts by what the worker had decided.", ["decision", "verdict"], registry=r
+        )
+        self.feature_psi = Gauge(
+            "fraud_feature_psi", "Population stability index of a model feature over the drift window.", ["feature"],
+            registry=r,
+        )
+        for kind in ("shadow_only", "served_only"):
+            self.shadow_disagreements.labels(kind)
+        for decision in ("flag", "pass"):
+            for verdict in ("fraud", "legit"):
+                self.verdicts.labels(decision, verdict)
         for outcome in ("scored", "dead_letter"):
             self.events.labels(outcome)
         for decision in ("flag", "pass"):

@@ -27,6 +27,8 @@ def build_engine(
     """Load and check the model, its card and the rules; raise a `FraudMonitorError` saying what to fix."""
     model = load_model(settings.resolve(settings.worker.model_path))
     rules = load_rules(settings.resolve(settings.worker.rules_path))
+    shadow_path = settings.worker.shadow_model_path
+    shadow = load_model(settings.resolve(shadow_path)) if shadow_path else None
     return DecisionEngine(
         model,
         rules,
@@ -36,6 +38,8 @@ def build_engine(
         retry_after_s=settings.worker.redis_retry_after_s,
         limits=limits or event_limits(settings),
         max_state_backlog=settings.worker.max_state_backlog,
+        shadow=shadow,
+        drift_window=settings.worker.drift_window,
     )
 
 
@@ -129,15 +133,22 @@ def _signature(paths: tuple[Path, ...]) -> tuple[tuple[float, int], ...]:
     return tuple(result)
 
 
+def _with_card(model_path: Path) -> tuple[Path, Path]:
+    return model_path, model_path.with_suffix(".json")
+
+
 class HotReloader:
     """Swaps in a changed model (ONNX + card) or rules file after validating it; keeps the old one otherwise."""
 
-    def __init__(self, engine: DecisionEngine, model_path: Path, rules_path: Path) -> None:
+    def __init__(self, engine: DecisionEngine, model_path: Path, rules_path: Path,
+                 shadow_path: Path | None = None) -> None:
         self.engine = engine
         self.model_path = model_path
-        card = model_path.with_suffix(".json")
-        self._model = _Watched((model_path, card), _signature((model_path, card)))
+        self.shadow_path = shadow_path
+        self._model = _Watched(_with_card(model_path), _signature(_with_card(model_path)))
         self._rules = _Watched((rules_path,), _signature((rules_path,)))
+        shadow = _with_card(shadow_path) if shadow_path else ()
+        self._shadow = _Watched(shadow, _signature(shadow))
 
     def check(self) -> list[str]:
         """Reload what changed since the last check; return what happened, e.g. `["rules: ok"]`."""
@@ -146,14 +157,22 @@ class HotReloader:
             events.append(self._reload("rules", self._swap_rules))
         if self._changed(self._model):
             events.append(self._reload("model", self._swap_model))
+        if self.shadow_path and self._changed(self._shadow):
+            events.append(self._reload("shadow", self._swap_shadow))
         return events
 
-    def _swap_model(self) -> None:
-        model = load_model(self.model_path)
+    def _checked_model(self, path: Path):
+        model = load_model(path)
         problem = self.engine.fit_problem(model)
         if problem:
             raise ModelError(problem)
-        self.engine.set_model(model)
+        return model
+
+    def _swap_model(self) -> None:
+        self.engine.set_model(self._checked_model(self.model_path))
+
+    def _swap_shadow(self) -> None:
+        self.engine.set_shadow(self._checked_model(self.shadow_path))
 
     def _swap_rules(self) -> None:
         self.engine.rules = load_rules(self._rules.paths[0])
@@ -176,6 +195,8 @@ class HotReloader:
         self.engine.metrics.reloads.labels(artifact=kind, result="ok").inc()
         if kind == "model":
             log.info("model %s (%s) now serving", self.engine.model.name, self.engine.model.version)
+        elif kind == "shadow":
+            log.info("shadow model %s (%s) now scored", self.engine.shadow.name, self.engine.shadow.version)
         else:
             log.info("rules reloaded: %d rules", len(self.engine.rules.rules))
         return f"{kind}: ok"

@@ -51,8 +51,6 @@ def test_a_value_after_a_flag_is_refused() -> None:
     assert result.exit_code == 2 and "unexpected extra argument" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="typer 0.29.2's rich help prints <bool> after every flag, --help included "
-                                       "(plain click help does not: rich_markup_mode=None on fraudmon.cli.app)")
 @pytest.mark.parametrize("path", COMMANDS, ids=COMMAND_IDS)
 def test_help_shows_boolean_options_as_flags(path: tuple[str, ...]) -> None:
     text = _help(path)

@@ -89,11 +89,12 @@ class TopicSettings(_Section):
     flagged: str = "flagged-transactions"
     scores: str = "transaction-scores"
     dead_letter: str = "transactions-dlq"
+    verdicts: str = "transaction-verdicts"  # analysts' verdicts, keyed by transaction id
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 
     def all(self) -> list[str]:
-        return [self.transactions, self.flagged, self.scores, self.dead_letter]
+        return [self.transactions, self.flagged, self.scores, self.dead_letter, self.verdicts]
 
 
 class RedisSettings(_Section):
@@ -139,6 +140,9 @@ class WorkerSettings(_Section):
     model_path: str = "models/default.onnx"
     rules_path: str = "config/rules.yaml"
     data_dir: str = ".stack/faust"  # Faust's own data directory
+    shadow_model_path: str | None = None  # a second model scored on every batch; never changes a decision
+    verdict_window_s: int = Field(86_400, ge=60)  # how long a decision is kept to count an analyst's verdict
+    drift_window: int = Field(5_000, ge=100)  # events per feature-drift (PSI) estimate
     latency_budget_ms: float = Field(50.0, gt=0)
     max_batch: int = Field(250, ge=1)
     batch_window_ms: float = Field(5.0, ge=0)
