@@ -95,7 +95,7 @@ class WorkerMetrics:
             self.events.labels(outcome)
         for decision in ("flag", "pass"):
             self.decisions.labels(decision)
-        for artifact in ("model", "rules"):
+        for artifact in ("model", "rules", "shadow"):
             for result in ("ok", "refused"):
                 self.reloads.labels(artifact=artifact, result=result)
         for cause in ("redis_unavailable", "state_error", "model_error"):

@@ -56,15 +56,16 @@ def event_limits(settings: Settings) -> EventLimits:
 
 def check_ports(settings: Settings) -> None:
     """The worker's /metrics port (and Faust's web port, when on) must be free; say which setting to change."""
-    ports = {"worker.metrics_port (FRAUDMON_METRICS_PORT)": settings.worker.metrics_port,
-             "worker.web_port (FRAUDMON_WORKER__WEB_PORT, 0 turns it off)": settings.worker.web_port}
-    for setting, port in ports.items():
+    ports = {"worker.metrics_port (FRAUDMON_METRICS_PORT)": (settings.worker.metrics_address,
+                                                             settings.worker.metrics_port),
+             "worker.web_port (FRAUDMON_WORKER__WEB_PORT, 0 turns it off)": ("0.0.0.0", settings.worker.web_port)}
+    for setting, (address, port) in ports.items():
         if not port:
             continue
-        with socket.socket() as probe:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind(("0.0.0.0", port))
+                probe.bind((address, port))
             except OSError as exc:
                 raise ConfigError(f"port {port} is not free ({exc.strerror}): another worker or program uses it; "
                                   f"set {setting} to a free port") from None
