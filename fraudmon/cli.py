@@ -15,10 +15,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags shown as flags (rich help prints `<bool>` after each)
 )
 
 stack_app = typer.Typer(help="Start, stop and inspect the local Kafka, Redis and Prometheus (no Docker).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(stack_app, name="stack")
 
 ConfigOption = typer.Option(
@@ -119,7 +120,8 @@ def worker_command(
 
 @app.command("replay")
 def replay_command(
-    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Events: JSON lines or CSV."),
+    data: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="Events (JSON lines or CSV) or the card-holder CSV."),
     truth: Path | None = typer.Option(None, exists=True, help="Ground truth CSV (transaction_id,label,scenario)."),
     out: Path | None = typer.Option(None, help="Write every decision as JSON lines here."),
     config: Path | None = ConfigOption,
@@ -127,25 +129,16 @@ def replay_command(
     """Score a file offline through the worker's exact decision code (in-process rule state) — a backtest."""
     import json
 
-    from fraudmon.tools.produce import is_json_lines, read_events_file
+    from fraudmon.core.eventfiles import is_json_lines, read_events_file, read_ground_truth
     from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
     settings = settings_or_fail(config)
     try:
         engine = offline_engine(settings)
-        parsed = None if is_json_lines(data) else read_events_file(data)
+        events, file_truth = (None, []) if is_json_lines(data) else read_events_file(data)
+        labels = {t.transaction_id: (t.label, t.scenario) for t in (read_ground_truth(truth) if truth else file_truth)}
     except FraudMonitorError as exc:
         fail(str(exc))
-    events = None
-    labels: dict[str, tuple[int, str]] = {}
-    if parsed is not None:
-        file_events, file_truth = parsed
-        events = [_event_dict(e) for e in file_events]
-        labels = {t.transaction_id: (t.label, t.scenario) for t in file_truth}
-    if truth:
-        from training.simulate import read_ground_truth
-
-        labels = {t.transaction_id: (t.label, t.scenario) for t in read_ground_truth(truth)}
     result = replay(raw_messages(data, events), engine)
     if out:
         with out.open("w") as handle:
@@ -165,12 +158,6 @@ def replay_command(
         typer.echo(f"precision {precision:.3f}  recall {recall:.3f}")
         for name, entry in recall_by_scenario(result.decisions, labels).items():
             typer.echo(f"  recall {name:<28} {entry['recall']:.2f}  ({entry['flagged']}/{entry['frauds']})")
-
-
-def _event_dict(event) -> dict:
-    from fraudmon.core.events import event_to_dict
-
-    return event_to_dict(event)
 
 
 @app.command("demo")
@@ -243,6 +230,8 @@ def bench_command(
 
 # commands: each line registers one command from the module that owns it.
 from fraudmon.tools.chaos import chaos_command  # noqa: E402
+from fraudmon.tools.label import label_command  # noqa: E402
+from fraudmon.tools.models import models_command, promote_command  # noqa: E402
 from fraudmon.tools.produce import produce_command  # noqa: E402
 from fraudmon.tools.watch import tail_command, topics_command  # noqa: E402
 from training.commands import evaluate_command, train_command  # noqa: E402
@@ -250,6 +239,9 @@ from training.simulate import simulate_command  # noqa: E402
 
 app.command("simulate")(simulate_command)
 app.command("chaos")(chaos_command)
+app.command("label")(label_command)
+app.command("models")(models_command)
+app.command("promote")(promote_command)
 app.command("produce")(produce_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)

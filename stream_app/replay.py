@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fraudmon.core.config import Settings
+from fraudmon.core.eventfiles import json_lines
+from fraudmon.core.events import Event, event_to_dict
 from stream_app.engine import DecisionEngine, RawMessage
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
@@ -48,17 +50,15 @@ def flags_by_reason(decisions: Iterable[dict]) -> dict[str, int]:
     return dict(Counter(r for d in decisions if d["decision"] == "flag" for r in d["reasons"]).most_common())
 
 
-def raw_messages(path: Path, events: Iterable[dict] | None = None) -> Iterator[RawMessage]:
+def raw_messages(path: Path, events: Iterable[Event] | None = None) -> Iterator[RawMessage]:
     """JSON lines are replayed as the raw bytes a producer would send (bad lines become dead letters);
-    other formats arrive already parsed as event dictionaries."""
+    other formats arrive already read (`fraudmon.core.eventfiles`) and are sent as their JSON form."""
     if events is None:
-        with path.open("rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    yield RawMessage(line.rstrip(b"\r\n"), None, str(path), 0, number)
+        for number, line in json_lines(path):
+            yield RawMessage(line, None, str(path), 0, number)
         return
     for number, event in enumerate(events, start=1):
-        yield RawMessage(json.dumps(event).encode(), event.get("account_id", "").encode(), str(path), 0, number)
+        yield RawMessage(json.dumps(event_to_dict(event)).encode(), event.account_id.encode(), str(path), 0, number)
 
 
 def replay(

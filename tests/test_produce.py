@@ -23,20 +23,19 @@ from typer.testing import CliRunner
 
 from fraudmon.core.config import Settings, load_settings
 from fraudmon.core.errors import InputDataError
-from fraudmon.core.events import InvalidEvent, parse_event
-from fraudmon.tools.produce import (
+from fraudmon.core.eventfiles import (
     DEFAULT_BASE_TIME,
-    Deliveries,
-    StallWatch,
-    malformed_messages,
     open_event_file,
-    produce_command,
-    produce_events,
     read_events_file,
+    read_ground_truth,
+    write_events,
+    write_ground_truth,
 )
+from fraudmon.core.events import InvalidEvent, parse_event
+from fraudmon.tools.produce import Deliveries, StallWatch, malformed_messages, produce_command, produce_events
 from fraudmon.tools.stack import LocalStack, create_topics
 from tests.conftest import PROJECT_ROOT, free_port
-from training.simulate import SimulationConfig, read_ground_truth, simulate, write_events, write_ground_truth
+from training.simulate import SimulationConfig, simulate
 
 CREDITCARD = Path("/work/shared/data/creditcard_head.csv")
 needs_creditcard = pytest.mark.skipif(not CREDITCARD.exists(), reason=f"{CREDITCARD} is not here")

@@ -10,16 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fraudmon.core.eventfiles import GroundTruth, read_ground_truth, write_events, write_ground_truth
 from fraudmon.core.events import FILE_LIMITS, event_from_dict, event_to_dict
-from training.simulate import (
-    SCENARIOS,
-    GroundTruth,
-    SimulationConfig,
-    read_ground_truth,
-    simulate,
-    write_events,
-    write_ground_truth,
-)
+from training.simulate import SCENARIOS, SimulationConfig, simulate
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -49,7 +49,7 @@ def test_non_numeric_cell_names_row_and_column(tmp_path):
     def corrupt(rows):
         rows[4][7] = "abc"  # data row 5 = file line 6, column V7
 
-    with pytest.raises(InputDataError, match=r"line 6, column V7: 'abc' is not a number"):
+    with pytest.raises(InputDataError, match=r"data row 5 \(file line 6\), column V7: 'abc' is not a number"):
         load_dataset(card_csv(tmp_path / "cc.csv", edit=corrupt))
     events = tmp_path / "events.csv"
     events.write_text("transaction_id,account_id,amount,timestamp\ntx-1,a,1.5,0\ntx-2,a,lots,0\n")
@@ -84,7 +84,7 @@ def test_nan_and_inf_are_counted_and_dropped_or_refused(tmp_path):
 def test_invalid_events_and_labels_name_the_line(tmp_path):
     jsonl = tmp_path / "e.jsonl"
     jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":1,"timestamp":0}\n{"amount":1}\n')
-    with pytest.raises(InputDataError, match="line 2: transaction_id: required"):
+    with pytest.raises(InputDataError, match="line 2, field transaction_id: required"):
         load_dataset(jsonl)
     jsonl.write_text('{"transaction_id":"t1","account_id":"a","amount":1,"timestamp":0}\nnot json\n')
     with pytest.raises(InputDataError, match="line 2: not JSON"):
@@ -129,7 +129,8 @@ def test_time_split_trains_on_the_past_and_tests_on_the_future():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small but complete `train` run on simulated data (3 epochs)."""
-    from training.simulate import SimulationConfig, simulate, write_events, write_ground_truth
+    from fraudmon.core.eventfiles import write_events, write_ground_truth
+    from training.simulate import SimulationConfig, simulate
     from training.train import TrainRequest, train
 
     root = tmp_path_factory.mktemp("train")

@@ -1,39 +1,25 @@
 """Loading training data into `Event`s (+ labels) and splitting it by time.
 
-Two inputs: the project's event files (JSON lines or CSV, labels from a ground-truth CSV
-`transaction_id,label,scenario`) and the public card-holder CSV (`Time,V1..V28,Amount,Class`). Malformed input
-raises `InputDataError` naming the row and column, and so do empty files and columns without a single number;
-other NaN/infinite values are counted per column and their rows dropped (or refused).
+Two inputs, read by `fraudmon.core.eventfiles`: the project's event files (JSON lines or CSV, labels from a
+ground-truth CSV `transaction_id,label,scenario`) and the public card-holder CSV (`Time,V1..V28,Amount,Class`).
+Malformed input raises `InputDataError` naming the row and column, and so do empty files and columns without a
+single number; rows with NaN/infinite values are counted per column and dropped (or refused).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fraudmon.core.errors import InputDataError
-from fraudmon.core.events import FILE_LIMITS, Event, InvalidEvent, event_from_dict
-from fraudmon.tools.produce import (
-    CREDITCARD_COLUMNS,
-    DEFAULT_BASE_TIME,
-    creditcard_event,
-    is_json_lines,
-    read_event_rows,
-)
-from training.simulate import read_ground_truth
+from fraudmon.core.eventfiles import Format, NonFinite, open_event_file, read_ground_truth
+from fraudmon.core.events import Event
 
-EVENT_REQUIRED = ("transaction_id", "account_id", "amount", "timestamp")
 MIN_NORMAL_TRAIN_ROWS = 500
-
-Format = Literal["auto", "events", "creditcard"]
-OnNonFinite = Literal["drop", "raise"]
 
 
 @dataclass
@@ -89,6 +75,7 @@ class Split:
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's SHA-256 (hex): the model card records it, and `evaluate` recognises the training data by it."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -96,41 +83,18 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def detect_format(path: Path) -> Literal["events", "creditcard"]:
-    """`creditcard` when a CSV header has `Time`, `Amount` and `V1`; `events` otherwise."""
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return "events"
-    with path.open(newline="") as handle:
-        header = next(csv.reader(handle), [])
-    return "creditcard" if {"Time", "Amount", "V1"} <= set(header) else "events"
-
-
 def load_dataset(
-    path: str | Path, truth: str | Path | None = None, fmt: Format = "auto", on_nonfinite: OnNonFinite = "drop"
+    path: str | Path, truth: str | Path | None = None, fmt: Format = "auto", on_nonfinite: NonFinite = "drop"
 ) -> Dataset:
     """Read a data file (and its ground truth) into a `Dataset`; `source` records file, hash and drops."""
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"data file {path} does not exist")
-    if _is_blank(path):
-        raise InputDataError(
-            f"{path} is empty ({path.stat().st_size} bytes, no header and no rows); pass events as JSON lines or a "
-            f"CSV with the columns {','.join(EVENT_REQUIRED)}, or the card-holder CSV (Time,V1..V28,Amount,Class)"
-        )
-    kind = detect_format(path) if fmt == "auto" else fmt
-    if kind == "creditcard":
-        if truth is not None:
-            raise InputDataError("the card-holder CSV carries its labels in `Class`; drop --truth")
-        dataset = _load_creditcard(path, on_nonfinite)
-    elif kind == "events":
-        dataset = _load_events(path, on_nonfinite)
-    else:
-        raise InputDataError(f"unknown data format {fmt!r}: use auto, events or creditcard")
-    if dataset.rows_read == 0:
-        raise InputDataError(f"{path} has a header but no data rows; add the rows below the header")
-    if not dataset.events:
-        raise InputDataError(f"all {dataset.rows_read} rows of {path} hold NaN or infinite values "
-                             f"({_counts(dataset.source['dropped_detail'])}); fix the file")
+    source = open_event_file(path, fmt=fmt, on_nonfinite=on_nonfinite)
+    kind = "creditcard" if source.kind == "creditcard" else "events"
+    if kind == "creditcard" and truth is not None:
+        raise InputDataError("the card-holder CSV carries its labels in `Class`; drop --truth")
+    tally = source.tally
+    dataset = Dataset(list(source.events()), source.labels, None,
+                      {"dropped_nonfinite": tally.dropped_rows, "dropped_detail": dict(tally.dropped)})
     if truth is not None:
         _attach_truth(dataset, Path(truth))
     dataset.source.update(path=str(path), sha256=sha256_file(path), format=kind, rows=len(dataset),
@@ -138,126 +102,7 @@ def load_dataset(
     return dataset
 
 
-def _is_blank(path: Path) -> bool:
-    """Zero bytes or only whitespace (read until the first other byte, so a big file costs one block)."""
-    with path.open("rb") as handle:
-        return not any(block.strip() for block in iter(lambda: handle.read(1 << 16), b""))
-
-
-def _counts(detail: dict[str, int]) -> str:
-    return ", ".join(f"{name}: {n}" for name, n in detail.items())
-
-
-def _check_nonfinite(
-    path: Path, rows_read: int, bad_rows: int, detail: dict[str, int], first: str, on_nonfinite: OnNonFinite
-) -> None:
-    """Refuse columns without a single number (dropping would leave no row), and any NaN/inf row if asked to.
-
-    `detail` counts the NaN/inf/empty cells per column, `first` says where the first such row is.
-    """
-    empty = [name for name, n in detail.items() if n == rows_read]
-    if empty:
-        others = {name: n for name, n in detail.items() if name not in empty}
-        raise InputDataError(
-            f"{path}: {'column' if len(empty) == 1 else 'columns'} "
-            f"{', '.join(f'{name} ({detail[name]} NaN/empty)' for name in empty)} "
-            f"{'holds' if len(empty) == 1 else 'hold'} no number in any of the {rows_read} rows, so dropping the "
-            f"NaN rows would leave nothing to train on"
-            + (f" (other columns with NaN/inf cells: {_counts(others)})" if others else "")
-            + "; fill the column with numbers, or remove it if it is an optional features.<name> column"
-        )
-    if bad_rows and on_nonfinite == "raise":
-        raise InputDataError(f"{path}: {bad_rows} rows hold NaN or infinite values ({_counts(detail)}), the first "
-                             f"at {first}; fix or drop them")
-
-
-def _load_creditcard(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
-    try:
-        frame = pd.read_csv(path, low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputDataError(f"{path} is not a readable CSV: {exc}") from None
-    missing = [c for c in CREDITCARD_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputDataError(f"{path} lacks the card-holder columns {', '.join(missing)}")
-    columns = [*CREDITCARD_COLUMNS, *(["Class"] if "Class" in frame.columns else [])]
-    values = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for j, name in enumerate(columns):
-        values[:, j] = _numeric_column(path, frame[name], name)
-    bad_cells = ~np.isfinite(values)
-    bad_rows = bad_cells.any(axis=1)
-    detail = _detail(bad_cells, columns)
-    first = f"line {int(np.argmax(bad_rows)) + 2}" if bad_rows.any() else ""
-    _check_nonfinite(path, len(frame), int(bad_rows.sum()), detail, first, on_nonfinite)
-    keep = np.flatnonzero(~bad_rows)
-    labels = None
-    if "Class" in columns:
-        labels = values[keep, -1]
-        wrong = np.flatnonzero((labels != 0) & (labels != 1))
-        if wrong.size:
-            row = int(keep[wrong[0]])
-            raise InputDataError(f"{path} line {row + 2}, column Class: {labels[wrong[0]]:g} is not 0 or 1")
-        labels = labels.astype(np.int8)
-    amounts = values[:, len(CREDITCARD_COLUMNS) - 1]
-    base_ms = int(DEFAULT_BASE_TIME.timestamp() * 1000)
-    events = [creditcard_event(i, values[i, : len(CREDITCARD_COLUMNS)], base_ms) for i in keep.tolist()]
-    negative = np.flatnonzero(amounts[keep] < 0)
-    if negative.size:
-        raise InputDataError(f"{path} line {int(keep[negative[0]]) + 2}, column Amount: must be >= 0")
-    return Dataset(events, labels, None, {"dropped_nonfinite": int(bad_rows.sum()), "dropped_detail": detail})
-
-
-def _detail(bad_cells: np.ndarray, columns: list[str]) -> dict[str, int]:
-    return {columns[j]: int(n) for j, n in enumerate(bad_cells.sum(axis=0)) if n}
-
-
-def _numeric_column(path: Path, column: pd.Series, name: str) -> np.ndarray:
-    """Floats of a column; empty cells become NaN, anything else non-numeric is an error naming the row."""
-    converted = pd.to_numeric(column, errors="coerce")
-    wrong = converted.isna() & column.notna() & (column.astype(str).str.strip().str.lower() != "nan")
-    if wrong.any():
-        row = int(np.flatnonzero(wrong.to_numpy())[0])
-        raise InputDataError(f"{path} line {row + 2}, column {name}: {str(column.iloc[row])[:40]!r} is not a number")
-    return converted.to_numpy(dtype=np.float64)
-
-
-def _is_nonfinite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _load_events(path: Path, on_nonfinite: OnNonFinite) -> Dataset:
-    if not is_json_lines(path):
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
-        missing = [c for c in EVENT_REQUIRED if c not in header]
-        if missing:
-            raise InputDataError(f"{path} lacks the event columns {', '.join(missing)} (has: {', '.join(header)})")
-    events: list[Event] = []
-    dropped: dict[str, int] = {}
-    rows = 0
-    first = ""
-    for where, row in read_event_rows(path):
-        rows += 1
-        bad = [k for k, v in row.items() if k != "features" and _is_nonfinite(v)]
-        features = row.get("features")
-        if isinstance(features, dict):
-            bad += [f"features.{k}" for k, v in features.items() if _is_nonfinite(v)]
-        if bad:
-            first = first or where.removeprefix(f"{path} ")
-            for name in bad:
-                dropped[name] = dropped.get(name, 0) + 1
-            continue
-        try:
-            events.append(event_from_dict(row, FILE_LIMITS))
-        except InvalidEvent as exc:
-            raise InputDataError(f"{where}: {exc}") from None
-    _check_nonfinite(path, rows, rows - len(events), dropped, first, on_nonfinite)
-    return Dataset(events, source={"dropped_nonfinite": rows - len(events), "dropped_detail": dropped})
-
-
 def _attach_truth(dataset: Dataset, path: Path) -> None:
-    if path.is_file() and _is_blank(path):
-        raise InputDataError(f"ground-truth file {path} is empty; it needs the header transaction_id,label,scenario "
-                             "and one row per event (label 1 = fraud, 0 = normal)")
     truth = {t.transaction_id: (t.label, t.scenario) for t in read_ground_truth(path)}
     unlabelled = [e.transaction_id for e in dataset.events if e.transaction_id not in truth]
     if unlabelled:

@@ -8,33 +8,24 @@ returned (and written) apart from the events, the way a bank learns them: later,
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import typer
 
-from fraudmon.core.errors import InputDataError
-from fraudmon.core.events import Event, event_to_dict
+from fraudmon.core.eventfiles import NORMAL, GroundTruth, write_events, write_ground_truth
+from fraudmon.core.events import Event
 
 SCENARIOS = (
     "card_testing", "account_takeover", "ip_fanout", "bust_out", "new_counterparty_transfer", "amount_anomaly",
 )
-NORMAL = "normal"
-# The event fields written as CSV columns, named as in the JSON form (`features` is left out).
-CSV_COLUMNS = (
-    "transaction_id", "account_id", "amount", "timestamp", "currency", "merchant_id", "merchant_category",
-    "country", "ip", "device_id", "channel", "counterparty_id", "account_created_at",
-)
-TRUTH_COLUMNS = ("transaction_id", "label", "scenario")
 
 HOME_COUNTRIES = ("DE", "FR", "ES", "IT", "GB", "NL", "PL", "AT", "BE", "US")
 HOME_WEIGHTS = (0.25, 0.15, 0.10, 0.10, 0.12, 0.08, 0.06, 0.05, 0.04, 0.05)
@@ -85,14 +76,6 @@ class SimulationConfig:
             raise ValueError(f"duration must be at least 1 second (got {self.duration})")
         if self.start.tzinfo is None:
             raise ValueError("start must carry a time zone, e.g. datetime(2026, 11, 1, tzinfo=UTC)")
-
-
-class GroundTruth(NamedTuple):
-    """The label of one event: 1 = fraud, with the scenario that made it (`normal` for label 0)."""
-
-    transaction_id: str
-    label: int
-    scenario: str
 
 
 @dataclass
@@ -515,57 +498,6 @@ def simulate(config: SimulationConfig) -> tuple[list[Event], list[GroundTruth]]:
         else:
             truth.append(GroundTruth(tx_id, 1, scenarios[index - n_normal]))
     return events, truth
-
-
-def write_events(path: str | Path, events: Iterable[Event]) -> int:
-    """Write events as JSON lines, or as CSV when the name ends in `.csv` (no `features`); return the count."""
-    path = Path(path)
-    count = 0
-    with path.open("w", newline="", encoding="utf-8") as out:
-        if path.suffix.lower() == ".csv":
-            writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for event in events:
-                writer.writerow(event_to_dict(event))
-                count += 1
-        else:
-            for event in events:
-                out.write(json.dumps(event_to_dict(event), separators=(",", ":")))
-                out.write("\n")
-                count += 1
-    return count
-
-
-def write_ground_truth(path: str | Path, truth: Iterable[GroundTruth]) -> int:
-    """Write labels as CSV `transaction_id,label,scenario`; return the count."""
-    count = 0
-    with Path(path).open("w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        writer.writerow(TRUTH_COLUMNS)
-        for row in truth:
-            writer.writerow(row)
-            count += 1
-    return count
-
-
-def read_ground_truth(path: str | Path) -> list[GroundTruth]:
-    """Read a ground-truth CSV `transaction_id,label[,scenario]` (as `write_ground_truth` writes it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"ground-truth file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as source:
-        reader = csv.DictReader(source)
-        missing = [c for c in TRUTH_COLUMNS[:2] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputDataError(f"{path} lacks the ground-truth columns {', '.join(missing)} "
-                                 f"(expected {','.join(TRUTH_COLUMNS)})")
-        truth = []
-        for row in reader:
-            label = (row["label"] or "").strip()
-            if label not in ("0", "1"):
-                raise InputDataError(f"{path} line {reader.line_num}, column label: {label[:20]!r} is not 0 or 1")
-            truth.append(GroundTruth(row["transaction_id"], int(label), (row.get("scenario") or "").strip() or NORMAL))
-    return truth
 
 
 def simulate_command(

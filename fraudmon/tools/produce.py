@@ -1,26 +1,23 @@
 """`fraudmon produce`: send transaction events to Kafka at a steady rate, from the simulator or a file.
 
-Files are validated completely before the first message is sent. Three formats, told apart by the header:
-the project's own events as JSON lines or CSV (as `fraudmon simulate` writes them), and the public card-holder
-CSV `Time,V1..V28,Amount,Class`, whose labels go to a ground-truth file.
+Files (events as JSON lines or CSV, or the card-holder CSV `Time,V1..V28,Amount,Class`, whose labels go to a
+ground-truth file) are read and validated completely by `fraudmon.core.eventfiles` before the first message
+is sent.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import typer
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -28,27 +25,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fraudmon.core.config import Settings, load_settings
-from fraudmon.core.errors import FraudMonitorError, InputDataError
-from fraudmon.core.events import FILE_LIMITS, Event, InvalidEvent, event_from_dict, event_to_dict, format_timestamp
-from training.simulate import CSV_COLUMNS, GroundTruth, SimulationConfig, simulate, write_ground_truth
+from fraudmon.core.errors import FraudMonitorError, InputDataError, ProduceError
+from fraudmon.core.eventfiles import (
+    DEFAULT_BASE_TIME,
+    DEFAULT_FILE_ACCOUNTS,
+    GroundTruth,
+    open_event_file,
+    write_ground_truth,
+)
+from fraudmon.core.events import Event, event_to_dict, format_timestamp
+from training.simulate import SimulationConfig, simulate
 
-CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29))
-CREDITCARD_COLUMNS = ("Time", *CREDITCARD_FEATURES, "Amount")  # plus the optional label `Class`
-AMOUNT, CLASS = 29, 30  # positions in a parsed card-holder row
-CREDITCARD_SCENARIO = "creditcard"
-DEFAULT_BASE_TIME = datetime(2013, 9, 1, tzinfo=UTC)  # the card-holder dataset covers two days of September 2013
-DEFAULT_FILE_ACCOUNTS = 1_000
-REQUIRED_EVENT_COLUMNS = ("transaction_id", "account_id", "amount", "timestamp")
 MAX_CHUNK = 1_000  # events sent between two looks at the clock, the stop flag and the progress bar
 DEFAULT_DELIVERY_TIMEOUT_S = 120.0  # how long Kafka may take to acknowledge a message before it counts as undelivered
 STALL_AFTER_S = 5.0  # no acknowledgement for this long while messages wait (or a blocked send): warn
 WARN_EVERY_S = 10.0  # at most one stall warning this often
 LINGER_MS = 5
-FileKind = Literal["events-jsonl", "events-csv", "creditcard"]
-
-
-class ProduceError(FraudMonitorError):
-    """Kafka could not be reached, or the topic does not exist."""
 
 
 @dataclass(frozen=True)
@@ -92,203 +84,6 @@ class ProduceSummary:
         if self.interrupted:
             lines.append("stopped early on request")
         return lines
-
-
-# ---------------------------------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class EventFile:
-    """An input file that passed validation; `events()` reads it again, lazily, in file order."""
-
-    path: Path
-    kind: FileKind
-    rows: int
-    base_time: datetime = DEFAULT_BASE_TIME
-    accounts: int = DEFAULT_FILE_ACCOUNTS
-    table: np.ndarray | None = field(default=None, repr=False)  # card-holder rows: Time, V1..V28, Amount
-    labels: np.ndarray | None = field(default=None, repr=False)  # card-holder Class, when the file has it
-
-    def events(self) -> Iterator[Event]:
-        """The file's events in order."""
-        if self.kind == "creditcard":
-            return self._creditcard_events()
-        return _file_events(self.path)
-
-    def ground_truth(self) -> list[GroundTruth] | None:
-        """Labels of a card-holder file with a `Class` column (scenario `creditcard`); None for other files."""
-        if self.labels is None:
-            return None
-        return [
-            GroundTruth(f"cc-{i}", label, CREDITCARD_SCENARIO if label else "normal")
-            for i, label in enumerate(self.labels.tolist())
-        ]
-
-    def _creditcard_events(self) -> Iterator[Event]:
-        base_ms = int(self.base_time.timestamp() * 1000)
-        for i, row in enumerate(self.table if self.table is not None else ()):
-            yield creditcard_event(i, row, base_ms, self.accounts)
-
-
-def creditcard_event(index: int, row: np.ndarray, base_ms: int, accounts: int = DEFAULT_FILE_ACCOUNTS) -> Event:
-    """The event of card-holder row `index` (values Time, V1..V28, Amount): `cc-<index>`, `Time` seconds after
-    `base_ms`, and one of `accounts` synthetic accounts by a hash of the features (stable across runs)."""
-    features = row[1:AMOUNT]
-    return Event(
-        transaction_id=f"cc-{index}",
-        account_id=f"cc-acc-{zlib.crc32(features.tobytes()) % accounts}",
-        amount=float(row[AMOUNT]),
-        timestamp_ms=base_ms + round(float(row[0]) * 1000),
-        currency="EUR",
-        features=dict(zip(CREDITCARD_FEATURES, features.tolist(), strict=True)),
-    )
-
-
-def open_event_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,
-                    accounts: int = DEFAULT_FILE_ACCOUNTS) -> EventFile:
-    """Validate a whole input file and tell its format; raise `InputDataError` naming the row and column.
-
-    `base_time` is the moment of `Time = 0` in a card-holder file; its rows are spread over `accounts`
-    synthetic accounts by a hash of their features (stable across runs).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"{path}: no such file")
-    with path.open(encoding="utf-8-sig") as source:
-        first = source.readline()
-    if not first.strip():
-        raise InputDataError(f"{path}: the file is empty or starts with a blank line; expected a header or JSON")
-    if is_json_lines(path):
-        rows = sum(1 for _ in _file_events(path))
-        return EventFile(path, "events-jsonl", rows, base_time, accounts)
-    header = next(csv.reader([first]))
-    if "transaction_id" in header:
-        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in header]
-        if missing:
-            raise InputDataError(f"{path}: required column {missing[0]} is missing from the header (line 1); "
-                                 f"event CSV files need {', '.join(REQUIRED_EVENT_COLUMNS)}")
-        rows = sum(1 for _ in _file_events(path))
-        return EventFile(path, "events-csv", rows, base_time, accounts)
-    if any(c in header for c in ("Time", "Amount", "V1", "Class")):
-        table, labels = _read_creditcard(path)
-        return EventFile(path, "creditcard", len(table), base_time, accounts, table, labels)
-    raise InputDataError(
-        f"{path}: unrecognised header {first.strip()[:80]!r}; expected event columns "
-        f"({', '.join(CSV_COLUMNS[:4])}, ...), JSON lines, or the card-holder columns Time,V1..V28,Amount,Class"
-    )
-
-
-def read_events_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,
-                     accounts: int = DEFAULT_FILE_ACCOUNTS) -> tuple[list[Event], list[GroundTruth]]:
-    """All events of a file in memory, with the labels it carries (card-holder `Class`; empty otherwise)."""
-    source = open_event_file(path, base_time=base_time, accounts=accounts)
-    return list(source.events()), source.ground_truth() or []
-
-
-def is_json_lines(path: Path) -> bool:
-    """JSON lines by name (.jsonl, .json, .ndjson) or by content (the first line is an object)."""
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return True
-    with path.open(encoding="utf-8-sig") as source:
-        return source.readline().lstrip().startswith("{")
-
-
-def read_event_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The raw rows of a JSON-lines or event-CSV file, each with where it stands (`<path> file line N`), for
-    `event_from_dict`. CSV cells arrive as JSON would: numbers for `amount` and `features.<name>` columns (an empty
-    cell is NaN, for the caller to refuse or drop), an all-digit `timestamp` as epoch milliseconds."""
-    path = Path(path)
-    if is_json_lines(path):
-        with path.open(encoding="utf-8-sig") as source:
-            for line_no, line in enumerate(source, start=1):
-                if line.strip():
-                    where = f"{path} file line {line_no}"
-                    try:
-                        yield where, json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputDataError(f"{where}: not JSON ({exc.msg})") from None
-        return
-    with path.open(newline="", encoding="utf-8-sig") as source:
-        reader = csv.DictReader(source)
-        for row_no, row in enumerate(reader, start=1):
-            where = f"{path} data row {row_no} (file line {reader.line_num})"
-            if None in row or any(value is None for value in row.values()):
-                raise InputDataError(f"{where}: {len(reader.fieldnames or [])} columns in the header but a "
-                                     "different number in this row")
-            data: dict[str, Any] = {k: v for k, v in row.items() if v != "" and not k.startswith("features.")}
-            numbers = {"amount": row.get("amount")} if "amount" in row else {}
-            numbers.update((k, v) for k, v in row.items() if k.startswith("features.") and v != "")
-            for column, text in numbers.items():
-                try:
-                    value = float(text) if text not in ("", None) else math.nan
-                except ValueError:
-                    raise InputDataError(f"{where}, column {column}: {text[:30]!r} is not a number") from None
-                if column == "amount":
-                    data["amount"] = value
-                else:
-                    data.setdefault("features", {})[column.removeprefix("features.")] = value
-            if data.get("timestamp", "").isdigit():
-                data["timestamp"] = int(data["timestamp"])
-            yield where, data
-
-
-def _file_events(path: Path) -> Iterator[Event]:
-    for where, row in read_event_rows(path):
-        try:
-            yield event_from_dict(row, FILE_LIMITS)
-        except InvalidEvent as exc:
-            raise InputDataError(f"{where}, field {exc}") from None
-
-
-def _read_creditcard(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    with path.open(newline="", encoding="utf-8-sig") as source:
-        reader = csv.reader(source)
-        header = next(reader)
-        for column in CREDITCARD_COLUMNS:
-            if column not in header:
-                raise InputDataError(
-                    f"{path}: required column {column} is missing from the header (line 1); the card-holder "
-                    "format is Time,V1..V28,Amount,Class (Class optional)"
-                )
-        has_class = "Class" in header
-        names = [*CREDITCARD_COLUMNS, "Class"] if has_class else list(CREDITCARD_COLUMNS)
-        index = [header.index(c) for c in names]
-        values: list[list[float]] = []
-        for row_no, row in enumerate(reader, start=1):
-            if not row:
-                continue
-            try:
-                values.append([float(row[i]) for i in index])
-            except (ValueError, IndexError):
-                raise _creditcard_error(path, row_no, reader.line_num, row, names, index) from None
-            if not all(math.isfinite(v) for v in values[-1]):
-                raise _creditcard_error(path, row_no, reader.line_num, row, names, index)
-            if values[-1][AMOUNT] < 0:
-                raise InputDataError(f"{path} data row {row_no} (file line {reader.line_num}), column Amount: "
-                                     f"{row[index[AMOUNT]]!r} is negative")
-            if has_class and values[-1][CLASS] not in (0.0, 1.0):
-                raise InputDataError(f"{path} data row {row_no} (file line {reader.line_num}), column Class: "
-                                     f"{row[index[CLASS]]!r} is not 0 or 1")
-    if not values:
-        raise InputDataError(f"{path}: a header but no data rows")
-    table = np.asarray(values, dtype=np.float64)
-    labels = table[:, CLASS].astype(np.int64) if has_class else None
-    return table[:, :CLASS], labels
-
-
-def _creditcard_error(path: Path, row_no: int, line_no: int, row: list[str], names: list[str],
-                      index: list[int]) -> InputDataError:
-    where = f"{path} data row {row_no} (file line {line_no})"
-    for name, i in zip(names, index, strict=True):
-        if i >= len(row):
-            return InputDataError(f"{where}, column {name}: missing (the row has {len(row)} fields)")
-        try:
-            value = float(row[i])
-        except ValueError:
-            return InputDataError(f"{where}, column {name}: {row[i][:30]!r} is not a number")
-        if not math.isfinite(value):
-            return InputDataError(f"{where}, column {name}: {row[i]!r} is not a finite number")
-    return InputDataError(f"{where}: unreadable row")
 
 
 # ---------------------------------------------------------------------------------------------------- sending
