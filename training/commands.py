@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from fraudmon.core.errors import FraudMonitorError
+from fraudmon.core.eventfiles import FORMATS
 
 if TYPE_CHECKING:
     from training.train import DataSummary
+
+FORMAT_HELP = f"{', '.join(FORMATS)} (auto tells events from the card-holder CSV by the file's name and header)."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -49,7 +52,7 @@ def train_command(
                                      help="Events (JSON lines or CSV) or the card-holder CSV."),
     truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False,
                                       help="Ground truth CSV (transaction_id,label,scenario) for event files."),
-    fmt: str = typer.Option("auto", "--format", help="auto, events or creditcard."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     simulate: int | None = typer.Option(None, "--simulate", min=1000,
                                         help="Train on N freshly simulated events (simulator defaults, seed 42)."),
     name: str = typer.Option("default", "--name", help="Writes <out-dir>/<name>.onnx and <name>.json "
@@ -115,7 +118,7 @@ def evaluate_command(
     model: Path = typer.Option(Path("models/default.onnx"), "--model", help="ONNX model; its card is the .json."),
     data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="Events or card-holder CSV."),
     truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False, help="Ground truth CSV."),
-    fmt: str = typer.Option("auto", "--format", help="auto, events or creditcard."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     part: str = typer.Option("auto", "--part", help="holdout (the training split's test rows), all, or auto "
                              "(holdout when the file is the card's training data)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Default runs/<model>-evaluation."),

@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from fraudmon.core.eventfiles import Format
 from training import threshold as thr
 
 STD_MULTIPLES = (1.0, 2.0, 3.0)
@@ -192,7 +193,7 @@ def assess(
 
 
 def evaluate_file(
-    model_path: Path, data: Path, truth: Path | None = None, fmt: str = "auto", part: str = "auto"
+    model_path: Path, data: Path, truth: Path | None = None, fmt: Format = "auto", part: str = "auto"
 ) -> tuple[dict, Assessment]:
     """Re-run the evaluation of a published model with onnxruntime only: (report document, assessment).
 
