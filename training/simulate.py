@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import typer
 
+from fraudmon.core.errors import TrainingError
 from fraudmon.core.eventfiles import NORMAL, GroundTruth, write_events, write_ground_truth
-from fraudmon.core.events import Event
+from fraudmon.core.events import CHANNELS, Event
+from stream_app.features import COUNTRY_CURRENCY
 
 SCENARIOS = (
     "card_testing", "account_takeover", "ip_fanout", "bust_out", "new_counterparty_transfer", "amount_anomaly",
@@ -31,12 +33,10 @@ HOME_COUNTRIES = ("DE", "FR", "ES", "IT", "GB", "NL", "PL", "AT", "BE", "US")
 HOME_WEIGHTS = (0.25, 0.15, 0.10, 0.10, 0.12, 0.08, 0.06, 0.05, 0.04, 0.05)
 TRAVEL_COUNTRIES = ("PT", "GR", "CH", "SE", "DK", "CZ", "HR", "IE", "FR", "ES", "IT", "DE")
 FAR_COUNTRIES = ("BR", "NG", "VN", "ID", "PH", "MX", "ZA", "TH")
-CURRENCY = {"GB": "GBP", "PL": "PLN", "US": "USD", "CH": "CHF", "SE": "SEK", "DK": "DKK", "CZ": "CZK"}
 SHOP_MCCS = ("5411", "5812", "5541", "5999", "4111", "5912", "5311", "5732")
 SHOP_MCC_WEIGHTS = (0.30, 0.20, 0.10, 0.10, 0.10, 0.08, 0.07, 0.05)
 ODD_MCCS = ("5999", "5815", "5816", "5735")  # misc retail and digital goods: where stolen cards get tested
 LUXURY_MCCS = ("5732", "5944", "5999")  # electronics, jewellery: what fraudsters cash out on
-CHANNELS = ("card_present", "ecommerce", "transfer", "atm")
 CHANNEL_MIX = (0.55, 0.30, 0.07, 0.08)
 # Relative activity per UTC hour of day: quiet at night, peaks at lunch and in the evening.
 DAILY_PROFILE = (
@@ -64,18 +64,18 @@ class SimulationConfig:
     seed: int = 42
 
     def validate(self) -> None:
-        """Raise `ValueError` saying which parameter to change."""
+        """Raise `TrainingError` (a `ValueError`) saying which parameter to change."""
         if self.n_events < 1:
-            raise ValueError(f"n_events must be >= 1 (got {self.n_events})")
+            raise TrainingError(f"n_events must be >= 1 (got {self.n_events})")
         if self.n_accounts < MIN_ACCOUNTS:
-            raise ValueError(f"n_accounts must be >= {MIN_ACCOUNTS} so ip_fanout can use 15+ accounts "
-                             f"(got {self.n_accounts})")
+            raise TrainingError(f"n_accounts must be >= {MIN_ACCOUNTS} so ip_fanout can use 15+ accounts "
+                                f"(got {self.n_accounts})")
         if not 0.0 <= self.fraud_rate <= 0.5:
-            raise ValueError(f"fraud_rate is a share of events between 0 and 0.5 (got {self.fraud_rate})")
+            raise TrainingError(f"fraud_rate is a share of events between 0 and 0.5 (got {self.fraud_rate})")
         if self.duration.total_seconds() < 1:
-            raise ValueError(f"duration must be at least 1 second (got {self.duration})")
+            raise TrainingError(f"duration must be at least 1 second (got {self.duration})")
         if self.start.tzinfo is None:
-            raise ValueError("start must carry a time zone, e.g. datetime(2026, 11, 1, tzinfo=UTC)")
+            raise TrainingError("start must carry a time zone, e.g. datetime(2026, 11, 1, tzinfo=UTC)")
 
 
 @dataclass
@@ -263,7 +263,7 @@ def _bust_out(w: _World, n: int) -> list[dict[str, Any]]:
     device, ip = w.new_id("device"), w.new_id("ip")
     return [
         {"account_id": account_id, "account_created_ms": created, "country": home,
-         "currency": CURRENCY.get(home, "EUR"), "timestamp_ms": t, "amount": _money(w.rng.uniform(800, 4000)),
+         "currency": COUNTRY_CURRENCY.get(home, "EUR"), "timestamp_ms": t, "amount": _money(w.rng.uniform(800, 4000)),
          "channel": str(w.rng.choice(("card_present", "ecommerce"))), "ip": ip, "device_id": device,
          **_merchant_fields(w, _luxury_merchant(w))}
         for t in ts
@@ -336,7 +336,7 @@ def _make_accounts(rng: np.random.Generator, config: SimulationConfig, start_ms:
     home = rng.choice(np.array(HOME_COUNTRIES, dtype=object), size=n, p=HOME_WEIGHTS)
     travel = rng.choice(np.array(TRAVEL_COUNTRIES, dtype=object), size=n)
     travel = np.where(travel == home, "PT", travel)
-    currency = np.array([CURRENCY.get(c, "EUR") for c in home], dtype=object)
+    currency = np.array([COUNTRY_CURRENCY.get(c, "EUR") for c in home], dtype=object)
     channel_p = rng.dirichlet(np.array(CHANNEL_MIX) * 20, size=n)
     # Shop popularity is skewed: a few big grocers, a long tail.
     popularity = 1.0 / np.arange(1, len(merchants.shop) + 1) ** 0.8
@@ -524,7 +524,7 @@ def simulate_command(
     began = time.perf_counter()
     try:
         simulated, labels = simulate(config)
-    except ValueError as exc:
+    except TrainingError as exc:
         raise typer.BadParameter(str(exc)) from None
     write_events(out, simulated)
     write_ground_truth(truth, labels)
