@@ -55,6 +55,7 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
         assert row.joined == row.events == 900, row
         assert row.achieved_rate > 0
         assert 0 <= row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms, row
+        assert (row.degraded is not None) == (row.system == "worker")
 
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000

@@ -89,6 +89,7 @@ class Latency:
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    degraded: int | None = None  # the worker's decisions taken without the model or the rule state
 
 
 @dataclass
@@ -342,8 +343,8 @@ def measure_latency(settings: Settings, running: Running, reader: TopicReader, s
         expected += len(events)
         _wait_for_outputs(running, reader, expected)
         produced.append((rate, label, events))
-    inputs = _append_times(reader.read(source))
-    outputs = _append_times(reader.read(running.output))
+    inputs, _ = _append_times(reader.read(source))
+    outputs, degraded = _append_times(reader.read(running.output))
     rows = []
     for rate, label, events in produced:
         ids = [e.transaction_id for e in events if e.transaction_id in inputs]
@@ -355,18 +356,23 @@ def measure_latency(settings: Settings, running: Running, reader: TopicReader, s
             achieved_rate=round(len(stamps) / span_s, 1) if span_s else 0.0,
             **{f"p{q}_ms": percentile(latencies, q) if latencies else None for q in (50, 95, 99)},
             max_ms=max(latencies, default=None),
+            degraded=sum(1 for tx in ids if tx in degraded) if running.system == "worker" else None,
         ))
     return rows
 
 
-def _append_times(records: list[tuple[int, bytes]]) -> dict[str, int]:
-    """Each transaction id's first append time."""
+def _append_times(records: list[tuple[int, bytes]]) -> tuple[dict[str, int], set[str]]:
+    """Each transaction id's first append time, and the ids of the decisions marked degraded."""
     times: dict[str, int] = {}
+    degraded: set[str] = set()
     for stamp, value in records:
-        tx = orjson.loads(value).get("transaction_id")
+        record = orjson.loads(value)
+        tx = record.get("transaction_id")
         if tx is not None:
             times.setdefault(tx, stamp)
-    return times
+            if record.get("degraded"):
+                degraded.add(tx)
+    return times, degraded
 
 
 def missing(system: str, settings: Settings) -> str | None:
@@ -478,24 +484,24 @@ def plot(report: Report, path: Path) -> None:
             left.plot([r.rate for r in rows], [getattr(r, f"{q}_ms") for r in rows], style, color=f"C{color}",
                       label=f"{system} {q}")
     left.set_xlabel("produced events/s")
-    left.set_ylabel("end-to-end latency, broker to broker (ms)")
-    left.set_yscale("log")
+    left.set_ylabel("end-to-end latency, broker to broker (ms), log scale")
     left.set_title("latency at fixed rates")
-    if report.latency:
-        left.legend(fontsize=8)
     names = [row.system for row in report.throughput]
     bars = right.bar(names, [row.events_per_s for row in report.throughput], color="tab:blue")
     right.bar_label(bars, labels=[f"{row.events_per_s:,.0f}" for row in report.throughput], fontsize=8)
-    right.set_yscale("log")
-    if any(row.events_per_s > 0 for row in report.throughput):  # bars from the power of ten below the lowest
-        right.set_ylim(bottom=10 ** math.floor(math.log10(min(r.events_per_s for r in report.throughput
-                                                              if r.events_per_s > 0))))
     right.set_ylabel("events/s (first to last output), log scale")
     right.set_title(f"throughput, {report.events:,} pre-filled events")
-    for axis in (left.yaxis, right.yaxis):
-        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,g}"))
-        axis.set_minor_formatter(ticker.NullFormatter())
+    positive = [row.events_per_s for row in report.throughput if row.events_per_s > 0]
+    if positive:  # bars from the power of ten below the slowest system
+        right.set_ylim(bottom=10 ** math.floor(math.log10(min(positive))), top=max(positive) * 1.5)
+    for axis, shown in ((left, any(row.max_ms for row in report.latency)), (right, positive)):
+        if shown:
+            axis.set_yscale("log")
+            axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,g}"))
+            axis.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if report.latency:
+        left.legend(fontsize=8)
     fig.suptitle(f"fraudmon bench {report.measured_at}: {report.cpu_count} cores, broker {report.broker}",
                  fontsize=9)
     fig.tight_layout()
@@ -507,26 +513,27 @@ def report_lines(report: Report) -> list[str]:
     """The tables, as Markdown (readable in a terminal, pasteable into the README)."""
     base = next((row.events_per_s for row in report.throughput if row.system == "aiokafka"), None)
     lines = ["throughput (pre-filled topic; records / (last - first output append time))", "",
-             "| system | events/s | vs aiokafka | drained | CPU µs/event | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| system | events/s | vs aiokafka | drained | degraded | CPU µs/event | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in report.throughput:
         ratio = f"{row.events_per_s / base:.2f}" if base else "-"
-        cpu = "-" if row.cpu_us_per_event is None else f"{row.cpu_us_per_event:,.0f}"
-        rss = "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:,.0f}"
-        drained = f"{row.outputs:,}/{row.events:,}"
-        lines.append(f"| {row.system} | {row.events_per_s:,.0f} | {ratio} | {drained} | {cpu} | {rss} |")
-    degraded = [row for row in report.throughput if row.degraded]
-    lines += [f"(worker: {row.degraded:,} degraded decisions)" for row in degraded]
+        lines.append(f"| {row.system} | {row.events_per_s:,.0f} | {ratio} | {row.outputs:,}/{row.events:,} | "
+                     f"{_cell(row.degraded)} | {_cell(row.cpu_us_per_event)} | {_cell(row.peak_rss_mb)} |")
     lines += ["", "end-to-end latency (output append time - input append time, ms)", "",
-              "| system | rate | achieved | p50 | p95 | p99 | max | joined |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| system | rate | achieved | p50 | p95 | p99 | max | joined | degraded |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report.latency:
         rate = f"{row.rate:,}" + ("" if row.label == "fixed" else f" ({row.label})")
-        ms = " | ".join("-" if v is None else f"{v:g}" for v in (row.p50_ms, row.p95_ms, row.p99_ms, row.max_ms))
-        lines.append(f"| {row.system} | {rate} | {row.achieved_rate:,.0f} | {ms} | {row.joined:,}/{row.events:,} |")
+        ms = " | ".join(_cell(v) for v in (row.p50_ms, row.p95_ms, row.p99_ms, row.max_ms))
+        lines.append(f"| {row.system} | {rate} | {row.achieved_rate:,.0f} | {ms} | {row.joined:,}/{row.events:,} "
+                     f"| {_cell(row.degraded)} |")
     lines += [f"skipped {system}: {why}" for system, why in report.skipped.items()]
     lines += ["", f"depends on: {report.depends_on}"]
     return lines
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def print_report(report: Report) -> None:
