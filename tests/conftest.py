@@ -77,6 +77,7 @@ class WorkerProcess:
             "FRAUDMON_TOPICS__SCORES": topics["scores"],
             "FRAUDMON_TOPICS__FLAGGED": topics["flagged"],
             "FRAUDMON_TOPICS__DEAD_LETTER": topics["dead_letter"],
+            "FRAUDMON_TOPICS__VERDICTS": topics.get("verdicts", f"verdicts-{topics['transactions']}"),
             "FRAUDMON_WORKER__APP_ID": group,
             "FRAUDMON_METRICS_PORT": str(metrics_port),
             "FRAUDMON_WORKER__RELOAD_INTERVAL_S": "0.5",
@@ -108,7 +109,7 @@ class WorkerProcess:
 def worker_topics(kafka_bootstrap: str) -> dict[str, str]:
     """Fresh input/output topics for one worker test."""
     run = uuid.uuid4().hex[:8]
-    topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter")}
+    topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter", "verdicts")}
     create_topics(kafka_bootstrap, list(topics.values()), 6)
     return topics
 

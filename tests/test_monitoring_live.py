@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
 from fraudmon.core.config import Settings
 from fraudmon.tools.harness import wait_for_group
@@ -101,7 +105,7 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
     malformed messages), then a broken rules file it must refuse."""
     home: Path = tmp_path_factory.mktemp("monitoring-live")
     run = uuid.uuid4().hex[:8]
-    topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter")}
+    topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter", "verdicts")}
     create_topics(kafka_bootstrap, list(topics.values()), 6)
     rules = home / "rules.yaml"
     rules.write_text(settings.resolve(settings.worker.rules_path).read_text())
@@ -119,15 +123,42 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
             duration=timedelta(seconds=STREAM_S), fraud_rate=0.02, seed=5))
         summary = produce_events(settings, events, topic=topics["transactions"], rate=200, duration=STREAM_S,
                                  live_time=True, malformed=MALFORMED)
+        post_verdicts(settings, topics)
         rules.write_text("rules: [{id: broken, type: teleport}]\n")  # refused by the worker: FraudReloadRefused
         url = prometheus_url
         scraped = wait_for(url, f'fraud_events_total{{outcome="dead_letter"}} >= {MALFORMED}', 60)
         assert scraped["data"]["result"], f"Prometheus never saw the dead letters; worker log:\n{worker.log()[-3000:]}"
         wait_for(url, 'ALERTS{alertname="FraudReloadRefused", alertstate="firing"}', 60)
         wait_for(url, "instance:fraud_model_flag_share:rate15m", 30)
+        wait_for(url, 'fraud_verdicts_total{decision="flag"} > 0', 60)
+        wait_for(url, "fraud_feature_psi", 30)
         yield Live(url, worker, summary, worker.metrics_text())
     finally:
         worker.stop()
+
+
+def post_verdicts(settings: Settings, topics: dict[str, str]) -> None:
+    """An analyst confirms the first flag as fraud and calls the second legitimate (`fraudmon label`)."""
+    consumer = KafkaConsumer(topics["flagged"], bootstrap_servers=settings.kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    flagged = [json.loads(record.value)["transaction_id"] for _, record in zip(range(2), consumer, strict=False)]
+    consumer.close()
+    assert len(flagged) == 2, "the simulated stream holds frauds, so the worker flags some"
+    env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
+           "FRAUDMON_TOPICS__VERDICTS": topics["verdicts"]}
+    for tx, label in zip(flagged, ("--fraud", "--legit"), strict=True):
+        result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "label", tx, label], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+
+def test_verdicts_and_feature_drift_reach_prometheus(live: Live) -> None:
+    """The series of the lifecycle alerts (FraudConfirmedPrecisionDrop, FraudFeatureDrift) on the real Prometheus."""
+    verdicts = query(live.prometheus_url, 'sum by (verdict) (fraud_verdicts_total{decision="flag"})')
+    assert {r["metric"]["verdict"]: float(r["value"][1]) for r in verdicts["data"]["result"]} == \
+        {"fraud": 1.0, "legit": 1.0}
+    psi = query(live.prometheus_url, "fraud_feature_psi")["data"]["result"]
+    assert {r["metric"]["feature"] for r in psi} >= {"amount_log", "hour_sin"}
 
 
 def test_the_stream_was_delivered(live: Live) -> None:
