@@ -90,8 +90,14 @@ def worker_command(
     metrics_port: int | None = typer.Option(None, help="Port of /metrics (default from config)."),
     json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per log line."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    processes: int = typer.Option(1, "--processes", "-p", min=1, max=64,
+                                  help="Worker processes in the consumer group (one per core; metrics on the port, "
+                                       "port+1, ...). Each takes some of the input partitions."),
 ) -> None:
-    """Run the stream worker (same as `faust -A stream_app.app worker`)."""
+    """Run the stream worker (same as `faust -A stream_app.app worker`).
+
+    Example: fraudmon worker --processes 2
+    """
     import os
     import sys
 
@@ -110,6 +116,10 @@ def worker_command(
         check_ports(settings)
     except FraudMonitorError as exc:
         fail(f"worker cannot start: {exc}")
+    if processes > 1:
+        from fraudmon.tools.harness import supervise_workers
+
+        raise typer.Exit(supervise_workers(processes, settings.worker.metrics_port))
     from faust.cli.faust import cli as faust_cli
 
     web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]

@@ -91,6 +91,7 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
     try:
         wait_for_kafka(settings.kafka.bootstrap_servers, give_up_s=worker.startup_timeout_s)
         wait_for_state_store(engine.store, give_up_s=worker.startup_timeout_s)
+        engine.warm_up()
         engine.metrics.serve(worker.metrics_port, worker.metrics_address)
     except FraudMonitorError as exc:
         print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)

@@ -145,6 +145,14 @@ class DecisionEngine:
         if model is not None:
             self.metrics.shadow_info.labels(version=model.version, name=model.name).set(1)
 
+    def warm_up(self) -> None:
+        """Run the model (served and shadow) on a made-up event before the first batch, so that the first real
+        events do not pay for onnxruntime's first-call allocations. Writes nothing to the state store."""
+        event = Event("warm-up", "warm-up", 1.0, int(time.time() * 1000),
+                      features=dict.fromkeys(passthrough_features(self.model), 0.0))
+        self._score(self.model, [event] * 8, drift=False)
+        self._shadow([event] * 8)
+
     def fit_problem(self, model: OnnxModel) -> str | None:
         """Why `model` would not fit the events this engine saw last, or None (see `fit_problem`)."""
         return fit_problem(model, list(self._recent))
@@ -201,7 +209,7 @@ class DecisionEngine:
                 outcome.dead_letters.append((message.key, letter))
         return outcome
 
-    def _score(self, model: OnnxModel, events: list[Event]) -> list[_Scored | None]:
+    def _score(self, model: OnnxModel, events: list[Event], drift: bool = True) -> list[_Scored | None]:
         """Per event: the model's verdict, or None when it could not score that event (`model_error`)."""
         scored: list[_Scored | None] = [None] * len(events)
         try:
@@ -213,7 +221,7 @@ class DecisionEngine:
             log.error("model %s could not score a batch of %d events (deciding from rules only): %s: %s",
                       model.name, len(events), exc.__class__.__name__, exc, extra={"dependency": "model"})
             return scored
-        if self.drift is not None:
+        if drift:
             self.drift.observe(x)
         for row, outlier, score, top in zip(rows, prediction.is_outlier.tolist(),
                                             prediction.instance_score.tolist(), tops, strict=True):

@@ -403,3 +403,44 @@ def test_startup_gives_up_cleanly_on_unreachable_or_malformed_addresses(settings
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     if "did not answer" in message or "gave up" in message:
         assert "fraudmon stack up" in result.stderr
+
+
+def test_worker_processes_share_the_partitions_and_stop_together(settings, kafka_bootstrap, worker_topics, tmp_path):
+    import os
+    import signal
+
+    from kafka import KafkaAdminClient
+
+    from fraudmon.tools.harness import group_members, wait_for_group
+
+    group = f"processes-{time.monotonic_ns()}"
+    env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_REDIS_URL": settings.redis.url,
+           "FRAUDMON_TOPICS__TRANSACTIONS": worker_topics["transactions"],
+           "FRAUDMON_TOPICS__SCORES": worker_topics["scores"], "FRAUDMON_TOPICS__FLAGGED": worker_topics["flagged"],
+           "FRAUDMON_TOPICS__DEAD_LETTER": worker_topics["dead_letter"], "FRAUDMON_WORKER__APP_ID": group,
+           "FRAUDMON_WORKER__WEB_PORT": "0", "FRAUDMON_LATENCY_BUDGET_MS": "500"}
+    base = free_port()
+    log = (tmp_path / "supervisor.log").open("wb")
+    parent = subprocess.Popen([sys.executable, "-m", "fraudmon.cli", "worker", "--processes", "2", "--metrics-port",
+                               str(base)], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_group(settings, group, timeout_s=120, members=2)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        _, members = group_members(admin, group)
+        admin.close()
+        held = sorted(p for member in members for p in member.get(worker_topics["transactions"], []))
+        assert held == list(range(6)) and all(members), "two processes split the six partitions"
+        now_ms = int(time.time() * 1000)
+        events = [{"transaction_id": f"proc-{i}", "account_id": f"acc-proc-{i % 30}", "amount": 10.0 + i,
+                   "timestamp": now_ms - 1000 + i} for i in range(300)]
+        produce(kafka_bootstrap, worker_topics["transactions"], events)
+        decisions = collect(kafka_bootstrap, worker_topics["scores"], len(events))
+        assert sorted(d["transaction_id"] for d in decisions) == sorted(e["transaction_id"] for e in events)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 0
+    for port in (base, base + 1):  # the children are gone with the parent
+        with pytest.raises(OSError):
+            import urllib.request
+
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)

@@ -172,3 +172,36 @@ def delete_state(settings: Settings, prefix: str) -> None:
             batch.clear()
     if batch:
         client.unlink(*batch)
+
+
+def supervise_workers(count: int, metrics_port: int, env: dict[str, str] | None = None,
+                      stop_timeout_s: float = 30.0) -> int:
+    """Run `count` worker processes in one consumer group (metrics on `metrics_port`, `metrics_port + 1`, ...;
+    Faust's web server off) until SIGTERM or SIGINT, or until one of them exits; then stop them all.
+    Returns the first non-zero exit code of a worker that ended on its own, else 0."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "fraudmon.cli", "worker"], cwd=project_dir(), env={
+            **os.environ, **(env or {}), "FRAUDMON_METRICS_PORT": str(metrics_port + i),
+            "FRAUDMON_WORKER__WEB_PORT": "0"})
+        for i in range(count)
+    ]
+    try:
+        while not stop.is_set() and all(w.poll() is None for w in workers):
+            stop.wait(0.5)
+        ended = [w.returncode for w in workers if w.poll() is not None]
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + stop_timeout_s
+        for worker in workers:
+            try:
+                worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        return next((code for code in ended if code), 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
