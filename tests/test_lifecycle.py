@@ -98,3 +98,44 @@ def _environ() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_a_promotion_during_a_live_stream_loses_nothing_and_switches_within_a_reload(
+        kafka_bootstrap, worker_topics, start_worker, settings, tmp_path):
+    import threading
+    from datetime import datetime
+
+    from fraudmon.core.eventfiles import write_events, write_ground_truth
+    from fraudmon.tools.models import promote
+    from fraudmon.tools.produce import produce_events
+    from stream_app.replay import raw_messages
+    from tests.test_promote import copy_model
+
+    served = copy_model(tmp_path / "models" / "default.onnx", "served-1")
+    twin = copy_model(tmp_path / "models" / "candidates" / "twin-2" / "twin.onnx", "twin-2")
+    backtest, truth = simulate(SimulationConfig(n_events=1500, n_accounts=200, seed=21))
+    write_events(tmp_path / "recent.jsonl", backtest)
+    write_ground_truth(tmp_path / "truth.csv", truth)
+    worker_settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"model_path": str(served)})})
+    start_worker(worker_topics, env={"FRAUDMON_MODEL": str(served)})
+
+    stream, _ = simulate(SimulationConfig(n_events=1600, n_accounts=300, seed=22))
+    sender = threading.Thread(target=produce_events, args=(settings, stream), kwargs={
+        "topic": worker_topics["transactions"], "rate": 200, "live_time": True})
+    sender.start()
+    time.sleep(3.0)
+    labels = {t.transaction_id: t.label for t in truth}
+    _, _, problems = promote(worker_settings, twin, list(raw_messages(tmp_path / "recent.jsonl")), labels,
+                             max_recall_drop=0.0, max_alert_rate_rise=0.25, force=False)
+    promoted_at = time.time()
+    sender.join()
+    assert not problems
+    decisions = collect(kafka_bootstrap, worker_topics["scores"], len(stream))
+    assert sorted(d["transaction_id"] for d in decisions) == sorted(e.transaction_id for e in stream), \
+        "every event decided exactly once across the switch"
+    versions = [(datetime.fromisoformat(d["decided_at"]).timestamp(), d["model"]["version"]) for d in decisions]
+    assert {v for _, v in versions} == {"served-1", "twin-2"}
+    reload_interval_s, batch_slack_s = 0.5, 1.0  # tests run workers with worker.reload_interval_s 0.5
+    late = [v for t, v in versions if t > promoted_at + reload_interval_s + batch_slack_s]
+    assert late and set(late) == {"twin-2"}
