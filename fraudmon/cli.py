@@ -147,9 +147,9 @@ def replay_command(
         engine = offline_engine(settings)
         events, file_truth = (None, []) if is_json_lines(data) else read_events_file(data)
         labels = {t.transaction_id: (t.label, t.scenario) for t in (read_ground_truth(truth) if truth else file_truth)}
+        result = replay(raw_messages(data, events), engine)
     except FraudMonitorError as exc:
         fail(str(exc))
-    result = replay(raw_messages(data, events), engine)
     if out:
         with out.open("w") as handle:
             for decision in result.decisions:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fraudmon.core.config import Settings
+from fraudmon.core.errors import ModelError
 from fraudmon.core.eventfiles import json_lines
 from fraudmon.core.events import Event, event_to_dict
-from stream_app.engine import DecisionEngine, RawMessage
+from stream_app.engine import DecisionEngine, RawMessage, fit_problem
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
 
@@ -64,12 +65,17 @@ def raw_messages(path: Path, events: Iterable[Event] | None = None) -> Iterator[
 def replay(
     messages: Iterable[RawMessage], engine: DecisionEngine, batch_size: int = 500
 ) -> ReplayResult:
-    """Decide every message in order, batch by batch, exactly as the worker does."""
+    """Decide every message in order, batch by batch, exactly as the worker does. Raises `ModelError` after the
+    first batch when most of its events lack the features the model needs (a model for other data)."""
     result = ReplayResult()
     batch: list[RawMessage] = []
 
     def flush() -> None:
         outcome = engine.process(batch)
+        if not result.decisions:
+            problem = fit_problem(engine.model, outcome.events)
+            if problem:
+                raise ModelError(problem)
         result.decisions.extend(outcome.decisions)
         result.dead_letters.extend(letter for _, letter in outcome.dead_letters)
         batch.clear()

@@ -150,3 +150,24 @@ def test_a_model_that_does_not_fit_the_recent_events_is_refused(reloader, artifa
     assert outcome.startswith("model: refused") and "needs 4 precomputed features (V1, V2, V3, V4)" in outcome
     assert "3 of the last 3 events lack some" in outcome
     assert not decide(reloader.engine, 40)["degraded"], "the old model keeps serving"
+
+
+def test_replay_with_a_model_for_other_data_stops_at_the_first_batch(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fraudmon.cli import app
+    from fraudmon.core.eventfiles import write_events
+    from tests.test_export import tiny_model
+    from training.simulate import SimulationConfig, simulate
+
+    _, _, onnx_path, _ = tiny_model(tmp_path / "v-model")  # needs features.V1..V4: not in simulated events
+    events, _ = simulate(SimulationConfig(n_events=2000, n_accounts=200, seed=4))
+    write_events(tmp_path / "events.jsonl", events)
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump({"worker": {"model_path": str(onnx_path),
+                                                 "rules_path": str(PROJECT_ROOT / "config" / "rules.yaml")}}))
+    result = CliRunner().invoke(app, ["replay", str(tmp_path / "events.jsonl"), "--config", str(config)])
+    assert result.exit_code == 2
+    assert "needs 4 precomputed features" in result.output and "Traceback" not in result.output
+    assert result.output.count("error:") == 1
