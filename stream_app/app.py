@@ -16,6 +16,7 @@ import time
 
 import faust
 import orjson
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from fraudmon.core.config import KafkaSettings, load_settings
 from fraudmon.core.errors import FraudMonitorError, StateUnavailable
@@ -43,6 +44,68 @@ def _credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
     return faust.SSLCredentials(context) if context else None
 
 
+class BatchConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer, with the records of `batch_topics` handed to `on_batch` one fetched batch at a
+    time instead of one message at a time through Faust's conductor, stream and agent (whose per-message tasks
+    and queues cost several times the decision itself: `fraudmon bench`, README "Performance"). Every other
+    topic (verdicts, Faust's own) takes Faust's usual path. `on_batch` acks each message (`Consumer.ack`) only
+    once its outcome is published; Faust commits acked offsets as usual."""
+
+    batch_topics: frozenset[str] = frozenset()
+    on_batch = None  # async (list of faust Messages) -> None
+
+    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - the Fetcher's loop, as in Faust
+        callback, getmany, on_batch = self.callback, self.getmany, self.on_batch
+        consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
+        get_read_offset, set_read_offset = self._read_offset.__getitem__, self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        batch_topics = self.batch_topics
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records = getmany(timeout=1.0)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue
+                batch = []
+                async for tp, message in records:
+                    offset = message.offset
+                    read = get_read_offset(tp)
+                    if read is not None and offset < read:
+                        continue  # read before (Faust drops these too)
+                    if read and offset - read > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read + 1, offset)
+                    if message.topic in batch_topics:
+                        batch.append(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                if batch:
+                    await on_batch(batch)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+
+class BatchTransport(aiokafka_driver.Transport):
+    Consumer = BatchConsumer
+
+
+class App(faust.App):
+    """A Faust app whose consumer is `BatchConsumer` when `worker.batch_fetch` is on."""
+
+    batch_fetch = True
+
+    def _new_transport(self):
+        if not self.batch_fetch:
+            return super()._new_transport()
+        return BatchTransport(self.conf.broker_consumer, self)
+
+
 try:
     settings = load_settings()
     configure_logging(settings.logging.level, settings.logging.json_logs)
@@ -57,7 +120,8 @@ topics = settings.topics
 reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path),
                        settings.resolve(worker.shadow_model_path) if worker.shadow_model_path else None)
 
-app = faust.App(
+App.batch_fetch = worker.batch_fetch
+app = App(
     worker.app_id,
     broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap_servers.split(",")],
     broker_credentials=_credentials(settings.kafka),
@@ -103,30 +167,58 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
     )
 
 
-@app.agent(transactions_topic)
-async def decide(stream: faust.StreamT) -> None:
-    """Micro-batches in, decisions and dead letters out; a batch is done (and its offsets can be committed)
-    only once every outcome is acknowledged by the brokers."""
-    install_outage_filter()  # Faust has set up its log handlers by now
-    within = worker.batch_window_ms / 1000.0
+async def _decide_and_publish(messages: list[RawMessage], publisher: Publisher) -> None:
+    """Decide `messages` (micro-batches of at most `worker.max_batch`) and return once every outcome is
+    acknowledged by the brokers; a bug here stops the worker before anything of the batch is committed."""
     observe = engine.metrics.end_to_end_seconds.observe
-    # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the decision).
-    publisher = Publisher(app.producer.send, engine.metrics)
-    async for batch in stream.take_events(worker.max_batch, within=within):
-        try:
-            messages = [
-                RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-                for e in batch
-            ]
-            outcome = engine.process(messages)
+    try:
+        for start in range(0, len(messages), worker.max_batch):
+            outcome = engine.process(messages[start:start + worker.max_batch])
             await publisher.publish(outcome_records(outcome, topics))
             published_s = time.time()
             for event in outcome.events:
                 observe(max(0.0, published_s - event.timestamp_ms / 1000.0))
-        except Exception:  # a bug outside the engine: Faust would ack this batch unpublished, so stop first
-            log.critical("cannot publish the outcome of %d records; stopping without committing them (they are "
-                         "consumed again after a restart)", len(batch), exc_info=True)
-            os._exit(70)
+    except Exception:  # a bug outside the engine: the batch must not be acked unpublished, so stop first
+        log.critical("cannot publish the outcome of %d records; stopping without committing them (they are "
+                     "consumed again after a restart)", len(messages), exc_info=True)
+        os._exit(70)
+
+
+_batch_publisher: Publisher | None = None
+
+
+async def _on_fetched(batch: list) -> None:
+    """`BatchConsumer`'s hand-off: one fetched batch of `transactions` records, acked once published."""
+    global _batch_publisher
+    if _batch_publisher is None:
+        install_outage_filter()  # Faust has set up its log handlers by now
+        _batch_publisher = Publisher(app.producer.send, engine.metrics)
+    generation = app.consumer_generation_id
+    await _decide_and_publish([RawMessage(m.value, m.key, m.topic, m.partition, m.offset) for m in batch],
+                              _batch_publisher)
+    if app.consumer_generation_id != generation:
+        return  # a rebalance meanwhile: the partitions' new owners decide these again (the same way)
+    ack = app.consumer.ack
+    for message in batch:
+        ack(message)
+
+
+BatchConsumer.batch_topics = frozenset({topics.transactions})
+BatchConsumer.on_batch = staticmethod(_on_fetched)
+
+
+@app.agent(transactions_topic)
+async def decide(stream: faust.StreamT) -> None:
+    """Micro-batches in, decisions and dead letters out; a batch is done (and its offsets can be committed)
+    only once every outcome is acknowledged by the brokers. With `worker.batch_fetch` on (the default), the
+    records reach `_on_fetched` straight from the consumer and this agent only holds the subscription."""
+    install_outage_filter()  # Faust has set up its log handlers by now
+    within = worker.batch_window_ms / 1000.0
+    # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the decision).
+    publisher = Publisher(app.producer.send, engine.metrics)
+    async for batch in stream.take_events(worker.max_batch, within=within):
+        await _decide_and_publish([RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition,
+                                              e.message.offset) for e in batch], publisher)
 
 
 @app.agent(verdicts_topic)

@@ -146,6 +146,7 @@ class WorkerSettings(_Section):
     latency_budget_ms: float = Field(50.0, gt=0)
     max_batch: int = Field(250, ge=1)
     batch_window_ms: float = Field(5.0, ge=0)
+    batch_fetch: bool = True  # records go from the consumer's fetches to the engine, past Faust's per-message stream
     metrics_port: int = Field(8000, ge=0, le=65535)
     metrics_address: str = "0.0.0.0"  # where /metrics listens: every interface (containers); 127.0.0.1 keeps it local
     web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
