@@ -78,8 +78,24 @@ def fingerprint(event: Event) -> str:
     return hashlib.blake2b(orjson.dumps(content), digest_size=8).hexdigest()
 
 
-def _state(snapshot: dict[str, Any]) -> StateResult:
-    """Decode the wire form shared by both stores (a JSON object with named fields)."""
+def _state(snapshot: dict[str, Any] | list) -> StateResult:
+    """Decode the wire forms: the Lua script's positional array (see `lua/observe.lua`), or a JSON object with
+    named fields (the in-process store, snapshots stored by earlier versions, and errors)."""
+    if snapshot.__class__ is list:
+        replayed, reused, n, country_seen, counterparty_seen, mean, std, velocity, fanout, known = snapshot
+        return AccountState(
+            prior_count=int(n),
+            velocity_counts=dict(zip(velocity[::2], velocity[1::2], strict=True)),
+            fanout_counts=dict(zip(fanout[::2], fanout[1::2], strict=True)),
+            country_seen=country_seen == 1,
+            known_countries=tuple(known),
+            counterparty_seen=counterparty_seen == 1,
+            amount_count=int(n),
+            amount_mean=round(float(mean), 6),
+            amount_std=round(float(std), 6),
+            replayed=replayed == 1,
+            id_reused=reused == 1,
+        )
     if "error" in snapshot:
         return StateFailure(str(snapshot["error"])[:200])
     return AccountState(

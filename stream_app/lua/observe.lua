@@ -2,8 +2,11 @@
 -- KEYS: none (keys are built from the prefix, so a single Redis, not a cluster).
 -- ARGV: prefix, history_ttl_s, dedupe_ttl_s, velocity windows (comma list), fanout windows, max known countries,
 --       and the events as one JSON array of [tx, fingerprint, account, ts_ms, country, ip, counterparty, amount].
--- Returns a JSON array with one object per event: the snapshot (named fields), or {"error": "..."} for an event
--- whose state could not be read or written; one bad account never fails the others.
+-- Returns a JSON array with one entry per event: the snapshot, or {"error": "..."} for an event whose state could
+-- not be read or written (one bad account never fails the others). A snapshot is positional, built as text (no
+-- cjson on the common path): [replayed, id_reused, prior_count, country_seen, counterparty_seen, amount_mean,
+-- amount_std, [window, count, ...velocity], [window, count, ...fanout], [known countries]], flags as 0/1, numbers
+-- with 14 significant digits. Snapshots stored by earlier versions (JSON objects) are still answered.
 local prefix, history_ttl, dedupe_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_countries = tonumber(ARGV[6])
 local function windows(text)
@@ -27,13 +30,19 @@ local function observe(row)
   local tx, fp, account, ts, country, ip, cp, amount = unpack(row)
   if not finite(amount) or not finite(ts) then error('amount and timestamp must be finite numbers') end
   local tx_key = prefix .. 'tx:' .. tx
-  local known = redis.call('HGET', tx_key, fp)
-  if known then
-    local snapshot = cjson.decode(known)
-    snapshot.replayed = true
-    return cjson.encode(snapshot)
+  local seen = redis.call('HGETALL', tx_key)  -- fingerprint, snapshot, ... (at most MAX_VARIANTS pairs)
+  for k = 1, #seen, 2 do
+    if seen[k] == fp then
+      local known = seen[k + 1]
+      if string.sub(known, 1, 1) == '{' then  -- stored by an earlier version
+        local snapshot = cjson.decode(known)
+        snapshot.replayed = true
+        return cjson.encode(snapshot)
+      end
+      return '[1' .. string.sub(known, 3)
+    end
   end
-  local variants = redis.call('HLEN', tx_key)
+  local variants = #seen / 2
   local acct = prefix .. 'acct:' .. account
   local got = redis.call('HMGET', acct, 'n', 'mean', 'm2', 'c:' .. country, 'p:' .. cp)
   local n, mean, m2 = tonumber(got[1]) or 0, tonumber(got[2]) or 0, tonumber(got[3]) or 0
@@ -55,7 +64,7 @@ local function observe(row)
   local velocity_counts, fanout_counts = {}, {}
   local vel = prefix .. 'vel:' .. account
   for _, w in ipairs(velocity) do
-    velocity_counts[#velocity_counts + 1] = {w, redis.call('ZCOUNT', vel, '(' .. (ts - w), ts)}
+    velocity_counts[#velocity_counts + 1] = w .. ',' .. redis.call('ZCOUNT', vel, '(' .. (ts - w), ts)
   end
   local ip_key = prefix .. 'ip:' .. ip
   if ip ~= '' and longest_fanout > 0 then
@@ -66,13 +75,13 @@ local function observe(row)
   for _, w in ipairs(fanout) do
     local count = 0
     if ip ~= '' then count = redis.call('ZCOUNT', ip_key, '(' .. (ts - w), '+inf') end
-    fanout_counts[#fanout_counts + 1] = {w, count}
+    fanout_counts[#fanout_counts + 1] = w .. ',' .. count
   end
-  local snapshot = cjson.encode({
-    replayed = false, id_reused = variants > 0, prior_count = n, country_seen = country_seen,
-    known_countries = countries, counterparty_seen = cp_seen, amount_count = n, amount_mean = mean,
-    amount_std = std, velocity = velocity_counts, fanout = fanout_counts,
-  })
+  local known_countries = '[]'
+  if #countries > 0 then known_countries = cjson.encode(countries) end
+  local snapshot = string.format('[0,%d,%.14g,%d,%d,%.14g,%.14g,[%s],[%s],%s]', variants > 0 and 1 or 0, n,
+    country_seen and 1 or 0, cp_seen and 1 or 0, mean, std, table.concat(velocity_counts, ','),
+    table.concat(fanout_counts, ','), known_countries)
   if variants < MAX_VARIANTS then
     redis.call('HSET', tx_key, fp, snapshot)
     redis.call('EXPIRE', tx_key, dedupe_ttl)
