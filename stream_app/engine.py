@@ -36,7 +36,10 @@ from stream_app.state import StateFailure, StateStore
 log = logging.getLogger(__name__)
 
 REDIS_UNAVAILABLE, STATE_ERROR, MODEL_ERROR = "redis_unavailable", "state_error", "model_error"
-BACKLOG_CHUNK = 1000  # backlog events recorded per batch once the store is back
+BACKLOG_CHUNK = 1000  # at most this many backlog events recorded per batch once the store is back
+BACKLOG_FIRST_CHUNK = 250  # the first chunk; it doubles while recording one takes under 1/8 of the latency budget
+# and halves over 1/4 of it or when it timed out (the store's timeout is half the budget: a chunk of 1,000 takes
+# about 19 ms of the local Redis and more under load, so a fixed chunk of 1,000 could time out again and again)
 RECENT_EVENTS = 200  # kept to check a new model against before it replaces the served one
 
 
@@ -125,6 +128,7 @@ class DecisionEngine:
         self.max_state_backlog = max_state_backlog
         self._store_down_until = 0.0
         self._backlog: deque[Event] = deque()
+        self._backlog_chunk = BACKLOG_FIRST_CHUNK
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self.drift_window = drift_window
         self.set_shadow(shadow)
@@ -324,12 +328,19 @@ class DecisionEngine:
         """Record (idempotently) up to one chunk of the events decided while the store was unavailable."""
         if not self._backlog:
             return
-        chunk = [self._backlog.popleft() for _ in range(min(BACKLOG_CHUNK, len(self._backlog)))]
+        chunk = [self._backlog.popleft() for _ in range(min(self._backlog_chunk, len(self._backlog)))]
+        started = time.perf_counter()
         try:
             self.store.observe(rules, chunk)
         except StateUnavailable:
             self._backlog.extendleft(reversed(chunk))
+            self._backlog_chunk = max(1, len(chunk) // 2)  # the chunk's own size may have made it time out
             raise
+        took_ms = (time.perf_counter() - started) * 1000.0
+        if took_ms < self.latency_budget_ms / 8:
+            self._backlog_chunk = min(BACKLOG_CHUNK, self._backlog_chunk * 2)
+        elif took_ms > self.latency_budget_ms / 4:
+            self._backlog_chunk = max(1, self._backlog_chunk // 2)
 
     def _record_metrics(self, consumed: int, outcome: BatchOutcome, elapsed_s: float) -> None:
         metrics = self.metrics
