@@ -1,9 +1,11 @@
-"""Loading training data into `Event`s (+ labels) and splitting it by time.
+"""Loading training data into `Event`s (+ labels), merging analysts' verdicts, and splitting it.
 
-Two inputs, read by `fraudmon.core.eventfiles`: the project's event files (JSON lines or CSV, labels from a
-ground-truth CSV `transaction_id,label,scenario`) and the public card-holder CSV (`Time,V1..V28,Amount,Class`).
-Malformed input raises `InputDataError` naming the row and column, and so do empty files and columns without a
-single number; rows with NaN/infinite values are counted per column and dropped (or refused).
+Three inputs, read by `fraudmon.core.eventfiles`: the project's event files (JSON lines or CSV, labels from a
+ground-truth CSV `transaction_id,label,scenario`), the public card-holder CSV (`Time,V1..V28,Amount,Class`) and
+any numeric feature table with a label column (`--format table`). Malformed input raises `InputDataError` naming
+the row and column, and so do empty files and columns without a single number; rows with NaN/infinite values are
+counted per column and dropped (or refused). The split is by time, or seeded random for a table without a time
+column.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from typing import Any
 import numpy as np
 
 from fraudmon.core.errors import InputDataError
-from fraudmon.core.eventfiles import Format, NonFinite, open_event_file, read_ground_truth
+from fraudmon.core.eventfiles import (
+    Format,
+    NonFinite,
+    TableSpec,
+    open_event_file,
+    read_ground_truth,
+    read_verdicts,
+)
 from fraudmon.core.events import Event
 
 MIN_NORMAL_TRAIN_ROWS = 500
+VERDICT_SCENARIO = "verdict"
+"""The scenario of a fraud known from an analyst's verdict only."""
 
 
 @dataclass
@@ -41,10 +52,23 @@ class Dataset:
 
     @property
     def label_origin(self) -> str:
-        """Where the labels come from, for messages: the `Class` column or the ground-truth file's `label`."""
-        if self.source.get("format") == "creditcard":
-            return f"column Class of {self.source.get('path')}"
-        return f"column label of {self.source['truth']}" if self.source.get("truth") else "the labels"
+        """Where the labels come from, for messages: the `Class` column, a table's label column, the ground-truth
+        file's `label`, and analysts' verdicts."""
+        source = self.source
+        if source.get("format") == "creditcard":
+            origin = f"column Class of {source.get('path')}"
+        elif source.get("format") == "table":
+            origin = f"column {source['label_column']} of {source.get('path')}"
+        else:
+            origin = f"column label of {source['truth']}" if source.get("truth") else "the labels"
+        if source.get("verdicts"):
+            origin = f"{origin}, with the verdicts of {source['verdicts']['path']}"
+        return origin
+
+    @property
+    def split_mode(self) -> str:
+        """`time` (train on the past), or `random` for a table without a time column."""
+        return "random" if self.source.get("format") == "table" and not self.source.get("time_column") else "time"
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -53,16 +77,19 @@ class Dataset:
 
 @dataclass
 class Split:
-    """Row indices into a `Dataset`: train (normal-only when labelled) < validation < test, by time."""
+    """Row indices into a `Dataset`: train (normal-only when labelled) < validation < test, by time (or in a
+    seeded random order). `past` is every row of the training part, frauds included (the supervised head's)."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     normal_only: bool
+    past: np.ndarray
+    mode: str = "time"
 
     def summary(self, dataset: Dataset) -> dict[str, Any]:
         ts = dataset.timestamps
-        out: dict[str, Any] = {"normal_only": self.normal_only}
+        out: dict[str, Any] = {"normal_only": self.normal_only, "mode": self.mode}
         for part in ("train", "val", "test"):
             rows = getattr(self, part)
             out[part] = {
@@ -84,22 +111,59 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_dataset(
-    path: str | Path, truth: str | Path | None = None, fmt: Format = "auto", on_nonfinite: NonFinite = "drop"
+    path: str | Path, truth: str | Path | None = None, fmt: Format = "auto", on_nonfinite: NonFinite = "drop",
+    table: TableSpec | None = None, verdicts: str | Path | None = None,
 ) -> Dataset:
-    """Read a data file (and its ground truth) into a `Dataset`; `source` records file, hash and drops."""
+    """Read a data file (and its ground truth, and analysts' verdicts on top) into a `Dataset`; `source` records
+    file, hash, drops, and for a table its label, time and feature columns and the skipped ones."""
     path = Path(path)
-    source = open_event_file(path, fmt=fmt, on_nonfinite=on_nonfinite)
-    kind = "creditcard" if source.kind == "creditcard" else "events"
-    if kind == "creditcard" and truth is not None:
-        raise InputDataError("the card-holder CSV carries its labels in `Class`; drop --truth")
+    source = open_event_file(path, fmt=fmt, on_nonfinite=on_nonfinite, table=table)
+    kind = source.kind if source.kind in ("creditcard", "table") else "events"
+    if kind != "events" and truth is not None:
+        where = "`Class`" if kind == "creditcard" else f"column {table.label_column}"
+        raise InputDataError(f"{path} carries its labels in {where}; drop --truth")
     tally = source.tally
     dataset = Dataset(list(source.events()), source.labels, None,
                       {"dropped_nonfinite": tally.dropped_rows, "dropped_detail": dict(tally.dropped)})
+    if source.table is not None:
+        data = source.table
+        dataset.scenarios = [t.scenario if t.label else "" for t in data.ground_truth()]
+        dataset.source.update(label_column=data.spec.label_column, fraud_value=data.spec.fraud_value,
+                              time_column=data.spec.time_column, features=list(data.features), skipped=data.skipped)
     if truth is not None:
         _attach_truth(dataset, Path(truth))
     dataset.source.update(path=str(path), sha256=sha256_file(path), format=kind, rows=len(dataset),
                           truth=None if truth is None else str(truth))
+    if verdicts is not None:
+        merge_verdicts(dataset, Path(verdicts))
     return dataset
+
+
+def merge_verdicts(dataset: Dataset, path: Path) -> None:
+    """Analysts' verdicts override the labels of their transactions (the last verdict on one wins); without
+    labels, the rows no verdict names count as normal. `source["verdicts"]` says what changed."""
+    verdicts = read_verdicts(path)
+    index = {event.transaction_id: i for i, event in enumerate(dataset.events)}
+    known = [v for v in verdicts if v.transaction_id in index]
+    if not known:
+        raise InputDataError(f"none of the {len(verdicts)} verdicts in {path} names a transaction of "
+                             f"{dataset.source['path']} (e.g. {verdicts[0].transaction_id}); pass the verdicts on "
+                             "these events")
+    n = len(dataset)
+    labels = np.zeros(n, np.int8) if dataset.labels is None else dataset.labels.copy()
+    scenarios = list(dataset.scenarios) if dataset.scenarios is not None else \
+        [VERDICT_SCENARIO if label else "" for label in labels.tolist()]
+    before = labels.copy()
+    for verdict in known:
+        i = index[verdict.transaction_id]
+        labels[i] = verdict.label == "fraud"
+        scenarios[i] = (scenarios[i] or VERDICT_SCENARIO) if labels[i] else ""
+    dataset.labels, dataset.scenarios = labels, scenarios
+    dataset.source["verdicts"] = {
+        "path": str(path), "read": len(verdicts), "unknown_transactions": len(verdicts) - len(known),
+        "fraud": sum(v.label == "fraud" for v in known), "legit": sum(v.label == "legit" for v in known),
+        "labels_changed": int((labels != before).sum()),
+    }
 
 
 def _attach_truth(dataset: Dataset, path: Path) -> None:
@@ -114,25 +178,30 @@ def _attach_truth(dataset: Dataset, path: Path) -> None:
     dataset.scenarios = [scenario if label else "" for label, scenario in pairs]
 
 
-def time_split(
+def split_dataset(
     dataset: Dataset,
     test_fraction: float = 0.3,
     val_fraction: float = 0.2,
     min_normal_train: int = MIN_NORMAL_TRAIN_ROWS,
     normal_only: bool | None = None,
+    seed: int = 42,
 ) -> Split:
-    """Past → train, its last `val_fraction` → validation, the last `test_fraction` by time → held-out test.
+    """Past → train, its last `val_fraction` → validation, the last `test_fraction` → held-out test, in time
+    order (or, for a table without a time column, in an order shuffled with `seed`).
 
     With labels, training keeps normal rows only (validation and test keep everything); `normal_only=False`
     keeps every training row anyway (to repeat a split made before the labels were known).
     """
     if not (0 < test_fraction < 1 and 0 < val_fraction < 1):
         raise InputDataError("test and validation fractions must be within (0, 1)")
-    order = np.argsort(dataset.timestamps, kind="stable")
+    mode = dataset.split_mode
+    order = np.random.default_rng(seed).permutation(len(dataset)) if mode == "random" else \
+        np.argsort(dataset.timestamps, kind="stable")
     n_test = int(round(len(order) * test_fraction))
     past, test = order[: len(order) - n_test], order[len(order) - n_test :]
     n_val = int(round(len(past) * val_fraction))
     train, val = past[: len(past) - n_val], past[len(past) - n_val :]
+    period = train
     normal_only = dataset.labels is not None and normal_only is not False
     if normal_only:
         if not (dataset.labels == 0).any():
@@ -141,12 +210,12 @@ def time_split(
     if train.size < min_normal_train:
         kind = "normal " if normal_only else ""
         raise InputDataError(
-            f"only {train.size} {kind}training rows after the time split (need at least {min_normal_train}); "
+            f"only {train.size} {kind}training rows after the {mode} split (need at least {min_normal_train}); "
             f"provide more data or a smaller --test-fraction/--val-fraction"
         )
     if val.size == 0 or test.size == 0:
-        raise InputDataError("the time split left no validation or test rows; provide more data")
-    return Split(train=train, val=val, test=test, normal_only=normal_only)
+        raise InputDataError(f"the {mode} split left no validation or test rows; provide more data")
+    return Split(train=train, val=val, test=test, normal_only=normal_only, past=period, mode=mode)
 
 
 def _no_normal_rows(dataset: Dataset) -> str:

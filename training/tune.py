@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_app.features import default_feature_names, vectorize
-from training.data import load_dataset, time_split
+from training.data import load_dataset, split_dataset
 from training.evaluate import fit_baselines, ranking
 from training.model import AutoencoderConfig, train_autoencoder
 
@@ -33,7 +33,7 @@ def tune(data: Path, truth: Path | None, base: AutoencoderConfig, grid: dict[str
     if dataset.labels is None:
         raise SystemExit("tuning needs labels (the Class column or --truth)")
     x = vectorize(dataset.events, default_feature_names(dataset.events))
-    split = time_split(dataset)
+    split = split_dataset(dataset)
     val_labels = dataset.labels[split.val]
     val_normal = split.val[val_labels == 0]
     rows = []

@@ -8,7 +8,11 @@ Formats, told apart by name and header (`detect_format`):
 - The public card-holder CSV `Time,V1..V28,Amount[,Class]`: each row becomes an event (`creditcard_event`),
   `Class` its label.
 - Numeric tables: a CSV of numeric columns read as a matrix with its column names (the card-holder CSV is one).
+  A feature table (`TableSpec`, `--format table --label-column COL`) is one whose numeric columns are the
+  features and whose label column marks the frauds; each row becomes an event `row-<n>` carrying the columns
+  in `features` (`TableData`). Columns holding text are skipped and named.
 - Ground truth: `transaction_id,label,scenario`, kept apart from the events (`GroundTruth`).
+- Analysts' verdicts: JSON lines of the verdict contract (`read_verdicts`).
 
 Events are validated by the event gate (`event_from_dict` with `FILE_LIMITS`); every error is an
 `InputDataError` naming the file, the line or row and the column.
@@ -26,6 +30,7 @@ import csv
 import json
 import math
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,12 +41,20 @@ from typing import IO, Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from fraudmon.core.errors import InputDataError
-from fraudmon.core.events import FILE_LIMITS, Event, InvalidEvent, event_from_dict, event_to_dict
+from fraudmon.core.events import (
+    FILE_LIMITS,
+    Event,
+    InvalidEvent,
+    Verdict,
+    event_from_dict,
+    event_to_dict,
+    parse_verdict,
+)
 
 Format = Literal["auto", "events", "creditcard"]
 FORMATS: tuple[str, ...] = get_args(Format)
 """What `--format` accepts: `auto` tells the format from the file's name and header."""
-FileKind = Literal["events-jsonl", "events-csv", "creditcard"]
+FileKind = Literal["events-jsonl", "events-csv", "creditcard", "table"]
 NonFinite = Literal["raise", "drop"]
 
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -63,6 +76,10 @@ DEFAULT_BASE_TIME = datetime(2013, 9, 1, tzinfo=UTC)  # the card-holder dataset 
 DEFAULT_FILE_ACCOUNTS = 1_000
 _AMOUNT = len(CREDITCARD_COLUMNS) - 1  # position of Amount in a card-holder row
 _CHUNK_ROWS = 8_192  # table rows gathered as Python lists before they become one numpy block
+TABLE_FORMAT = "table"
+DATA_FORMATS: tuple[str, ...] = (*FORMATS, TABLE_FORMAT)
+"""What the commands' `--format` accepts: the event file formats, and `table` (with `--label-column`)."""
+TABLE_ID_PREFIX = "row-"
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
@@ -112,6 +129,24 @@ def read_ground_truth(path: str | Path) -> list[GroundTruth]:
                                      "needs the id of its event")
             truth.append(GroundTruth(row["transaction_id"], int(label), (row.get("scenario") or "").strip() or NORMAL))
     return truth
+
+
+def read_verdicts(path: str | Path) -> list[Verdict]:
+    """Analysts' verdicts from JSON lines (`{"transaction_id", "label": "fraud"|"legit", ...}`), in file order;
+    a malformed one is an error naming its line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"verdicts file {path} does not exist")
+    verdicts = []
+    for number, line in json_lines(path):
+        try:
+            verdicts.append(parse_verdict(line))
+        except InvalidEvent as exc:
+            raise InputDataError(f"{path} line {number}: {exc}; fix or remove the verdict") from None
+    if not verdicts:
+        raise InputDataError(f"{path} holds no verdicts; add one JSON object per line "
+                             '({"transaction_id": ..., "label": "fraud" or "legit"})')
+    return verdicts
 
 
 # ---------------------------------------------------------------------------------------- non-finite policy
@@ -402,6 +437,147 @@ def _cell(path: Path, where: str, name: str, text: str) -> float:
         raise InputDataError(f"{path} {where}, column {name}: {text[:30]!r} is not a number") from None
 
 
+def _hashed_account(prefix: str, values: np.ndarray, accounts: int) -> str:
+    """A made-up account id for a file row without one: a hash of its values over `accounts` (stable across runs)."""
+    return f"{prefix}{zlib.crc32(np.ascontiguousarray(values).tobytes()) % accounts}"
+
+
+# ---------------------------------------------------------------------------------------- feature tables
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How to read a feature table: the column that labels each row, the value of it that marks a fraud (compared
+    as text, or as a number when both are numbers), and an optional time column (seconds; only its order matters,
+    for the split)."""
+
+    label_column: str
+    fraud_value: str = "1"
+    time_column: str | None = None
+
+    def is_fraud(self, text: str) -> bool:
+        text = text.strip()
+        if text == self.fraud_value.strip():
+            return True
+        try:
+            return float(text) == float(self.fraud_value)
+        except ValueError:
+            return False
+
+
+def table_spec(fmt: str, label_column: str | None, fraud_value: str = "1",
+               time_column: str | None = None) -> TableSpec | None:
+    """The table reading a command was asked for (`--format table --label-column COL ...`), or None for the other
+    formats; refuses the options that only make sense together."""
+    if fmt not in DATA_FORMATS:
+        raise InputDataError(f"unknown data format {fmt!r}: use {', '.join(DATA_FORMATS)}")
+    if fmt != TABLE_FORMAT:
+        if label_column or time_column:
+            raise InputDataError("--label-column and --time-column read a feature table: add --format table")
+        return None
+    if not label_column:
+        raise InputDataError("--format table needs --label-column COL: the column that marks frauds (where it equals "
+                             "--fraud-value, default 1)")
+    if time_column == label_column:
+        raise InputDataError(f"--time-column and --label-column both name {label_column!r}; they must differ")
+    return TableSpec(label_column, fraud_value, time_column)
+
+
+@dataclass(frozen=True)
+class TableData:
+    """The rows of a feature table that passed validation: `table` holds the feature columns (then the time
+    column, when there is one), `labels` 1 where the label column equals the fraud value. `skipped` names the
+    columns left out because they hold text, each with an example cell."""
+
+    table: NumericTable
+    labels: np.ndarray = field(repr=False)
+    spec: TableSpec
+    features: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scenario(self) -> str:
+        """The ground-truth scenario of this table's frauds: `<label column>=<fraud value>`."""
+        return f"{self.spec.label_column}={self.spec.fraud_value}"
+
+    def events(self, base_time: datetime = DEFAULT_BASE_TIME,
+               accounts: int = DEFAULT_FILE_ACCOUNTS) -> Iterator[Event]:
+        """The rows as events in file order: `row-<data row number>`, amount 0, the feature columns in
+        `features`; the time column (seconds after its smallest value) or else the row number (one second
+        apart) after `base_time` gives the timestamp."""
+        base_ms = int(base_time.timestamp() * 1000)
+        width = len(self.features)
+        values = self.table.values
+        if self.spec.time_column:
+            offsets = np.round((values[:, width] - values[:, width].min()) * 1000).astype(np.int64)
+        else:
+            offsets = self.table.rows * 1000
+        for index, offset, row in zip(self.table.rows.tolist(), offsets.tolist(), values[:, :width], strict=True):
+            yield Event(transaction_id=f"{TABLE_ID_PREFIX}{index + 1}",
+                        account_id=_hashed_account("tbl-acc-", row, accounts), amount=0.0,
+                        timestamp_ms=base_ms + offset, features=dict(zip(self.features, row.tolist(), strict=True)))
+
+    def ground_truth(self) -> list[GroundTruth]:
+        """The label column as ground truth (scenario `<label column>=<fraud value>`)."""
+        return [GroundTruth(f"{TABLE_ID_PREFIX}{index + 1}", label, self.scenario if label else NORMAL)
+                for index, label in zip(self.table.rows.tolist(), self.labels.tolist(), strict=True)]
+
+
+def read_table(path: str | Path, spec: TableSpec, on_nonfinite: NonFinite = "raise") -> TableData:
+    """Read a feature table: every numeric column but the label and time columns is a feature; columns holding
+    text are skipped (named in `skipped`); NaN/empty cells follow the non-finite policy, counted per column."""
+    path = Path(path)
+    _check_policy(on_nonfinite)
+    labels: list[str] = []
+    text_cells: dict[str, str] = {}
+    with _text(path) as source:
+        reader = csv.reader(source)
+        header = next(reader, None) or []
+        wanted = [spec.label_column, *([spec.time_column] if spec.time_column else [])]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise InputDataError(f"{path}: no column {' or '.join(map(repr, missing))} in the header; its columns are "
+                                 f"{', '.join(header)[:300]}; pass --label-column (and --time-column) with one of them")
+        label_at = header.index(spec.label_column)
+        checked = [(i, name) for i, name in enumerate(header) if name not in wanted]
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise InputDataError(f"{path} data row {len(labels) + 1} (file line {reader.line_num}): {len(row)} "
+                                     f"fields but {len(header)} columns in the header")
+            if not row[label_at].strip():
+                raise InputDataError(f"{path} data row {len(labels) + 1} (file line {reader.line_num}), column "
+                                     f"{spec.label_column}: empty; every row needs a label ({spec.label_column} = "
+                                     f"{spec.fraud_value} marks a fraud)")
+            labels.append(row[label_at])
+            for i, name in checked:
+                if name not in text_cells and row[i].strip() and not _is_number(row[i]):
+                    text_cells[name] = f"{row[i][:30]!r} in data row {len(labels)}"
+    features = tuple(name for _, name in checked if name not in text_cells)
+    if not features:
+        raise InputDataError(f"{path}: no numeric feature column besides {', '.join(wanted)}"
+                             + (f" (text in {', '.join(text_cells)})" if text_cells else ""))
+    table = read_numeric_table(path, [*features, *wanted[1:]], on_nonfinite)
+    kept = [labels[k] for k in table.rows.tolist()]
+    fraud = np.array([spec.is_fraud(label) for label in kept], dtype=np.int8)
+    if fraud.min() == fraud.max():
+        seen = ", ".join(f"{value!r} ({n})" for value, n in Counter(kept).most_common(5))
+        which = "every row" if fraud.max() else "no row"
+        raise InputDataError(f"{path}: {spec.label_column} = {spec.fraud_value} in {which} of the {fraud.size} rows, "
+                             f"so there is a single class (values seen: {seen}); pass --fraud-value with the value "
+                             "that marks frauds, or data with both frauds and normal rows")
+    return TableData(table, fraud, spec, features, text_cells)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------ the card-holder CSV
 
 
@@ -460,7 +636,7 @@ def creditcard_event(index: int, row: np.ndarray, base_ms: int, accounts: int = 
     features = row[1:_AMOUNT]
     return Event(
         transaction_id=f"cc-{index}",
-        account_id=f"cc-acc-{zlib.crc32(features.tobytes()) % accounts}",
+        account_id=_hashed_account("cc-acc-", features, accounts),
         amount=float(row[_AMOUNT]),
         timestamp_ms=base_ms + round(float(row[0]) * 1000),
         currency="EUR",
@@ -485,7 +661,8 @@ def detect_format(path: str | Path) -> FileKind:
         return "creditcard"
     raise InputDataError(
         f"{path}: unrecognised header {','.join(header)[:80]!r}; expected event columns "
-        f"({', '.join(REQUIRED_EVENT_COLUMNS)}, ...), JSON lines, or the card-holder columns Time,V1..V28,Amount,Class"
+        f"({', '.join(REQUIRED_EVENT_COLUMNS)}, ...), JSON lines, or the card-holder columns "
+        "Time,V1..V28,Amount,Class; for any table of numeric features pass --format table --label-column COL"
     )
 
 
@@ -500,6 +677,7 @@ class EventFile:
     base_time: datetime = DEFAULT_BASE_TIME
     accounts: int = DEFAULT_FILE_ACCOUNTS
     creditcard: CreditcardData | None = field(default=None, repr=False)
+    table: TableData | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
@@ -508,26 +686,32 @@ class EventFile:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """The card-holder `Class` of each event (int8), when the file has it; None for other files."""
-        return None if self.creditcard is None else self.creditcard.labels
+        """The card-holder `Class` or the table's label of each event (int8), when the file has one; else None."""
+        labelled = self.table or self.creditcard
+        return None if labelled is None else labelled.labels
 
     def events(self) -> Iterator[Event]:
         """The file's events in order (an event file is read again, lazily)."""
-        if self.creditcard is not None:
-            return self.creditcard.events(self.base_time, self.accounts)
+        labelled = self.table or self.creditcard
+        if labelled is not None:
+            return labelled.events(self.base_time, self.accounts)
         return iter_events(self.path, Tally() if self.on_nonfinite == "drop" else None)
 
     def ground_truth(self) -> list[GroundTruth] | None:
-        """Labels of a card-holder file with a `Class` column (scenario `creditcard`); None for other files."""
-        return None if self.creditcard is None else self.creditcard.ground_truth()
+        """Labels of a card-holder file with a `Class` column (scenario `creditcard`) or of a feature table;
+        None for other files."""
+        labelled = self.table or self.creditcard
+        return None if labelled is None else labelled.ground_truth()
 
 
 def open_event_file(path: str | Path, *, fmt: Format = "auto", on_nonfinite: NonFinite = "raise",
-                    base_time: datetime = DEFAULT_BASE_TIME, accounts: int = DEFAULT_FILE_ACCOUNTS) -> EventFile:
-    """Validate a whole input file (any format; `fmt` forces events or card-holder) under the non-finite policy.
+                    base_time: datetime = DEFAULT_BASE_TIME, accounts: int = DEFAULT_FILE_ACCOUNTS,
+                    table: TableSpec | None = None) -> EventFile:
+    """Validate a whole input file (any format; `fmt` forces events or card-holder, `table` reads a feature
+    table) under the non-finite policy.
 
-    `base_time` is the moment of `Time = 0` in a card-holder file; its rows are spread over `accounts`
-    synthetic accounts by a hash of their features (stable across runs).
+    `base_time` is the moment of `Time = 0` in a card-holder file (of the first row of a table); their rows are
+    spread over `accounts` synthetic accounts by a hash of their features (stable across runs).
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -545,6 +729,9 @@ def open_event_file(path: str | Path, *, fmt: Format = "auto", on_nonfinite: Non
         if not source.readline().strip():
             raise InputDataError(f"{path}: starts with a blank line; remove it so that line 1 is the header or "
                                  "the first JSON object")
+    if table is not None:
+        data = read_table(path, table, on_nonfinite)
+        return EventFile(path, "table", data.table.tally, on_nonfinite, base_time, accounts, table=data)
     if fmt == "creditcard":
         kind: FileKind = "creditcard"
     elif fmt == "events":
@@ -561,8 +748,10 @@ def open_event_file(path: str | Path, *, fmt: Format = "auto", on_nonfinite: Non
     return EventFile(path, kind, tally, on_nonfinite, base_time, accounts)
 
 
-def read_events_file(path: str | Path, *, base_time: datetime = DEFAULT_BASE_TIME,
-                     accounts: int = DEFAULT_FILE_ACCOUNTS) -> tuple[list[Event], list[GroundTruth]]:
-    """All events of a file in memory, with the labels it carries (card-holder `Class`; empty otherwise)."""
-    source = open_event_file(path, base_time=base_time, accounts=accounts)
+def read_events_file(path: str | Path, *, fmt: Format = "auto", base_time: datetime = DEFAULT_BASE_TIME,
+                     accounts: int = DEFAULT_FILE_ACCOUNTS,
+                     table: TableSpec | None = None) -> tuple[list[Event], list[GroundTruth]]:
+    """All events of a file in memory, with the labels it carries (card-holder `Class`, a table's label column;
+    empty otherwise)."""
+    source = open_event_file(path, fmt=fmt, base_time=base_time, accounts=accounts, table=table)
     return list(source.events()), source.ground_truth() or []
