@@ -22,7 +22,7 @@ def tiny_model(directory: Path, n_features: int = 5):
 
     Returns (trained Keras model, feature matrix, onnx path, card).
     """
-    from training.export import build_card, export_onnx, publish
+    from training.export import build_card, explanation_card, export_onnx, publish
     from training.model import AutoencoderConfig, train_autoencoder
 
     rng = np.random.default_rng(5)
@@ -34,12 +34,13 @@ def tiny_model(directory: Path, n_features: int = 5):
     trained = train_autoencoder(x[:1000], x[1000:1200], AutoencoderConfig(hidden=(8, 4), epochs=2, batch_size=64),
                                 verbose=0)
     onnx_path = directory / "tiny.onnx"
-    partial, sha, parity = export_onnx(trained, onnx_path, x)
+    partial, sha, parity = export_onnx(trained.model, onnx_path, x)
     scores = trained.score(x[1000:1200])[0]
     card = build_card(name="tiny", onnx_sha256=sha, feature_names=names, x_train=x[:1000],
                       threshold={"value": float(np.quantile(scores, 0.99)), "method": "percentile", "parameter": 99},
                       val_normal_scores=scores, training={"rows": N_ROWS}, metrics={}, parity=parity,
-                      created=datetime(2026, 11, 22, tzinfo=UTC))
+                      created=datetime(2026, 11, 22, tzinfo=UTC),
+                      explanation=explanation_card(events[:1000], names, trained.score(x[1000:1200])[1]))
     publish(partial, onnx_path, card, onnx_path.with_suffix(".json"))
     return trained, x, onnx_path, card
 
@@ -71,7 +72,7 @@ def test_parity_holds_on_every_export(exported):
 
     trained, x, onnx_path, card = exported
     assert card["parity"]["rows"] == N_ROWS and card["parity"]["max_abs_diff"] <= 1e-4
-    assert check_parity(trained, onnx_path, x)["max_abs_diff"] <= 1e-4
+    assert check_parity(trained.model, onnx_path, x)["max_abs_diff"] <= 1e-4
 
 
 def test_parity_catches_a_broken_graph_and_removes_it(exported, tmp_path):
@@ -87,10 +88,10 @@ def test_parity_catches_a_broken_graph_and_removes_it(exported, tmp_path):
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, broken)
     with pytest.raises(ModelError, match=r"ONNX export differs from Keras on row \d+.*broken.onnx removed"):
-        check_parity(trained, broken, x)
+        check_parity(trained.model, broken, x)
     assert not broken.exists()
     with pytest.raises(ModelError, match="at least 1000 rows"):
-        check_parity(trained, onnx_path, x[:999])
+        check_parity(trained.model, onnx_path, x[:999])
 
 
 def test_model_card_schema(exported):

@@ -9,7 +9,7 @@ import pytest
 
 from fraudmon.core.errors import InputDataError
 from fraudmon.core.events import FILE_LIMITS, event_from_dict
-from training.data import Dataset, load_dataset, time_split
+from training.data import Dataset, load_dataset, split_dataset
 
 HEADER = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]
 
@@ -103,7 +103,7 @@ def test_invalid_events_and_labels_name_the_line(tmp_path):
 def test_too_few_normal_training_rows_is_a_clear_error(tmp_path):
     dataset = load_dataset(card_csv(tmp_path / "cc.csv", n=600))
     with pytest.raises(InputDataError, match=r"only 336 normal training rows .*need at least 500"):
-        time_split(dataset)
+        split_dataset(dataset)
 
 
 def test_time_split_trains_on_the_past_and_tests_on_the_future():
@@ -113,7 +113,7 @@ def test_time_split_trains_on_the_past_and_tests_on_the_future():
                               FILE_LIMITS) for i, t in enumerate(times)]
     labels = (rng.random(2000) < 0.05).astype(np.int8)
     dataset = Dataset(events, labels)
-    split = time_split(dataset, test_fraction=0.3, val_fraction=0.2)
+    split = split_dataset(dataset, test_fraction=0.3, val_fraction=0.2)
     ts = dataset.timestamps
     assert len(split.test) == 600 and len(split.val) == 280
     assert ts[split.train].max() < ts[split.val].min() <= ts[split.val].max() < ts[split.test].min()
@@ -121,9 +121,9 @@ def test_time_split_trains_on_the_past_and_tests_on_the_future():
     past_normals = ((ts < ts[split.val].min()) & (labels == 0)).sum()
     assert len(split.train) == past_normals  # every normal row of the training period, and only those
     assert labels[split.val].sum() > 0 and labels[split.test].sum() > 0  # evaluation keeps the frauds
-    unlabelled = time_split(Dataset(events))
+    unlabelled = split_dataset(Dataset(events))
     assert not unlabelled.normal_only and len(unlabelled.train) == 1120
-    assert len(time_split(dataset, normal_only=False).train) == 1120  # repeating an unlabelled run's split
+    assert len(split_dataset(dataset, normal_only=False).train) == 1120  # repeating an unlabelled run's split
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_normal_only_training_really_excludes_frauds(trained):
 
     root, result = trained
     dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
-    split = time_split(dataset)
+    split = split_dataset(dataset)
     x = vectorize(dataset.events, result.card["feature_names"]).astype(np.float64)
     in_period = np.flatnonzero(dataset.timestamps < dataset.timestamps[split.val].min())
     assert dataset.labels[in_period].sum() > 0, "the test needs frauds inside the training period"
@@ -182,7 +182,7 @@ def test_report_files_exist_and_match_a_recomputation(trained):
 
     model = load_model(result.onnx_path)
     dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
-    test = time_split(dataset).test
+    test = split_dataset(dataset).test
     scores, _ = model.score(vectorize([dataset.events[i] for i in test], model.feature_names))
     labels = dataset.labels[test]
     assert metrics["model"]["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
@@ -192,12 +192,12 @@ def test_report_files_exist_and_match_a_recomputation(trained):
     assert (at["tp"], at["fp"]) == (int((flagged & (labels == 1)).sum()), int((flagged & (labels == 0)).sum()))
     assert at["recall"] == pytest.approx(at["tp"] / labels.sum())
     assert {r["rule"] for r in metrics["table"]} >= {"mean+3std", "alert_rate 0.1%", "alert_rate 2.0%"}
-    assert set(metrics["baselines"]) == {"isolation_forest", "pca"}
+    assert set(metrics["baselines"]) == {"isolation_forest", "pca", "kmeans"}
     scenarios = metrics["model"]["per_scenario"]
     assert sum(s["frauds"] for s in scenarios.values()) == labels.sum()
 
     report = result.report_path.read_text()
-    row = re.search(r"\| autoencoder \| ([\d.]+) \| ([\d.]+) \|", report)
+    row = re.search(r"\| combined \(served\) \| ([\d.]+) \| ([\d.]+) \|", report)
     assert row and float(row[1]) == round(metrics["model"]["roc_auc"], 4)
     assert float(row[2]) == round(metrics["model"]["pr_auc"], 4)
     assert f"| fraud | {at['tp']} | {at['fn']} |" in report
@@ -214,9 +214,10 @@ def test_evaluate_reruns_the_same_numbers_with_onnxruntime_only(trained):
     rerun, original = document["metrics"], result.card["metrics"]
     for key in ("roc_auc", "pr_auc"):
         assert rerun["model"][key] == pytest.approx(original["model"][key], abs=1e-6)
-        for name in ("isolation_forest", "pca"):
+        for name in ("isolation_forest", "pca", "kmeans"):
             assert rerun["baselines"][name][key] == pytest.approx(original["baselines"][name][key], abs=1e-9)
     assert rerun["model"]["at_threshold"]["tp"] == original["model"]["at_threshold"]["tp"]
+    assert rerun["parts"]["autoencoder"][key] == pytest.approx(original["parts"]["autoencoder"][key], abs=1e-5)
     whole, _ = evaluate_file(result.onnx_path, root / "events.jsonl", root / "truth.csv", part="all")
     assert whole["metrics"]["model"]["rows"] == 4000
 

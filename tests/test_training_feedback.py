@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fraudmon.cli import app
 from fraudmon.core.errors import InputDataError
 from tests.test_training import HEADER, card_csv
-from training.data import load_dataset, time_split
+from training.data import load_dataset, split_dataset
 from training.report import few_frauds_caveat
 
 START_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
@@ -52,14 +52,14 @@ def test_empty_files_say_what_to_pass(tmp_path):
 def test_fraud_only_data_says_there_are_no_normal_rows_and_shows_the_labels(tmp_path):
     dataset = load_dataset(card_csv(tmp_path / "cc.csv", n=800, fraud_every=1))
     with pytest.raises(InputDataError) as caught:
-        time_split(dataset)
+        split_dataset(dataset)
     message = str(caught.value)
     assert message.startswith("no normal rows to train the autoencoder on: all 800 rows are labelled fraud")
     assert "column Class of" in message and "value 1 in 800 rows, value 0 in none; 1 = fraud, 0 = normal" in message
     assert "--test-fraction" not in message
     events = load_dataset(events_jsonl(tmp_path / "e.jsonl", 50), truth_csv(tmp_path / "truth.csv", 50, label=1))
     with pytest.raises(InputDataError, match=r"all 50 rows are labelled fraud \(column label of .*truth.csv: value 1"):
-        time_split(events)
+        split_dataset(events)
 
 
 def test_all_nan_columns_are_named_with_their_counts(tmp_path):
@@ -160,3 +160,44 @@ def test_no_labels_is_a_loud_warning_and_label_methods_are_refused_before_traini
     code, output = train_cli(data, tmp_path / "other", "--quiet", "--threshold-method", "max_f1")
     assert code == 2 and output.startswith("error: the threshold method max_f1 needs labels, and this data has none")
     assert output.count("\n") == 1 and not (tmp_path / "other").exists()
+
+
+def _verdicts(path: Path, verdicts: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"transaction_id": tx, "label": label, "reviewer": "ana"}) + "\n"
+                            for tx, label in verdicts))
+    return path
+
+
+def test_verdicts_override_labels_and_train_the_head(tmp_path):
+    """Analysts' verdicts replace the ground truth of their transactions; the supervised head learns from them."""
+    from training.simulate import SimulationConfig, simulate, write_events, write_ground_truth
+
+    events, truth = simulate(SimulationConfig(n_events=3000, n_accounts=200, fraud_rate=0.03, seed=5))
+    write_events(tmp_path / "e.jsonl", events)
+    write_ground_truth(tmp_path / "truth.csv", truth)
+    dataset = load_dataset(tmp_path / "e.jsonl", tmp_path / "truth.csv")
+    past = split_dataset(dataset).past
+    frauds = [dataset.events[i].transaction_id for i in past if dataset.labels[i]]
+    normals = [dataset.events[i].transaction_id for i in past if not dataset.labels[i]]
+    verdicts = _verdicts(tmp_path / "verdicts.jsonl", [*((tx, "legit") for tx in frauds[:5]),
+                                                      *((tx, "fraud") for tx in normals[:20]), ("tx-unknown", "fraud")])
+    merged = load_dataset(tmp_path / "e.jsonl", tmp_path / "truth.csv", verdicts=verdicts)
+    assert merged.source["verdicts"] == {"path": str(verdicts), "read": 26, "unknown_transactions": 1, "fraud": 20,
+                                         "legit": 5, "labels_changed": 25}
+    assert int(merged.labels[past].sum()) == len(frauds) - 5 + 20
+    code, output = train_cli(tmp_path / "e.jsonl", tmp_path / "models", "--truth", str(tmp_path / "truth.csv"),
+                             "--verdicts", str(verdicts), "--quiet")
+    assert code == 0, output
+    assert "verdicts: 26 read (20 fraud, 5 legit), 25 labels changed, 1 name no transaction here" in output
+    card = json.loads((tmp_path / "models" / "default.json").read_text())
+    assert card["parts"]["head"]["fitted_on"]["frauds"] == len(frauds) - 5 + 20
+    assert card["training"]["data"]["verdicts"]["labels_changed"] == 25
+
+    unlabelled = load_dataset(tmp_path / "e.jsonl", verdicts=verdicts)  # no ground truth: the verdicts are the labels
+    assert int(unlabelled.labels.sum()) == 20 and unlabelled.scenarios.count("verdict") == 20
+    assert "with the verdicts of" in unlabelled.label_origin
+    with pytest.raises(InputDataError, match=r"none of the 1 verdicts in .*other.jsonl names a transaction"):
+        load_dataset(tmp_path / "e.jsonl", verdicts=_verdicts(tmp_path / "other.jsonl", [("nope", "fraud")]))
+    (tmp_path / "bad.jsonl").write_text('{"transaction_id": "t1", "label": "maybe"}\n')
+    with pytest.raises(InputDataError, match=r"bad.jsonl line 1: label: 'maybe' is not one of fraud, legit"):
+        load_dataset(tmp_path / "e.jsonl", verdicts=tmp_path / "bad.jsonl")

@@ -11,13 +11,22 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fraudmon.core.console import settings_or_fail
 from fraudmon.core.errors import FraudMonitorError
-from fraudmon.core.eventfiles import FORMATS
+from fraudmon.core.eventfiles import DATA_FORMATS, TableSpec, table_spec
 
 if TYPE_CHECKING:
-    from training.train import DataSummary
+    from training.train import DataSummary, TrainResult
 
-FORMAT_HELP = f"{', '.join(FORMATS)} (auto tells events from the card-holder CSV by the file's name and header)."
+FORMAT_HELP = (f"{', '.join(DATA_FORMATS)} (auto tells events from the card-holder CSV by the file's name and "
+               "header; table: any CSV of numeric features, with --label-column).")
+CANDIDATES = "candidates"
+"""Where under the served model's directory `fraudmon train` writes candidates (`fraudmon promote` reads them)."""
+# The feature-table options, shared by train, evaluate, produce and replay.
+LabelColumnOption = typer.Option(None, "--label-column", help="--format table: the column that marks frauds.")
+FraudValueOption = typer.Option("1", "--fraud-value", help="--format table: the label value of a fraud (default 1).")
+TimeColumnOption = typer.Option(None, "--time-column", help="--format table: a time column (seconds) to split by "
+                                "(default: a seeded random split).")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -46,19 +55,51 @@ def _command_line(ctx: typer.Context, ignore: tuple[str, ...] = ("quiet",)) -> s
     return shlex.join(parts)
 
 
+def table_or_fail(fmt: str, label_column: str | None, fraud_value: str, time_column: str | None) -> TableSpec | None:
+    """The feature-table reading asked for on the command line (`table_spec`), or a clean exit saying why not."""
+    try:
+        return table_spec(fmt, label_column, fraud_value, time_column)
+    except FraudMonitorError as exc:
+        raise _fail(str(exc)) from None
+
+
+def event_format(fmt: str) -> str:
+    """The `--format` for event files: `table` is read by the table options instead."""
+    return "auto" if fmt == "table" else fmt
+
+
+def _where_it_went(result: TrainResult) -> None:
+    """The model, card and report paths; for a candidate, how to promote it."""
+    card = result.card
+    typer.echo(f"\nmodel: {result.onnx_path} (version {card['version']}), card: {result.card_path}")
+    typer.echo(f"report: {result.report_path}   training took {card['training']['duration_seconds']:.1f} s")
+    if result.candidate:
+        typer.echo(f"candidate {result.onnx_path.parent.name} written (the served model is unchanged); backtest "
+                   f"and serve it with:\n  fraudmon promote {result.onnx_path.parent.name} --data RECENT_EVENTS "
+                   "--truth RECENT_TRUTH")
+
+
 def train_command(
     ctx: typer.Context,
     data: Path | None = typer.Option(None, "--data", exists=True, dir_okay=False,
-                                     help="Events (JSON lines or CSV) or the card-holder CSV."),
+                                     help="Events (JSON lines or CSV), the card-holder CSV, or a feature table."),
     truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False,
                                       help="Ground truth CSV (transaction_id,label,scenario) for event files."),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    label_column: str | None = LabelColumnOption,
+    fraud_value: str = FraudValueOption,
+    time_column: str | None = TimeColumnOption,
     simulate: int | None = typer.Option(None, "--simulate", min=1000,
                                         help="Train on N freshly simulated events (simulator defaults, seed 42)."),
-    name: str = typer.Option("default", "--name", help="Writes <out-dir>/<name>.onnx and <name>.json "
-                             "(the worker serves models/default.onnx)."),
-    out_dir: Path = typer.Option(Path("models"), "--out-dir"),
-    report_dir: Path | None = typer.Option(None, "--report-dir", help="Default <out-dir>/<name>-report."),
+    labels: str = typer.Option("auto", "--labels", help="auto: add a supervised head to the autoencoder when the "
+                               "training part holds enough frauds; off: the autoencoder alone."),
+    verdicts: Path | None = typer.Option(None, "--verdicts", exists=True, dir_okay=False,
+                                         help="Analysts' verdicts (JSON lines, fraud or legit): they override the "
+                                              "labels of their transactions."),
+    name: str = typer.Option("default", "--name", help="Model name: <name>.onnx and <name>.json."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="Write <out-dir>/<name>.onnx (default: a candidate "
+                                        "in models/candidates/<name>-<version>/, which `fraudmon promote` serves)."),
+    report_dir: Path | None = typer.Option(None, "--report-dir", help="Default <model dir>/<name>-report."),
     preset: str = typer.Option("auto", "--preset",
                                help="Hyper-parameter defaults: auto (by data format), events or creditcard."),
     threshold_method: str | None = typer.Option(
@@ -79,7 +120,12 @@ def train_command(
                                           help="Fail on NaN/inf rows instead of dropping them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
 ) -> None:
-    """Train the autoencoder, choose its threshold, evaluate it on the held-out period and export ONNX + card."""
+    """Train the autoencoder (and a supervised head when labels allow), choose the threshold, evaluate on the
+    held-out part and export ONNX + card as a candidate (never over the served model).
+
+    Examples: fraudmon train --simulate 100000
+              fraudmon train --data table.csv --format table --label-column label --fraud-value 0
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
     from training.train import TrainRequest, train
 
@@ -92,8 +138,12 @@ def train_command(
             overrides["hidden"] = tuple(int(w) for w in hidden.split(","))
         except ValueError:
             raise _fail(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    table = table_or_fail(fmt, label_column, fraud_value, time_column)
+    settings = settings_or_fail(None)
     request = TrainRequest(
-        data=data, truth=truth, fmt=fmt, simulate=simulate, name=name, out_dir=out_dir, report_dir=report_dir,
+        data=data, truth=truth, fmt=event_format(fmt), table=table, simulate=simulate, name=name, out_dir=out_dir,
+        candidates_dir=settings.resolve(settings.worker.model_path).parent / CANDIDATES, report_dir=report_dir,
+        labels=labels, verdicts=verdicts,
         preset=preset, threshold_method=threshold_method, threshold_param=threshold_param, overrides=overrides,
         test_fraction=test_fraction, val_fraction=val_fraction,
         on_nonfinite="raise" if refuse_nonfinite else "drop",
@@ -107,11 +157,11 @@ def train_command(
     from training.report import format_summary
 
     card = result.card
-    typer.echo(f"\nheld-out evaluation ({card['training']['split']['test']['rows']} rows, last "
-               f"{test_fraction:.0%} by time)\n")
+    split = card["training"]["split"]
+    part = f"last {test_fraction:.0%} by time" if split["mode"] == "time" else f"{test_fraction:.0%} at random"
+    typer.echo(f"\nheld-out evaluation ({split['test']['rows']} rows, {part})\n")
     typer.echo(format_summary(card["metrics"]))
-    typer.echo(f"\nmodel: {result.onnx_path} (version {card['version']}), card: {result.card_path}")
-    typer.echo(f"report: {result.report_path}   training took {card['training']['duration_seconds']:.1f} s")
+    _where_it_went(result)
 
 
 def evaluate_command(
@@ -119,6 +169,9 @@ def evaluate_command(
     data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="Events or card-holder CSV."),
     truth: Path | None = typer.Option(None, "--truth", exists=True, dir_okay=False, help="Ground truth CSV."),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    label_column: str | None = LabelColumnOption,
+    fraud_value: str = FraudValueOption,
+    time_column: str | None = TimeColumnOption,
     part: str = typer.Option("auto", "--part", help="holdout (the training split's test rows), all, or auto "
                              "(holdout when the file is the card's training data)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Default runs/<model>-evaluation."),
@@ -127,8 +180,9 @@ def evaluate_command(
     from training.evaluate import evaluate_file
     from training.report import format_summary, write_report
 
+    table = table_or_fail(fmt, label_column, fraud_value, time_column)
     try:
-        document, assessment = evaluate_file(model, data, truth, fmt, part)
+        document, assessment = evaluate_file(model, data, truth, event_format(fmt), part, table)
     except (FraudMonitorError, ValueError) as exc:
         raise _fail(str(exc)) from None
     report_dir = report_dir or Path("runs") / f"{model.stem}-evaluation"

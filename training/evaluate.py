@@ -1,5 +1,6 @@
-"""Held-out evaluation: ranking metrics, the confusion matrix at a threshold, a threshold table, per-scenario
-recall, and two baselines fitted on the same training rows (numpy and scikit-learn only, no TensorFlow)."""
+"""Held-out evaluation: ranking metrics, recall at fixed alert rates, the confusion matrix at a threshold, a
+threshold table, per-scenario recall, the served model's parts alone (autoencoder, supervised head) and three
+baselines fitted on the same training rows (numpy and scikit-learn only, no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fraudmon.core.eventfiles import Format
+from fraudmon.core.eventfiles import Format, TableSpec
 from training import threshold as thr
 
 STD_MULTIPLES = (1.0, 2.0, 3.0)
 ALERT_RATES = (0.001, 0.005, 0.01, 0.02)
-BASELINES = ("isolation_forest", "pca")
+RECALL_RATES = (0.001, 0.005, 0.01)
+"""Alert rates at which each model's held-out recall is reported (its top 0.1%, 0.5%, 1% of rows flagged)."""
+BASELINES = ("isolation_forest", "pca", "kmeans")
+KMEANS_CLUSTERS = 8
 
 
 def ranking(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
@@ -26,6 +31,17 @@ def ranking(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
     if labels.min(initial=0) == labels.max(initial=0):
         return {"roc_auc": None, "pr_auc": None}
     return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores))}
+
+
+def recall_at_rates(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Recall when the top `rate` share of the rows by score is flagged, for each of `RECALL_RATES`."""
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    out: dict[str, float | None] = {}
+    for rate in RECALL_RATES:
+        flagged = order[: int(np.ceil(rate * len(order)))]
+        out[f"{rate:.1%}"] = float(labels[flagged].sum() / labels.sum()) if labels.any() else None
+    return out
 
 
 def at_threshold(scores: np.ndarray, labels: np.ndarray | None, threshold: float) -> dict[str, float | int | None]:
@@ -93,18 +109,21 @@ class StandardScaler:
 
 
 def fit_baselines(x_train: np.ndarray, seed: int, n_components: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """IsolationForest (raw features) and PCA reconstruction error (scaled), both fitted on `x_train`."""
+    """IsolationForest (raw features), PCA reconstruction error and the distance to the nearest k-means centroid
+    (both on scaled features), all fitted on `x_train`."""
     x_train = np.asarray(x_train, dtype=np.float64)
     forest = IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(x_train)
     scale = StandardScaler.fit(x_train)
     pca = PCA(n_components=min(n_components, x_train.shape[1]), random_state=seed).fit(scale(x_train))
+    kmeans = KMeans(n_clusters=min(KMEANS_CLUSTERS, len(x_train)), n_init=3, random_state=seed).fit(scale(x_train))
 
     def pca_error(x: np.ndarray) -> np.ndarray:
         z = scale(np.asarray(x, dtype=np.float64))
         return np.mean((z - pca.inverse_transform(pca.transform(z))) ** 2, axis=1)
 
     return {"isolation_forest": lambda x: -forest.score_samples(np.asarray(x, dtype=np.float64)),
-            "pca": pca_error}
+            "pca": pca_error,
+            "kmeans": lambda x: kmeans.transform(scale(np.asarray(x, dtype=np.float64))).min(axis=1)}
 
 
 def summarize(
@@ -115,6 +134,7 @@ def summarize(
     if labels is not None:
         out["frauds"] = int(np.asarray(labels).sum())
         out.update(ranking(scores, labels))
+        out["recall_at_alert_rate"] = recall_at_rates(scores, labels)
     out["at_threshold"] = at_threshold(scores, labels, threshold)
     if labels is not None and scenarios is not None:
         out["per_scenario"] = per_scenario(scores, labels, scenarios, threshold)
@@ -137,20 +157,24 @@ def evaluate(
     test_scenarios: Sequence[str] | None = None,
     baselines: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     val_labels: np.ndarray | None = None,
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict:
-    """The metrics document: the model at its threshold, the threshold table, and the baselines, each at a
-    threshold chosen the same way on its own validation scores."""
+    """The metrics document: the model at its threshold, the threshold table, and its parts alone and the
+    baselines, each at a threshold chosen the same way on its own validation scores."""
     metrics: dict = {
         "threshold": threshold.to_dict(),
         "model": summarize(test_scores, test_labels, threshold.value, test_scenarios),
         "table": threshold_table(references, test_scores, test_labels),
     }
-    if baselines:
-        metrics["baselines"] = {}
-        for name, (val, test) in baselines.items():
+    for key, others in (("parts", parts), ("baselines", baselines)):
+        if not others:
+            continue
+        metrics[key] = {}
+        for name, (val, test) in others.items():
             normal = val if val_labels is None else val[np.asarray(val_labels) == 0]
             chosen = thr.choose_threshold(threshold.method, normal, threshold.parameter, val, val_labels)
-            metrics["baselines"][name] = summarize(test, test_labels, chosen.value)
+            metrics[key][name] = summarize(test, test_labels, chosen.value,
+                                           test_scenarios if key == "parts" else None)
     return metrics
 
 
@@ -174,54 +198,63 @@ def assess(
     baseline_rows: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int = 42,
     n_components: int = 8,
+    parts: dict[str, np.ndarray] | None = None,
 ) -> Assessment:
     """Evaluate the model's `scores` (all rows) on `rows`; with `baseline_rows` = (train, val) indices also fit
-    the baselines on the training rows and report validation ranking metrics (the ones tuning may look at)."""
+    the baselines on the training rows, compare the model's `parts` (their scores on all rows), and report
+    validation ranking metrics (the ones tuning may look at)."""
     test_labels = None if labels is None else labels[rows]
     test_scenarios = None if scenarios is None else [scenarios[i] for i in rows]
-    baselines = val_labels = None
+    baselines = val_labels = split_parts = None
     if baseline_rows is not None:
         train, val = baseline_rows
         baselines = baseline_scores(x, train, val, rows, seed, n_components)
+        split_parts = {name: (values[val], values[rows]) for name, values in (parts or {}).items()}
         val_labels = None if labels is None else labels[val]
-    metrics = evaluate(scores[rows], test_labels, threshold, references, test_scenarios, baselines, val_labels)
+    metrics = evaluate(scores[rows], test_labels, threshold, references, test_scenarios, baselines, val_labels,
+                       split_parts)
+    others = {**(split_parts or {}), **(baselines or {})}
     if baselines and val_labels is not None:
         metrics["validation"] = {"model": ranking(scores[baseline_rows[1]], val_labels),
-                                 **{name: ranking(v, val_labels) for name, (v, _) in baselines.items()}}
-    curves = {"model": scores[rows], **{name: t for name, (_, t) in (baselines or {}).items()}}
+                                 **{name: ranking(v, val_labels) for name, (v, _) in others.items()}}
+    curves = {"model": scores[rows], **{name: t for name, (_, t) in others.items()}}
     return Assessment(metrics, curves, test_labels)
 
 
 def evaluate_file(
-    model_path: Path, data: Path, truth: Path | None = None, fmt: Format = "auto", part: str = "auto"
+    model_path: Path, data: Path, truth: Path | None = None, fmt: Format = "auto", part: str = "auto",
+    table: TableSpec | None = None,
 ) -> tuple[dict, Assessment]:
     """Re-run the evaluation of a published model with onnxruntime only: (report document, assessment).
 
     `part`: `holdout` repeats the training split (test rows, baselines refitted on the training rows), `all`
-    scores every row; `auto` picks `holdout` when `data` is the file the card was trained on.
+    scores every row; `auto` picks `holdout` when `data` is the file the card was trained on. A model with a
+    supervised head is also compared with its autoencoder alone (the mean of its `feature_errors`).
     """
     from stream_app.features import vectorize
     from stream_app.scoring import load_model
-    from training.data import load_dataset, time_split
+    from training.data import load_dataset, split_dataset
 
     model = load_model(model_path)
     card, training = model.card, model.card.get("training", {})
-    dataset = load_dataset(data, truth, fmt)
+    dataset = load_dataset(data, truth, fmt, table=table)
     if part == "auto":
         part = "holdout" if dataset.source["sha256"] == training.get("data", {}).get("sha256") else "all"
     if part not in ("holdout", "all"):
         raise ValueError(f"unknown part {part!r}: use auto, holdout or all")
     x = vectorize(dataset.events, model.feature_names)
-    scores, _ = model.score(x)
+    scores, errors = model.score(x)
     threshold = thr.Threshold(**card.threshold.model_dump())
     references = card.get("metrics", {}).get("table") or reference_thresholds(scores)
+    parts = {"autoencoder": errors.mean(axis=1)} if card.parts is not None and card.parts.head else None
     if part == "holdout":
         split_info = training["split"]
-        split = time_split(dataset, split_info["test_fraction"], split_info["val_fraction"], min_normal_train=1,
-                           normal_only=training.get("normal_only"))
+        seed = training.get("seed", 42)
+        split = split_dataset(dataset, split_info["test_fraction"], split_info["val_fraction"], min_normal_train=1,
+                              normal_only=training.get("normal_only"), seed=seed)
         pca = training.get("baselines", {}).get("pca", {})
         assessment = assess(x, scores, dataset.labels, dataset.scenarios, split.test, threshold, references,
-                            (split.train, split.val), training.get("seed", 42), pca.get("n_components", 8))
+                            (split.train, split.val), seed, pca.get("n_components", 8), parts)
     else:
         assessment = assess(x, scores, dataset.labels, dataset.scenarios, np.arange(len(dataset)), threshold,
                             references)

@@ -19,13 +19,18 @@ import tensorflow as tf
 import tf2onnx
 
 from fraudmon.core.errors import ModelError
+from fraudmon.core.events import Event
 from fraudmon.core.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
-from training.model import TrainedAutoencoder
+from stream_app.features import NORMAL_COVERAGE, fields_of, normal_ranges
+from training.model import predict
 
 OPSET = 17
 PARITY_MIN_ROWS = 1000
 PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-6  # float32 cannot resolve 1e-4 on scores above ~100; allow a relative part for those
+PARITY_RTOL = 1e-4
+"""float32 cannot resolve 1e-4 on scores above ~100, and the hybrid score is exp(a sum of ~60 float32 products),
+so the rounding of that sum (its order differs between Keras and onnxruntime) becomes a relative error of the
+score, up to a few 1e-5 seen: 100 ppm allowed, far below what changes a decision."""
 
 
 def to_onnx(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
@@ -54,7 +59,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def check_parity(
-    trained: TrainedAutoencoder, onnx_path: Path, x: np.ndarray, atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL
+    model: tf.keras.Model, onnx_path: Path, x: np.ndarray, atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL
 ) -> dict[str, float | int]:
     """Compare Keras and onnxruntime scores on `x` (>= 1,000 rows); on failure delete `onnx_path` and raise."""
     if len(x) < PARITY_MIN_ROWS:
@@ -66,7 +71,7 @@ def check_parity(
     except Exception as exc:
         onnx_path.unlink(missing_ok=True)
         raise ModelError(f"exported graph {onnx_path} does not run in onnxruntime: {exc}") from exc
-    keras_scores, keras_errors = trained.score(x)
+    keras_scores, keras_errors = predict(model, x)
     diff = np.abs(onnx_scores.astype(np.float64) - keras_scores)
     allowed = atol + rtol * np.abs(keras_scores.astype(np.float64))
     worst = int(np.argmax(diff - allowed)) if diff.size else 0
@@ -87,16 +92,15 @@ def onnx_scores(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     return session.run([ONNX_SCORE], {ONNX_INPUT: np.asarray(x, dtype=np.float32)})[0]
 
 
-def export_onnx(trained: TrainedAutoencoder, path: Path, x_parity: np.ndarray) -> tuple[Path, str, dict]:
-    """Convert and check parity into `<path>.partial`; return (that file, its sha256, the parity result).
-
-    `publish` moves it into place once the card is ready.
+def export_onnx(model: tf.keras.Model, path: Path, x_parity: np.ndarray) -> tuple[Path, str, dict]:
+    """Convert the serving model and check parity into `<path>.partial`; return (that file, its sha256, the
+    parity result). `publish` moves it into place once the card is ready.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_onnx(trained.model, int(trained.model.input_shape[-1])).SerializeToString()
+    data = to_onnx(model, int(model.input_shape[-1])).SerializeToString()
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
-    parity = check_parity(trained, partial, x_parity)
+    parity = check_parity(model, partial, x_parity)
     return partial, sha256_bytes(data), parity
 
 
@@ -123,6 +127,21 @@ def feature_deciles(x: np.ndarray, feature_names: list[str]) -> dict[str, dict[s
     return result
 
 
+def explanation_card(train_events: list[Event], feature_names: list[str],
+                     val_normal_errors: np.ndarray | None = None) -> dict[str, Any]:
+    """The card's `explanation`: per field its features, kind and normal range over the training rows, and its
+    mean summed reconstruction error on normal validation rows (1 when none are given)."""
+    fields = normal_ranges(train_events, feature_names)
+    if val_normal_errors is not None and len(val_normal_errors):
+        errors = np.asarray(val_normal_errors, dtype=np.float64)
+        for field, names in fields_of(feature_names).items():
+            scale = float(errors[:, [feature_names.index(n) for n in names]].sum(axis=1).mean())
+            fields[field]["error_scale"] = max(scale, 1e-9)
+    low, high = NORMAL_COVERAGE
+    return {"normal": f"training rows, {low:g}st to {high:g}th percentile (hour and weekday: the shortest window, "
+                      f"categories: those of at least {low:g}% of the rows)", "fields": fields}
+
+
 def library_versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
             "onnxruntime": ort.__version__, "numpy": np.__version__}
@@ -144,8 +163,12 @@ def build_card(
     metrics: dict[str, Any],
     parity: dict[str, Any],
     created: datetime | None = None,
+    parts: dict[str, Any] | None = None,
+    explanation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card (see README "Model card"); `score_stats` lets evaluation rebuild the threshold table."""
+    """The model card (docs/contracts.md "The model card"); `score_stats` lets evaluation rebuild the threshold
+    table; `expected_alert_rate` is the share of normal validation rows above the threshold, whatever the
+    method that chose it."""
     created = created or datetime.now(UTC)
     scores = np.asarray(val_normal_scores, dtype=np.float64)
     n = len(feature_names)
@@ -161,6 +184,8 @@ def build_card(
                             for q in (50, 90, 99, 99.9)},
         "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()), "rows": int(scores.size)},
         "feature_quantiles": feature_deciles(x_train, feature_names),
+        "parts": parts,
+        "explanation": explanation,
         "training": training,
         "metrics": metrics,
         "parity": parity,

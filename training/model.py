@@ -1,7 +1,8 @@
-"""The Keras autoencoder: scaling inside the graph, trained on normal rows, scored by reconstruction error.
+"""The Keras autoencoder: scaling inside the graph, trained on normal rows, scored by reconstruction error;
+and the one serving graph that adds a supervised head to it (`with_head`).
 
 The serving graph takes the raw feature vector and returns `score` (per-row mean squared reconstruction error
-in scaled space) and `feature_errors` (per-feature squared errors), both float32.
+in scaled space, or the hybrid score) and `feature_errors` (per-feature squared errors), both float32.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from fraudmon.core.errors import TrainingError
+from training.hybrid import LOG_SCORE_LIMIT, LOGIT_LIMIT, SCORE_EPSILON, Combination, SupervisedHead
 
 LOSSES = ("mse", "mae", "huber")
 MIN_VARIANCE = 1e-6
@@ -46,10 +48,44 @@ class TrainedAutoencoder:
     best_epoch: int = 0
     seconds: float = 0.0
 
-    def score(self, x: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores `[n]` and per-feature errors `[n, f]` (float32), as the exported graph computes them."""
-        scores, errors = self.model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0)
-        return scores.astype(np.float32), errors.astype(np.float32)
+        return predict(self.model, x)
+
+    def scaled(self, x: np.ndarray) -> np.ndarray:
+        """The features as the graph scales them (training mean and standard deviation)."""
+        layer = self.model.get_layer("scale")
+        mean, variance = layer.mean.numpy().reshape(-1), layer.variance.numpy().reshape(-1)
+        return ((np.asarray(x, dtype=np.float64) - mean) / np.sqrt(variance)).astype(np.float32)
+
+
+def predict(model: tf.keras.Model, x: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """A serving model's scores `[n]` and per-feature errors `[n, f]` (float32)."""
+    scores, errors = model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0)
+    return scores.astype(np.float32), errors.astype(np.float32)
+
+
+def with_head(autoencoder: tf.keras.Model, head: SupervisedHead, combination: Combination) -> tf.keras.Model:
+    """One serving graph: raw features → scaling → autoencoder → per-feature errors → the head's logit on the
+    scaled features and log errors (clipped) → `score` = exp(alpha log(ae + eps) + beta logit + gamma)
+    (`Combination`).
+    `feature_errors` stays the autoencoder's, which the explanations use."""
+    ae_score, errors = autoencoder.outputs
+    scaled = autoencoder.get_layer("scale").output
+    log_errors = tf.keras.layers.Lambda(lambda e: tf.math.log(e + 1.0), name="log_errors")(errors)  # no Log1p in ONNX
+    inputs = tf.keras.layers.Concatenate(name="head_inputs")([scaled, log_errors])
+    dense = tf.keras.layers.Dense(1, name="head")
+    logit = dense(inputs)
+    dense.set_weights([head.coef_.reshape(-1, 1).astype(np.float32), np.array([head.intercept_], np.float32)])
+    alpha, beta, gamma = (float(v) for v in (combination.alpha_, combination.beta_, combination.gamma_))
+
+    def combine(parts: list[tf.Tensor]) -> tf.Tensor:
+        logit = tf.clip_by_value(parts[1][:, 0], -LOGIT_LIMIT, LOGIT_LIMIT)
+        log_score = alpha * tf.math.log(parts[0] + SCORE_EPSILON) + beta * logit + gamma
+        return tf.exp(tf.clip_by_value(log_score, -LOG_SCORE_LIMIT, LOG_SCORE_LIMIT))
+
+    score = tf.keras.layers.Lambda(combine, name="hybrid_score")([ae_score, logit])
+    return tf.keras.Model(autoencoder.input, [score, errors], name="fraud_hybrid")
 
 
 def scaling_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-LABELS = {"model": "autoencoder", "isolation_forest": "IsolationForest", "pca": "PCA reconstruction"}
+LABELS = {"autoencoder": "autoencoder alone", "head": "head alone", "isolation_forest": "IsolationForest",
+          "pca": "PCA reconstruction", "kmeans": "k-means distance"}
 FEW_FRAUDS = 30
 """Below this many frauds in the evaluated rows, each fraud detected or missed moves recall by over 3 points."""
 
@@ -26,6 +27,23 @@ def few_frauds_caveat(frauds: int, where: str) -> str | None:
         return (f"only {frauds} frauds in {where} (fewer than {FEW_FRAUDS}): precision, recall, F1 and PR-AUC on "
                 f"them are noisy, one fraud more or less detected moves recall by {1 / frauds:.0%}")
     return None
+
+
+def served_label(metrics: dict) -> str:
+    """What the served score is: the combination of autoencoder and head, or the autoencoder alone."""
+    return "combined (served)" if (metrics.get("parts") or {}).get("head") else "autoencoder (served)"
+
+
+def model_rows(metrics: dict) -> list[tuple[str, str, dict]]:
+    """(key, label, summary) of the served model, its parts alone and the baselines, in the reports' order."""
+    rows = [("model", served_label(metrics), metrics["model"])]
+    for key in ("parts", "baselines"):
+        rows += [(name, LABELS.get(name, name), summary) for name, summary in (metrics.get(key) or {}).items()]
+    return rows
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3%}"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -80,12 +98,12 @@ def plot_curves(
     """ROC and precision-recall curves for the model and the baselines."""
     fig_roc, ax_roc = plt.subplots(figsize=(5.5, 5))
     fig_pr, ax_pr = plt.subplots(figsize=(5.5, 5))
-    for name, values in scores.items():
-        summary = metrics["model"] if name == "model" else metrics["baselines"][name]
+    for key, label, summary in model_rows(metrics):
+        values = scores[key]
         fpr, tpr, _ = roc_curve(labels, values)
         precision, recall, _ = precision_recall_curve(labels, values)
-        ax_roc.plot(fpr, tpr, label=f"{LABELS.get(name, name)} (AUC {summary['roc_auc']:.3f})")
-        ax_pr.step(recall, precision, where="post", label=f"{LABELS.get(name, name)} (AP {summary['pr_auc']:.3f})")
+        ax_roc.plot(fpr, tpr, label=f"{label} (AUC {summary['roc_auc']:.3f})")
+        ax_pr.step(recall, precision, where="post", label=f"{label} (AP {summary['pr_auc']:.3f})")
     ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (held-out)")
     ax_pr.axhline(labels.mean(), color="grey", linestyle=":", label=f"fraud rate {labels.mean():.3%}")
@@ -114,16 +132,21 @@ def render_markdown(document: dict, images: dict[str, str]) -> str:
     if has_labels:
         caveat = few_frauds_caveat(model["frauds"], f"the {model['rows']:,} evaluated rows")
         lines += [f"> **Caveat:** {caveat[0].upper()}{caveat[1:]}.", ""] if caveat else []
-        lines += ["## Held-out period", "", "| model | ROC-AUC | PR-AUC | precision | recall | F1 | alerts |",
-                  "|---|---|---|---|---|---|---|"]
-        rows = [("autoencoder", model), *((LABELS[k], v) for k, v in m.get("baselines", {}).items())]
-        for label, summary in rows:
+        rates = list(model["recall_at_alert_rate"])
+        lines += ["## Held-out part, side by side", "",
+                  f"| model | ROC-AUC | PR-AUC | {' | '.join(f'recall at {r}' for r in rates)} | precision | recall | "
+                  "false-flag rate | alerts |", "|---" * (7 + len(rates)) + "|"]
+        for _, label, summary in model_rows(m):
             a = summary["at_threshold"]
-            lines.append(f"| {label} | {_fmt(summary['roc_auc'])} | {_fmt(summary['pr_auc'])} | "
-                         f"{_fmt(a['precision'])} | {_fmt(a['recall'])} | {_fmt(a['f1'])} | {a['alerts']} |")
-        lines += ["", f"Rows {model['rows']}, frauds {model['frauds']}. Baselines are fitted on the same training "
-                  "rows and thresholded the same way on their own validation scores.", "",
-                  "Confusion matrix of the autoencoder at its threshold:", "",
+            at_rates = " | ".join(_fmt(v) for v in summary["recall_at_alert_rate"].values())
+            lines.append(f"| {label} | {_fmt(summary['roc_auc'])} | {_fmt(summary['pr_auc'])} | {at_rates} | "
+                         f"{_fmt(a['precision'])} | {_fmt(a['recall'])} | {_rate(a['normal_alert_rate'])} | "
+                         f"{a['alerts']} |")
+        lines += ["", f"Rows {model['rows']}, frauds {model['frauds']}. Recall at an alert rate flags each model's "
+                  "top share of these rows; precision, recall and the false-flag rate (normal rows flagged) are at "
+                  "each model's threshold, chosen the same way on its own validation scores. The parts alone and "
+                  "the baselines are fitted on the same training rows.", "",
+                  f"Confusion matrix of the {served_label(m)} model at its threshold:", "",
                   "| | flagged | passed |", "|---|---|---|",
                   f"| fraud | {at['tp']} | {at['fn']} |", f"| normal | {at['fp']} | {at['tn']} |", ""]
     lines += ["## Threshold table", "", "Thresholds from the normal validation scores, applied to the evaluated rows.",
@@ -133,10 +156,13 @@ def render_markdown(document: dict, images: dict[str, str]) -> str:
         lines.append(f"| {row['rule']} | {row['threshold']:.6g} | {row['alerts']} | {row['alert_rate']:.4%} | "
                      f"{_fmt(row.get('precision'))} | {_fmt(row.get('recall'))} | {_fmt(row.get('f1'))} |")
     if model.get("per_scenario"):
-        lines += ["", "## Recall per fraud scenario", "", "| scenario | frauds | detected | recall |",
-                  "|---|---|---|---|"]
+        parts = {LABELS[k]: v["per_scenario"] for k, v in (m.get("parts") or {}).items() if v.get("per_scenario")}
+        lines += ["", "## Recall per fraud scenario", "", "Each model at its own threshold.", "",
+                  "| scenario | frauds | detected | recall |" + "".join(f" {label} |" for label in parts),
+                  "|---" * (4 + len(parts)) + "|"]
         for name, row in model["per_scenario"].items():
-            lines.append(f"| {name} | {row['frauds']} | {row['detected']} | {row['recall']:.4f} |")
+            others = "".join(f" {p[name]['recall']:.4f} |" for p in parts.values())
+            lines.append(f"| {name} | {row['frauds']} | {row['detected']} | {row['recall']:.4f} |{others}")
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({file})" for title, file in images.items()]
     return "\n".join(lines) + "\n"
@@ -179,13 +205,15 @@ def format_summary(metrics: dict) -> str:
     caveat = few_frauds_caveat(model["frauds"], f"the {model['rows']:,} evaluated rows") if "frauds" in model else None
     if caveat:
         lines += [f"caveat: {caveat}", ""]
-    rows = [("autoencoder", metrics["model"]), *((LABELS[k], v) for k, v in metrics.get("baselines", {}).items())]
-    lines.append(f"{'model':<20} {'ROC-AUC':>8} {'PR-AUC':>8} {'precision':>9} {'recall':>7} {'F1':>7} {'alerts':>7}")
-    for label, summary in rows:
+    rates = list(model.get("recall_at_alert_rate") or {})
+    lines.append(f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} " + "".join(f"{'rec@' + r:>9} " for r in rates)
+                 + f"{'precision':>9} {'recall':>7} {'false-flag':>10} {'alerts':>7}")
+    for _, label, summary in model_rows(metrics):
         a = summary["at_threshold"]
-        lines.append(f"{label:<20} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} "
-                     f"{_fmt(a.get('precision')):>9} {_fmt(a.get('recall')):>7} {_fmt(a.get('f1')):>7} "
-                     f"{a['alerts']:>7}")
+        at_rates = "".join(f"{_fmt(v):>9} " for v in (summary.get("recall_at_alert_rate") or {}).values())
+        lines.append(f"{label:<22} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} {at_rates}"
+                     f"{_fmt(a.get('precision')):>9} {_fmt(a.get('recall')):>7} "
+                     f"{_rate(a.get('normal_alert_rate')):>10} {a['alerts']:>7}")
     lines += ["", f"{'threshold rule':<20} {'threshold':>10} {'alert rate':>10} {'precision':>9} {'recall':>7}"]
     for row in metrics["table"]:
         lines.append(f"{row['rule']:<20} {row['threshold']:>10.4g} {row['alert_rate']:>10.3%} "

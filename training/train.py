@@ -1,5 +1,6 @@
-"""`fraudmon train`: data → features → time split → autoencoder → ONNX (parity-checked) → threshold →
-held-out evaluation with baselines → model card and report."""
+"""`fraudmon train`: data (+ analysts' verdicts) → features → split → autoencoder on normal rows → supervised
+head when labels allow one → one ONNX graph (parity-checked) → threshold → held-out evaluation next to the parts
+alone and the baselines → a candidate (model card and report) that `fraudmon promote` can serve."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ from typing import Any
 import numpy as np
 
 from fraudmon.core.errors import InputDataError
+from fraudmon.core.eventfiles import TableSpec
 from fraudmon.core.events import format_timestamp
-from stream_app.features import default_feature_names, vectorize
+from stream_app.features import BUILTIN, default_feature_names, vectorize
 from training import evaluate as ev
-from training.data import Dataset, Split, load_dataset, time_split
-from training.export import build_card, export_onnx, onnx_scores, publish
-from training.model import AutoencoderConfig, train_autoencoder
+from training.data import Dataset, Split, load_dataset, split_dataset
+from training.export import build_card, explanation_card, export_onnx, model_version, onnx_scores, publish
+from training.hybrid import LABEL_MODES, Combination, SupervisedHead, head_inputs, head_problem
+from training.model import AutoencoderConfig, TrainedAutoencoder, train_autoencoder, with_head
 from training.report import few_frauds_caveat, write_report
 from training.threshold import choose_threshold
 
 PARITY_MAX_ROWS = 20_000
 FEATURES_SHOWN = 10
+MAX_SERVED_FEATURES = 256
+"""The worker's default `events.max_features`: an event carrying more precomputed features is a dead letter."""
 LABEL_METHODS = ("max_f1",)
 """Threshold methods that need labelled validation rows."""
 
@@ -37,11 +42,14 @@ class Preset:
     threshold_method: str
     threshold_param: float | None
     pca_components: int
+    head_threshold: tuple[str, float] | None = None
+    """The threshold method and parameter when a supervised head is fitted (None: the same as without)."""
 
 
 PRESETS: dict[str, Preset] = {
-    # Tuned on the validation slice of 100,000 simulated events (training/TUNING.md).
-    "events": Preset(AutoencoderConfig(), "mean_std", 3.0, 20),
+    # Tuned on the validation slice of 100,000 simulated events (training/TUNING.md). With a head, the combined
+    # score's normal tail is long (mean+3std flags 0.02% of normal validation rows): flag the top 0.5% instead.
+    "events": Preset(AutoencoderConfig(), "mean_std", 3.0, 20, ("alert_rate", 0.005)),
     # Tuned on the validation slice of creditcard_head.csv (training/TUNING.md): a wide bottleneck, the
     # threshold at the best validation F1 (mean+3std sits too low on these heavy-tailed scores).
     "creditcard": Preset(
@@ -49,6 +57,7 @@ PRESETS: dict[str, Preset] = {
         "max_f1", 1.0, 20,
     ),
 }
+PRESETS["table"] = PRESETS["creditcard"]  # precomputed numeric columns, like the card-holder V1..V28
 """Defaults per kind of data (`--preset`, chosen from the data format by default)."""
 
 
@@ -62,8 +71,14 @@ class TrainRequest:
     simulate: int | None = None
     simulate_dir: Path = Path("runs/simulated")
     name: str = "default"
-    out_dir: Path = Path("models")
+    out_dir: Path | None = None
+    """Where `<name>.onnx` goes; None writes a candidate to `candidates_dir/<name>-<version>/`."""
+    candidates_dir: Path = Path("models/candidates")
     report_dir: Path | None = None
+    labels: str = "auto"
+    """`auto`: a supervised head when the training part holds enough frauds; `off`: the autoencoder alone."""
+    verdicts: Path | None = None
+    table: TableSpec | None = None
     preset: str = "auto"
     threshold_method: str | None = None
     threshold_param: float | None = None
@@ -91,6 +106,17 @@ class TrainResult:
     card_path: Path
     report_path: Path
     card: dict[str, Any]
+    candidate: bool = False
+    """True when written to the candidates directory (promote it with `fraudmon promote <directory name>`)."""
+
+
+@dataclass
+class HybridParts:
+    """The served graph and its parts' scores on every row (for the side-by-side report)."""
+
+    serving: Any
+    scores: dict[str, np.ndarray]
+    card: dict[str, Any]
 
 
 def simulated_data(n_events: int, directory: Path) -> tuple[Path, Path]:
@@ -111,7 +137,7 @@ def resolve_preset(request: TrainRequest, dataset: Dataset) -> tuple[str, Preset
     """The preset for the data, with the request's explicit hyper-parameters and threshold on top."""
     name = request.preset
     if name == "auto":
-        name = "creditcard" if dataset.source.get("format") == "creditcard" else "events"
+        name = {"creditcard": "creditcard", "table": "table"}.get(dataset.source.get("format"), "events")
     if name not in PRESETS:
         raise InputDataError(f"unknown preset {request.preset!r}; choose auto or one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
@@ -141,16 +167,19 @@ def check_threshold_method(method: str, dataset: Dataset, split: Split) -> None:
 
 
 def summarize_data(dataset: Dataset, split: Split, feature_names: Sequence[str], preset: Preset) -> DataSummary:
-    """The rows read and dropped, the labels, the time split and the features, plus warnings about the labels."""
+    """The rows read and dropped, the labels, the split and the features, plus warnings about the labels."""
     source, labels = dataset.source, dataset.labels
     dropped = int(source.get("dropped_nonfinite", 0))
     lines = [f"data: {source['path']} ({source['format']}): {dataset.rows_read:,} rows read"]
+    warnings = []
     if source.get("dropped_detail"):
         lines.append(f"NaN/inf cells per column: {', '.join(f'{k} {n:,}' for k, n in source['dropped_detail'].items())}"
                      f"; {dropped:,} rows dropped, {len(dataset):,} kept (--refuse-nonfinite fails instead)")
     else:
         lines.append("NaN/inf cells: none, no rows dropped")
-    warnings = []
+    if source.get("skipped"):
+        warnings.append(f"{len(source['skipped'])} columns hold text and are skipped (not features): "
+                        + "; ".join(f"{name} ({example})" for name, example in source["skipped"].items()))
     if labels is None:
         lines.append(f"labels: none, all {len(dataset):,} rows treated as normal")
         where = "the file has no Class column" if source["format"] == "creditcard" else "pass --truth FILE"
@@ -163,20 +192,28 @@ def summarize_data(dataset: Dataset, split: Split, feature_names: Sequence[str],
         frauds = int(labels.sum())
         lines.append(f"labels ({dataset.label_origin}): {len(labels) - frauds:,} normal, {frauds:,} fraud "
                      f"({frauds / len(labels):.2%})")
+    if source.get("verdicts"):
+        v = source["verdicts"]
+        lines.append(f"verdicts: {v['read']:,} read ({v['fraud']:,} fraud, {v['legit']:,} legit), "
+                     f"{v['labels_changed']:,} labels changed, {v['unknown_transactions']:,} name no transaction here")
     ts = dataset.timestamps
-    lines.append("split by time (train on the past, validate on the period after it, hold out the latest rows):")
+    lines.append("split by time (train on the past, validate on the period after it, hold out the latest rows):"
+                 if split.mode == "time" else
+                 f"split at random (no time column; seed {preset.config.seed}): train, validation, held-out")
     notes = ["all rows (no labels to filter by)"]
     if split.normal_only:
-        left_out = int(labels.sum() - labels[split.val].sum() - labels[split.test].sum())
-        notes = [f"normal only, {left_out:,} frauds left out"]
+        notes = [f"normal only, {int(labels[split.past].sum()):,} frauds left out"]
     notes += ["" if labels is None else f"{int(labels[rows].sum()):,} frauds" for rows in (split.val, split.test)]
     parts = zip(("train", "validation", "held-out"), (split.train, split.val, split.test), notes, strict=True)
     for label, rows, note in parts:
-        span = f"{_when(ts[rows].min())} .. {_when(ts[rows].max())} UTC"
-        lines.append(f"  {label:<10} {rows.size:>9,} rows  {note:<34} {span}")
+        span = f"  {_when(ts[rows].min())} .. {_when(ts[rows].max())} UTC" if split.mode == "time" else ""
+        lines.append(f"  {label:<10} {rows.size:>9,} rows  {note:<34}{span}".rstrip())
     names = list(feature_names)
     shown = names if len(names) <= FEATURES_SHOWN else [*names[:FEATURES_SHOWN - 2], "…", *names[-2:]]
     lines.append(f"features: {len(names)} ({', '.join(shown)})")
+    if source["format"] == "table" and len(names) > MAX_SERVED_FEATURES:
+        warnings.append(f"{len(names)} features: events carrying them exceed the worker's default "
+                        f"events.max_features ({MAX_SERVED_FEATURES}); raise it to serve this model")
     if labels is not None:
         caveat = few_frauds_caveat(int(labels[split.test].sum()), f"the {split.test.size:,} held-out rows")
         if caveat:
@@ -197,30 +234,79 @@ def parity_rows(x: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate([x, extra + rng.normal(0, 0.05, extra.shape).astype(np.float32)])
 
 
+def feature_names_of(dataset: Dataset) -> list[str]:
+    """A table's numeric columns, or the default features of events (`default_feature_names`)."""
+    columns = dataset.source.get("features")
+    if columns is None:
+        return default_feature_names(dataset.events)
+    clashing = [name for name in columns if name in BUILTIN]
+    if clashing:
+        raise InputDataError(f"columns {', '.join(clashing)} have the names of built-in features, which are "
+                             "computed from an event instead of read from it; rename them in the table")
+    return list(columns)
+
+
+def fit_hybrid(trained: TrainedAutoencoder, x: np.ndarray, labels: np.ndarray, split: Split, seed: int,
+               ae_scores: np.ndarray, errors: np.ndarray) -> HybridParts:
+    """Fit the supervised head on the training part and the combination on the validation slice; the served
+    graph holds the autoencoder, the head and the combination."""
+    inputs = head_inputs(trained.scaled(x), errors)
+    head = SupervisedHead(seed=seed).fit(inputs[split.past], labels[split.past], inputs[split.val], labels[split.val])
+    logits = head.score(inputs)
+    combination = Combination().fit(ae_scores[split.val], logits[split.val], labels[split.val])
+    card = {"head": {**head.to_dict(), "fitted_on": {"rows": int(split.past.size),
+                                                     "frauds": int(labels[split.past].sum())}},
+            "combination": combination.describe(), "combination_weights": combination.to_dict()}
+    return HybridParts(with_head(trained.model, head, combination), {"autoencoder": ae_scores, "head": logits}, card)
+
+
 def train(request: TrainRequest) -> TrainResult:
-    """Run the whole pipeline and publish `<out_dir>/<name>.onnx`, its card and the report."""
+    """Run the whole pipeline and publish the model, its card and the report (a candidate unless `out_dir`)."""
     started = time.perf_counter()
     data, truth = request.data, request.truth
     if request.simulate:
         data, truth = simulated_data(request.simulate, request.simulate_dir)
     if data is None:
         raise InputDataError("pass --data FILE (and --truth for event files) or --simulate N")
-    dataset = load_dataset(data, truth, request.fmt, request.on_nonfinite)
+    if request.labels not in LABEL_MODES:
+        raise InputDataError(f"unknown --labels {request.labels!r}: use {' or '.join(LABEL_MODES)}")
+    dataset = load_dataset(data, truth, request.fmt, request.on_nonfinite, request.table, request.verdicts)
     preset_name, preset = resolve_preset(request, dataset)
     config = preset.config
-    names = default_feature_names(dataset.events)
+    names = feature_names_of(dataset)
     x = vectorize(dataset.events, names)
-    split = time_split(dataset, request.test_fraction, request.val_fraction)
+    split = split_dataset(dataset, request.test_fraction, request.val_fraction, seed=config.seed)
     check_threshold_method(preset.threshold_method, dataset, split)
-    if request.on_data:
-        request.on_data(summarize_data(dataset, split, names, preset))
     labels = dataset.labels
+    no_head = head_problem(labels, split.past, split.val, request.labels)
+    summary = summarize_data(dataset, split, names, preset)
+    summary.lines.append("supervised head: " + (f"none, the autoencoder alone ({no_head})" if no_head else
+                                                "yes, fitted on the training part's labels next to the autoencoder"))
+    if request.on_data:
+        request.on_data(summary)
+    if not no_head and preset.head_threshold and not request.threshold_method:
+        method, param = preset.head_threshold
+        preset = replace(preset, threshold_method=method, threshold_param=param if request.threshold_param is None
+                         else request.threshold_param)
     val_normal = split.val if labels is None else split.val[labels[split.val] == 0]
     trained = train_autoencoder(x[split.train], x[val_normal], config, verbose=request.verbose)
+    ae_scores, errors = trained.score(x)
+    parts: dict[str, Any] = {"autoencoder": {"hidden": list(config.hidden), "trained_on": "normal training rows",
+                                             "score": "mean squared reconstruction error of the scaled features"}}
+    serving, part_scores = trained.model, None
+    if no_head:
+        parts.update(head_skipped=no_head, combination="score = autoencoder score (no head)")
+    else:
+        hybrid = fit_hybrid(trained, x, labels, split, config.seed, ae_scores, errors)
+        serving, part_scores = hybrid.serving, hybrid.scores
+        parts.update(hybrid.card)
 
-    onnx_path = request.out_dir / f"{request.name}.onnx"
+    created = datetime.now(UTC)
+    staging = request.out_dir or request.candidates_dir
+    partial, sha, parity = export_onnx(serving, staging / f"{request.name}.onnx", parity_rows(x, config.seed))
+    directory = request.out_dir or staging / f"{request.name}-{model_version(sha, created)}"
+    onnx_path = directory / f"{request.name}.onnx"
     card_path = onnx_path.with_suffix(".json")
-    partial, sha, parity = export_onnx(trained, onnx_path, parity_rows(x, config.seed))
     try:
         scores = onnx_scores(partial, x)
         val_labels = None if labels is None else labels[split.val]
@@ -229,7 +315,7 @@ def train(request: TrainRequest) -> TrainResult:
         references = ev.reference_thresholds(scores[val_normal])
         n_components = preset.pca_components
         assessment = ev.assess(x, scores, labels, dataset.scenarios, split.test, threshold, references,
-                               (split.train, split.val), config.seed, n_components)
+                               (split.train, split.val), config.seed, n_components, part_scores)
         ts = dataset.timestamps
         training = {
             "command": request.command,
@@ -240,38 +326,48 @@ def train(request: TrainRequest) -> TrainResult:
             "normal_only": split.normal_only,
             "split": {"test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
                       **split.summary(dataset)},
+            "labels": request.labels,
             "hyper_parameters": config.to_dict(),
             "seed": config.seed,
             "epochs_run": len(trained.history.get("loss", [])),
             "best_epoch": trained.best_epoch,
             "fit_seconds": round(trained.seconds, 2),
-            "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": n_components}},
+            "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": n_components},
+                          "kmeans": {"n_clusters": ev.KMEANS_CLUSTERS, "distance": "to the nearest centroid"}},
         }
+        explanation = explanation_card([dataset.events[i] for i in split.train], names, errors[val_normal])
         card = build_card(name=request.name, onnx_sha256=sha, feature_names=names, threshold=threshold.to_dict(),
-                          x_train=x[split.train],
-                          val_normal_scores=scores[val_normal], training=training,
-                          metrics=assessment.metrics, parity=parity, created=datetime.now(UTC))
+                          x_train=x[split.train], val_normal_scores=scores[val_normal], training=training,
+                          metrics=assessment.metrics, parity=parity, created=created, parts=parts,
+                          explanation=explanation)
         training["duration_seconds"] = round(time.perf_counter() - started, 2)
-        report_dir = request.report_dir or request.out_dir / f"{request.name}-report"
+        report_dir = request.report_dir or directory / f"{request.name}-report"
         document = {"title": f"{card['name']} {card['version']}", "about": _about(card), "metrics": card["metrics"]}
         report_path = write_report(report_dir, document, assessment.scores, assessment.labels, trained.history,
                                    trained.best_epoch)
         card["training"]["report"] = str(report_path)
+        directory.mkdir(parents=True, exist_ok=True)
         publish(partial, onnx_path, card, card_path)
     finally:
         partial.unlink(missing_ok=True)
-    return TrainResult(onnx_path, card_path, report_path, card)
+    return TrainResult(onnx_path, card_path, report_path, card, candidate=request.out_dir is None)
 
 
 def _about(card: dict[str, Any]) -> dict[str, str]:
     t = card["training"]
     split = t["split"]
+    parts = card["parts"]
+    where = f"last {split['test_fraction']:.0%}" if split["mode"] == "time" else \
+        f"{split['test_fraction']:.0%} drawn at random with seed {t['seed']}: the table has no time column"
     return {
         "data": f"{t['data']['path']} ({t['data']['format']}, {t['rows']} rows, sha256 {t['data']['sha256'][:12]}…)",
-        "split by time": f"train {split['train']['rows']} rows{' (normal only)' if t['normal_only'] else ''}, "
-                         f"validation {split['val']['rows']}, held-out test {split['test']['rows']} (last "
-                         f"{split['test_fraction']:.0%})",
+        f"split by {split['mode']}": f"train {split['train']['rows']} rows"
+                                     f"{' (normal only)' if t['normal_only'] else ''}, validation "
+                                     f"{split['val']['rows']}, held-out test {split['test']['rows']} ({where})",
         "features": f"{card['n_features']}: {', '.join(card['feature_names'])}",
         "hyper-parameters": ", ".join(f"{k}={v}" for k, v in t["hyper_parameters"].items()),
+        "parts": "autoencoder + supervised head" if parts.get("head") else
+                 f"autoencoder alone (no head: {parts['head_skipped']})",
+        "combination": parts["combination"],
         "command": t["command"] or "(library call)",
     }

@@ -1,0 +1,164 @@
+"""Hybrid scoring: the supervised head and its combination with the autoencoder in one ONNX graph, chosen on the
+validation slice; the autoencoder alone without labels or with too few frauds; the side-by-side report; the
+card's parts and expected alert rate; candidates that `fraudmon promote` finds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fraudmon.cli import app
+from fraudmon.core.eventfiles import write_events, write_ground_truth
+from training.hybrid import MIN_HEAD_FRAUDS, Combination, SupervisedHead, head_problem
+from training.simulate import SimulationConfig, simulate
+
+TINY = {"epochs": 3, "hidden": (16, 8)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hybrid")
+    events, truth = simulate(SimulationConfig(n_events=4000, n_accounts=200, fraud_rate=0.03, seed=3))
+    write_events(root / "events.jsonl", events)
+    write_ground_truth(root / "truth.csv", truth)
+    return root
+
+
+def _train(data: Path, out: Path, **request):
+    from training.train import TrainRequest, train
+
+    return train(TrainRequest(data=data / "events.jsonl", truth=data / "truth.csv", out_dir=out, overrides=TINY,
+                              verbose=0, command="test", **request))
+
+
+@pytest.fixture(scope="module")
+def hybrid(data, tmp_path_factory):
+    return _train(data, tmp_path_factory.mktemp("hybrid-model"))
+
+
+def test_head_and_combination_are_sklearn_style_and_chosen_on_validation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4))
+    y = (x[:, 0] + rng.normal(0, 0.5, 3000) > 2.2).astype(int)
+    head = SupervisedHead().fit(x[:2000], y[:2000], x[2000:], y[2000:])
+    assert head.c_ in head.c_grid and set(head.validation_pr_auc_) == set(head.c_grid)
+    assert head.coef_[0] > 0 and abs(head.coef_[0]) > 5 * np.abs(head.coef_[1:]).max()
+    logits = head.score(x)
+    useless = rng.gamma(2.0, 1.0, 3000)  # an "autoencoder" that knows nothing
+    combination = Combination().fit(useless[2000:], logits[2000:], y[2000:])
+    assert combination.alpha_ <= 0.2, "validation PR-AUC must favour the informative head"
+    score = combination.score(useless, logits)
+    assert np.isfinite(score).all() and (score > 0).all()
+    alone = Combination(alpha_grid=(1.0,)).fit(useless[2000:], logits[2000:], y[2000:])
+    np.testing.assert_allclose(alone.score(useless, logits), useless + 1e-6, rtol=1e-9)
+
+
+def test_head_problem_says_why_there_is_no_head():
+    labels = np.zeros(100, dtype=np.int8)
+    rows = np.arange(60)
+    assert head_problem(labels, rows, np.arange(60, 80), "off") == "--labels off"
+    assert head_problem(None, rows, np.arange(60, 80), "auto") == "no labels"
+    labels[:MIN_HEAD_FRAUDS - 1] = 1
+    assert head_problem(labels, rows, np.arange(60, 80), "auto").startswith(
+        f"{MIN_HEAD_FRAUDS - 1} frauds in the training part, fewer than the {MIN_HEAD_FRAUDS}")
+    labels[:MIN_HEAD_FRAUDS] = 1
+    assert "validation slice needs frauds" in head_problem(labels, rows, np.arange(60, 80), "auto")
+    labels[70] = 1
+    assert head_problem(labels, rows, np.arange(60, 80), "auto") is None
+
+
+def test_one_graph_scores_as_autoencoder_head_and_combination_together(hybrid, data):
+    """The served ONNX score is the combination of the autoencoder (mean of feature_errors) and the head's logit."""
+    from stream_app.features import vectorize
+    from stream_app.scoring import load_model
+    from training.data import load_dataset
+
+    card = hybrid.card
+    parts = card["parts"]
+    assert parts["head"]["fitted_on"]["frauds"] >= MIN_HEAD_FRAUDS and parts["head"]["C"] in parts["head"]["C_tried"]
+    assert parts["combination"].startswith("score = exp(") and "head_logit" in parts["combination"]
+    weights = parts["combination_weights"]
+    assert weights["alpha"] in weights["alpha_tried"] and weights["validation_pr_auc"][str(weights["alpha"])] == \
+        max(weights["validation_pr_auc"].values())
+    assert card["parity"]["rows"] >= 1000 and card["parity"]["max_abs_diff"] <= 1e-4 + 1e-4 * 1e3
+    model = load_model(hybrid.onnx_path)
+    x = vectorize(load_dataset(data / "events.jsonl").events, model.feature_names)
+    scores, errors = model.score(x)
+    ae = errors.mean(axis=1).astype(np.float64)
+    log_score = np.log(scores.astype(np.float64))
+    alpha, beta, gamma = weights["alpha"], weights["beta"], weights["gamma"]
+    logits = (log_score - alpha * np.log(ae + 1e-6) - gamma) / beta
+    assert np.isfinite(logits).all() and not np.allclose(scores, ae, rtol=1e-3)
+    assert card["metrics"]["model"]["roc_auc"] >= 0.9
+
+
+def test_report_puts_parts_and_baselines_side_by_side(hybrid):
+    metrics = hybrid.card["metrics"]
+    assert set(metrics["parts"]) == {"autoencoder", "head"}
+    assert set(metrics["baselines"]) == {"isolation_forest", "pca", "kmeans"}
+    for summary in [metrics["model"], *metrics["parts"].values(), *metrics["baselines"].values()]:
+        assert set(summary["recall_at_alert_rate"]) == {"0.1%", "0.5%", "1.0%"}
+        assert summary["roc_auc"] is not None and summary["pr_auc"] is not None
+    assert set(metrics["validation"]) == {"model", "autoencoder", "head", "isolation_forest", "pca", "kmeans"}
+    assert metrics["parts"]["head"]["per_scenario"]
+    report = hybrid.report_path.read_text()
+    for label in ("combined (served)", "autoencoder alone", "head alone", "IsolationForest", "PCA reconstruction",
+                  "k-means distance", "recall at 0.5%", "false-flag rate", "## Recall per fraud scenario"):
+        assert label in report, label
+    row = next(line for line in report.splitlines() if line.startswith("| combined (served) |"))
+    assert f"| {metrics['model']['pr_auc']:.4f} |" in row
+
+
+def test_expected_alert_rate_is_measured_for_every_threshold_method(data, hybrid, tmp_path):
+    """The card's expected alert rate is the share of normal validation rows above the threshold, max_f1 too."""
+    from stream_app.features import vectorize
+    from stream_app.scoring import load_model
+    from training.data import load_dataset, split_dataset
+
+    dataset = load_dataset(data / "events.jsonl", data / "truth.csv")
+    split = split_dataset(dataset)
+    val_normal = split.val[dataset.labels[split.val] == 0]
+    for result in (hybrid, _train(data, tmp_path, threshold_method="max_f1")):
+        model = load_model(result.onnx_path)
+        scores, _ = model.score(vectorize([dataset.events[i] for i in val_normal], model.feature_names))
+        assert result.card["expected_alert_rate"] == pytest.approx(float((scores > model.threshold).mean()), abs=1e-9)
+    assert hybrid.card["threshold"]["method"] == "alert_rate" and hybrid.card["threshold"]["parameter"] == 0.005
+    assert "feature_quantiles" in hybrid.card and len(hybrid.card["feature_quantiles"]) == hybrid.card["n_features"]
+
+
+def test_without_labels_or_head_the_model_is_the_autoencoder_alone(data, tmp_path):
+    from stream_app.scoring import load_model
+
+    result = _train(data, tmp_path, labels="off")
+    parts = result.card["parts"]
+    assert parts.get("head") is None and parts["head_skipped"] == "--labels off"
+    assert "parts" not in result.card["metrics"] and "autoencoder (served)" in result.report_path.read_text()
+    model = load_model(result.onnx_path)
+    x = np.random.default_rng(1).normal(size=(50, model.card.n_features)).astype(np.float32)
+    scores, errors = model.score(x)
+    np.testing.assert_allclose(scores, errors.mean(axis=1), rtol=1e-5)
+
+
+def test_train_writes_a_candidate_that_promote_finds(data, tmp_path):
+    from fraudmon.core.config import load_settings
+    from fraudmon.tools.models import resolve_candidate
+
+    served = tmp_path / "models" / "default.onnx"
+    env = {"FRAUDMON_MODEL": str(served), "FRAUDMON_CONFIG": str(tmp_path / "none.yaml")}
+    (tmp_path / "none.yaml").write_text("{}\n")
+    result = CliRunner().invoke(app, ["train", "--data", str(data / "events.jsonl"), "--truth",
+                                      str(data / "truth.csv"), "--name", "mymodel", "--epochs", "2", "--hidden",
+                                      "8,4", "--quiet"], env=env)
+    assert result.exit_code == 0, result.output
+    (candidate,) = (tmp_path / "models" / "candidates").iterdir()
+    assert candidate.name.startswith("mymodel-") and not served.exists(), "the served model is never replaced"
+    assert {p.name for p in candidate.iterdir()} == {"mymodel.onnx", "mymodel.json", "mymodel-report"}
+    card = json.loads((candidate / "mymodel.json").read_text())
+    assert candidate.name == f"mymodel-{card['version']}"
+    assert f"fraudmon promote {candidate.name} --data" in result.output
+    settings = load_settings(environ=env)
+    assert resolve_candidate(settings, candidate.name) == candidate / "mymodel.onnx"
