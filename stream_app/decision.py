@@ -11,6 +11,8 @@ from fraudmon.core.events import Event, format_timestamp
 from stream_app.rules import SEVERITIES, RuleHit
 
 MAX_DEAD_LETTER_RAW = 16_384  # characters of the original value a dead letter keeps (bytes when base64)
+CONTEXT_FIELDS = ("merchant_id", "merchant_category", "country", "channel", "ip", "device_id", "counterparty_id")
+"""The event fields a flagged decision repeats in `context`, so that an analyst needs no join."""
 
 
 def decide(model_flag: bool, hits: Sequence[RuleHit], flag_severity: str) -> tuple[str, list[str]]:
@@ -34,7 +36,8 @@ def build_decision(
     shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One decision; `skipped:<cause>` is added to `reasons` for each part of the check that could not run;
-    `shadow` (the shadow model's score and flag) when one is configured and could score the event."""
+    `shadow` (the shadow model's score and flag) when one is configured and could score the event; a flag
+    carries `context`, the event's fields of `CONTEXT_FIELDS` that it has."""
     decision_record = {
         "transaction_id": event.transaction_id,
         "account_id": event.account_id,
@@ -50,6 +53,9 @@ def build_decision(
     }
     if shadow is not None:
         decision_record["shadow"] = shadow
+    if decision == "flag":
+        decision_record["context"] = {name: value for name in CONTEXT_FIELDS
+                                      if (value := getattr(event, name)) is not None}
     return decision_record
 
 

@@ -30,7 +30,7 @@ from stream_app.drift import FeatureDrift
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import AccountState, RuleSet, evaluate
-from stream_app.scoring import OnnxModel, Prediction
+from stream_app.scoring import OnnxModel, Prediction, TopField
 from stream_app.state import StateFailure, StateStore
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class RawMessage:
 class _Scored(NamedTuple):
     is_outlier: bool
     score: float
-    top_features: list[tuple[str, float]]
+    top_features: list[TopField]
 
 
 @dataclass
@@ -254,18 +254,19 @@ class DecisionEngine:
     def _decide(self, model: OnnxModel, rules: RuleSet, events: list[Event], scored: list[_Scored | None],
                 states: list[AccountState | None], state_causes: list[str | None], started: float) -> list[dict]:
         shadows = self._shadow(events)
+        explanations = model.explain(events, [[] if verdict is None else verdict.top_features for verdict in scored])
         decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
         decisions = []
-        for event, verdict, state, state_cause, shadow in zip(events, scored, states, state_causes, shadows,
-                                                               strict=True):
+        for event, verdict, state, state_cause, shadow, explanation in zip(events, scored, states, state_causes,
+                                                                            shadows, explanations, strict=True):
             hits = evaluate(rules, event, state)
             decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
             model_part = None if verdict is None else {
                 "version": model.version,
                 "score": round(verdict.score, 6),
                 "threshold": model.threshold,
-                "top_features": [{"name": name, "error": round(err, 6)} for name, err in verdict.top_features],
+                "top_features": explanation,
             }
             skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
             decisions.append(build_decision(

@@ -3,13 +3,20 @@
 The model card's ordered `feature_names` decides what `vectorize` computes, so serving always builds exactly
 the vector the model was trained on. Built-in names are stateless functions of one event (see `BUILTIN`);
 any other name is read from the event's precomputed `features` (e.g. `V1`..`V28` of the card-holder data).
+
+Explanations speak of fields, not encodings: each feature belongs to one analyst-facing field (`field_of`:
+`hour_sin` and `hour_cos` to `hour`, the one-hot `channel_*` to `channel`, ...; a precomputed feature is its own
+field), whose raw value `field_values` reads from the event and whose normal range `normal_ranges` measures on
+the training rows.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 
@@ -187,4 +194,92 @@ def vectorize(events: Sequence[Event], feature_names: Sequence[str]) -> np.ndarr
     for j, name in enumerate(feature_names):
         builtin = BUILTIN.get(name)
         out[:, j] = builtin(columns) if builtin is not None else _passthrough(events, name)
+    return out
+
+
+# ---- fields: what an analyst reads in an explanation -----------------------------------------------------------
+
+FieldKind = Literal["number", "hour", "weekday", "category"]
+_FIELD_OF: dict[str, str] = {
+    "amount_log": "amount", "amount_round": "amount", "hour_sin": "hour", "hour_cos": "hour",
+    "dow_sin": "weekday", "dow_cos": "weekday", "account_age_days_log": "account_age_days",
+    "account_age_missing": "account_age_days",
+    **{f"channel_{name}": "channel" for name in (*CHANNELS, "missing")},
+    **{f"mcc_{group}": "mcc_group" for group in MCC_GROUP_NAMES},
+}
+FIELD_KINDS: dict[str, FieldKind] = {"hour": "hour", "weekday": "weekday", "channel": "category",
+                                     "mcc_group": "category"}
+"""How a field's normal range reads: numbers as [low, high], hour (0-23) and weekday (0 = Monday) as a window
+that may wrap around, categories as the values seen in training. Fields not listed are numbers."""
+_FIELD_VALUES: dict[str, Callable[[_Columns], np.ndarray | list]] = {
+    "amount": lambda c: c.amount(),
+    "hour": lambda c: c.hour(),
+    "weekday": lambda c: c.weekday().astype(np.float64),
+    "channel": lambda c: [value or "missing" for value in c.channel()],
+    "mcc_group": lambda c: c.mcc_group(),
+    "account_age_days": lambda c: c.age_days(),
+}
+NORMAL_COVERAGE = (1.0, 99.0)
+"""Normal ranges span the training rows' 1st to 99th percentile (the window or the categories holding 98%)."""
+_PERIODS = {"hour": 24, "weekday": 7}
+
+
+def field_of(name: str) -> str:
+    """The field a feature explains: `hour_sin` → `hour`; a precomputed or stand-alone feature is its own."""
+    return _FIELD_OF.get(name, name)
+
+
+def fields_of(feature_names: Sequence[str]) -> dict[str, list[str]]:
+    """Each field of a feature list with its features, in the order the fields first appear."""
+    fields: dict[str, list[str]] = {}
+    for name in feature_names:
+        fields.setdefault(field_of(name), []).append(name)
+    return fields
+
+
+def field_values(events: Sequence[Event], field: str) -> np.ndarray | list:
+    """The field's raw value for each event (amount, hour of day, channel, ...); a field that is one feature
+    gives that feature's value (NaN where an event lacks a precomputed one)."""
+    columns = _Columns(events)
+    if field in _FIELD_VALUES:
+        return _FIELD_VALUES[field](columns)
+    if field in BUILTIN:
+        return BUILTIN[field](columns)
+    return np.fromiter((e.features.get(field, np.nan) for e in events), np.float64, len(events))
+
+
+def _circular_window(values: np.ndarray, period: int, share: float) -> list[float]:
+    """The shortest run of whole units (hours, weekdays), wrapping around, that holds `share` of `values`."""
+    counts = np.bincount(np.floor(values).astype(int) % period, minlength=period)
+    needed = share * counts.sum()
+    for width in range(1, period + 1):
+        sums = [counts[np.arange(start, start + width) % period].sum() for start in range(period)]
+        best = int(np.argmax(sums))
+        if sums[best] >= needed:
+            return [float(best), float((best + width - 1) % period)]
+    return [0.0, float(period - 1)]
+
+
+def normal_range(values: np.ndarray | list, kind: FieldKind) -> list[Any] | None:
+    """The normal range of a field's training values (see `NORMAL_COVERAGE`); None when none is known."""
+    low, high = NORMAL_COVERAGE
+    if kind == "category":
+        counts = Counter(values)
+        total = sum(counts.values())
+        return [name for name, n in counts.most_common() if n / max(total, 1) * 100 >= low] or None
+    numbers = np.asarray(values, dtype=np.float64)
+    numbers = numbers[np.isfinite(numbers)]
+    if numbers.size == 0:
+        return None
+    if kind in _PERIODS:
+        return _circular_window(numbers, _PERIODS[kind], (high - low) / 100)
+    return [round(float(v), 4) for v in np.percentile(numbers, [low, high])]
+
+
+def normal_ranges(events: Sequence[Event], feature_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per field of the model: its features, kind and the normal range of `events` (the training rows)."""
+    out = {}
+    for field, names in fields_of(feature_names).items():
+        kind = FIELD_KINDS.get(field, "number")
+        out[field] = {"features": names, "kind": kind, "normal": normal_range(field_values(events, field), kind)}
     return out

@@ -1,4 +1,5 @@
-"""The serving adapter: an ONNX autoencoder and its model card, checked against each other at load.
+"""The serving adapter: an ONNX model (autoencoder, with or without a supervised head) and its model card,
+checked against each other at load, and the explanation of a score in an analyst's terms.
 
 onnxruntime and numpy only (no TensorFlow). `load_model` refuses anything that would score wrongly: a missing
 or corrupt file, a card that does not belong to the graph, a graph whose width differs from the card.
@@ -7,15 +8,20 @@ or corrupt file, a card that does not belong to the graph, a graph whose width d
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
 from fraudmon.core.errors import ModelError
-from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS, ModelCard, read_card
+from fraudmon.core.events import Event
+from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS, FieldCard, ModelCard, read_card
+from stream_app.features import FIELD_KINDS, field_values, fields_of
 
 
 class Prediction(NamedTuple):
@@ -24,6 +30,15 @@ class Prediction(NamedTuple):
     is_outlier: np.ndarray  # bool [n]: score above the card's threshold
     instance_score: np.ndarray  # float32 [n]: the anomaly score
     feature_score: np.ndarray  # float32 [n, f]: per-feature error, the explanation of a score
+
+
+class TopField(NamedTuple):
+    """One field of an explanation: its feature with the largest error, and the error summed over its features."""
+
+    field: str
+    name: str
+    error: float
+
 
 def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -75,23 +90,66 @@ class OnnxModel:
         scores, errors = self.score(x)
         return Prediction(scores > self.threshold, scores, errors)
 
-    def top_features(self, errors: np.ndarray, k: int = 3) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
-        """The `k` features with the largest reconstruction error, largest first: the explanation of a score.
-        `errors` is one row (`[f]`, gives one list) or a batch (`[n, f]`, gives one list per row)."""
+    @cached_property
+    def fields(self) -> dict[str, FieldCard]:
+        """The fields explanations name (from the card; derived from the feature names for an older card)."""
+        if self.card.explanation is not None:
+            return dict(self.card.explanation.fields)
+        return {name: FieldCard(features=tuple(features), kind=FIELD_KINDS.get(name, "number"))
+                for name, features in fields_of(self.card.feature_names).items()}
+
+    @cached_property
+    def _grouping(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Field names, the [features, fields] 0/1 matrix that sums errors per field, each field's error scale."""
+        names = list(self.fields)
+        position = {name: i for i, name in enumerate(self.card.feature_names)}
+        matrix = np.zeros((len(position), len(names)), dtype=np.float64)
+        for j, name in enumerate(names):
+            matrix[[position[f] for f in self.fields[name].features], j] = 1.0
+        return names, matrix, np.array([self.fields[n].error_scale for n in names])
+
+    def top_features(self, errors: np.ndarray, k: int = 3) -> list[TopField] | list[list[TopField]]:
+        """The `k` fields whose summed reconstruction error is largest relative to its usual size on normal rows
+        (the card's `error_scale`), most unusual first: the explanation of a score. `errors` is one row (`[f]`,
+        gives one list) or a batch (`[n, f]`, gives one list per row)."""
         errors = np.asarray(errors, dtype=np.float64)
         rows = errors.reshape(1, -1) if errors.ndim == 1 else errors
-        k = min(k, rows.shape[1])
+        names, matrix, scale = self._grouping
+        summed = rows @ matrix
+        relative = summed / scale
+        k = min(k, len(names))
         if k == 0 or rows.shape[0] == 0:
-            result: list[list[tuple[str, float]]] = [[] for _ in range(rows.shape[0])]
-        else:
-            top = np.argpartition(-rows, k - 1, axis=1)[:, :k]
-            top_errors = np.take_along_axis(rows, top, axis=1)
-            order = np.argsort(-top_errors, axis=1, kind="stable")
-            top, top_errors = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_errors, order, axis=1)
-            names = self.card.feature_names
-            result = [[(names[i], e) for i, e in zip(idx, errs, strict=True)]
-                      for idx, errs in zip(top.tolist(), top_errors.tolist(), strict=True)]
+            return [] if errors.ndim == 1 else [[] for _ in range(rows.shape[0])]
+        top = np.argpartition(-relative, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(relative, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        features = self.card.feature_names
+        result = []
+        for row, fields in zip(rows, top.tolist(), strict=True):
+            chosen = []
+            for j in fields:
+                members = np.flatnonzero(matrix[:, j])
+                chosen.append(TopField(names[j], features[members[np.argmax(row[members])]], float(row[members].sum())))
+            result.append(chosen)
         return result[0] if errors.ndim == 1 else result
+
+    def explain(self, events: Sequence[Event], tops: Sequence[Sequence[TopField]]) -> list[list[dict[str, Any]]]:
+        """Each event's top fields as the decision shows them: `name`, `field`, the event's raw `value`, the
+        `normal` range seen in training (None when the card has none) and the summed `error` (6 significant
+        digits)."""
+        values = {name: field_values(events, name) for name in {top.field for row in tops for top in row}}
+        return [[{"name": top.name, "field": top.field, "value": _shown(values[top.field][i]),
+                  "normal": None if self.fields[top.field].normal is None else list(self.fields[top.field].normal),
+                  "error": float(f"{top.error:.6g}")} for top in row]
+                for i, row in enumerate(tops)]
+
+
+def _shown(value: Any) -> float | str | None:
+    """A field value for JSON: numbers rounded to 4 decimals, NaN (a missing value) as None, text as is."""
+    if isinstance(value, str) or value is None:
+        return value
+    number = float(value)
+    return round(number, 4) if math.isfinite(number) else None
 
 
 def load_model(onnx_path: str | Path, card_path: str | Path | None = None) -> OnnxModel:

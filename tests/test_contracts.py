@@ -156,6 +156,25 @@ def test_engine_decisions_match_the_schema(engine):
     assert by_tx["tx-0005"]["decision"] == "flag" and "amount_over_limit" in by_tx["tx-0005"]["reasons"]
 
 
+def test_flagged_decisions_carry_context_and_explained_fields(engine):
+    """A flag repeats the event's context fields; each top feature names its field, raw value and normal range."""
+    events = _valid_events()
+    decisions = {d["transaction_id"]: d for d in engine.process([_raw(event) for event in events]).decisions}
+    context = SCHEMAS["decision"]["properties"]["context"]["properties"]
+    item_keys = set(SCHEMAS["decision"]["properties"]["model"]["anyOf"][0]["properties"]["top_features"]["items"]
+                    ["properties"])
+    for event in events:
+        decision = decisions[event["transaction_id"]]
+        VALIDATORS["decision"].validate(decision)
+        assert all(set(item) == item_keys for item in decision["model"]["top_features"])
+        if decision["decision"] == "flag":
+            assert set(decision["context"]) == {k for k in context if event.get(k) is not None}
+        else:
+            assert "context" not in decision
+    with_context = {**decisions["tx-0005"], "decision": "pass", "reasons": []}
+    assert not VALIDATORS["decision"].is_valid(with_context), "context only on flags"
+
+
 class _DownStore:
     def connect(self) -> None:
         pass

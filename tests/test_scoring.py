@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from fraudmon.core.errors import ModelError
 from fraudmon.core.modelcard import ModelCard
+from stream_app.features import field_of
 from stream_app.scoring import OnnxModel, load_model
 from tests.conftest import PROJECT_ROOT
 from tests.test_export import tiny_model
@@ -66,10 +67,16 @@ def test_score_checks_the_width_and_accepts_empty_batches(copy):
     assert scores.shape == (0,) and errors.shape == (0, 5)
 
 
-def test_top_features_are_the_largest_errors_first(copy):
+def test_top_features_are_the_most_unusual_fields_first(copy):
+    """Precomputed features are their own fields; fields rank by error relative to the card's error_scale."""
     model = load_model(copy[0])
-    assert model.top_features(np.array([0.1, 3.0, 0.2, 2.0, 0.0])) == [("V2", 3.0), ("V4", 2.0), ("V3", 0.2)]
-    assert [name for name, _ in model.top_features(np.array([1.0, 0, 0, 0, 5.0]), k=1)] == ["amount_log"]
+    scale = {name: field.error_scale for name, field in model.fields.items()}
+    errors = np.array([0.1, 3.0, 0.2, 2.0, 0.0]) * np.array([scale[field_of(n)] for n in model.feature_names])
+    top = model.top_features(errors)
+    assert [(t.field, t.name) for t in top] == [("V2", "V2"), ("V4", "V4"), ("V3", "V3")]
+    assert [t.error for t in top] == pytest.approx([3.0 * scale["V2"], 2.0 * scale["V4"], 0.2 * scale["V3"]])
+    (top,) = model.top_features(np.array([1.0, 0, 0, 0, 5.0]) * list(scale.values()), k=1)
+    assert (top.field, top.name) == ("amount", "amount_log")
 
 
 def test_missing_files_are_refused(copy, tmp_path):
@@ -100,7 +107,11 @@ def test_card_of_another_graph_is_refused(copy):
 
 def test_feature_count_mismatch_is_refused(copy):
     onnx_path, card_path, card = copy
-    write_card(card_path, {**card, "feature_names": [*card["feature_names"], "hour_sin"], "n_features": 6})
+    wider = {**card, "feature_names": [*card["feature_names"], "hour_sin"], "n_features": 6}
+    write_card(card_path, wider)
+    with pytest.raises(ModelError, match=r"explanation.fields must cover each of feature_names exactly once"):
+        load_model(onnx_path)
+    write_card(card_path, {**wider, "explanation": None})
     with pytest.raises(ModelError, match=r"model card .*m.json lists 6 features but .*m.onnx takes 5: "
                                          r"retrain or pick the matching card"):
         load_model(onnx_path)
@@ -137,7 +148,7 @@ def test_the_shipped_default_model_serves_simulated_events():
 
     model = load_model(PROJECT_ROOT / "models" / "default.onnx")
     assert model.feature_names == list(EVENT_FEATURES)
-    assert model.card["training"]["command"] == "fraudmon train --simulate 100000"
+    assert model.card["training"]["command"].startswith("fraudmon train --simulate 100000")
     events, truth = simulate(SimulationConfig(n_events=2000, n_accounts=100, fraud_rate=0.05, seed=11))
     scores, errors = model.score(vectorize(events, model.feature_names))
     assert np.isfinite(scores).all() and errors.shape == (2000, len(EVENT_FEATURES))
@@ -146,7 +157,9 @@ def test_the_shipped_default_model_serves_simulated_events():
 
 
 def test_score_buckets_separate_normal_scores_from_the_threshold():
-    """The score histogram (dashboard heatmap) must resolve the shipped model's normal scores and its threshold."""
+    """The score histogram (dashboard heatmap) must resolve the shipped model's typical normal score, its tail and
+    its threshold. The threshold flags the top 0.5% of normal validation rows, so it lies a factor ~1.2 above their
+    p99: within one half-decade bucket of it, but above it and in a bucket apart from the median."""
     import bisect
     import json
 
@@ -156,6 +169,7 @@ def test_score_buckets_separate_normal_scores_from_the_threshold():
     card = json.loads((PROJECT_ROOT / "models" / "default.json").read_text())
     quantiles = card["score_quantiles"]
     positions = [bisect.bisect_left(SCORE_BUCKETS, v)
-                 for v in (quantiles["p50"], quantiles["p99"], card["threshold"]["value"])]
-    assert positions == sorted(set(positions)), f"p50, p99 and threshold share a bucket: {positions}"
+                 for v in (quantiles["p50"], quantiles["p99"], card["threshold"]["value"], quantiles["p999"])]
+    assert positions == sorted(positions) and len(set(positions)) >= 3, f"too few buckets apart: {positions}"
+    assert positions[0] < positions[2], f"the median and the threshold share a bucket: {positions}"
     assert list(SCORE_BUCKETS) == sorted(SCORE_BUCKETS) and SCORE_BUCKETS[0] < quantiles["p50"]

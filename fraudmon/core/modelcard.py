@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -28,6 +28,40 @@ class ThresholdCard(BaseModel):
     method: str = "unknown"
 
 
+class FieldCard(BaseModel):
+    """One field an explanation names: the model features that encode it, how its normal range reads, the range
+    seen in training, and its mean reconstruction error on normal validation rows (explanations rank fields by
+    their error relative to it)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    features: tuple[str, ...] = Field(min_length=1)
+    kind: Literal["number", "hour", "weekday", "category"] = "number"
+    normal: tuple[float, float] | tuple[str, ...] | None = None
+    error_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
+class ExplanationCard(BaseModel):
+    """What serving needs to explain a score in an analyst's terms: the fields and how `normal` was measured."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    normal: str = "training rows, 1st to 99th percentile"
+    fields: dict[str, FieldCard]
+
+
+class PartsCard(BaseModel):
+    """Which parts the graph holds and how they make the one `score`: the autoencoder always, the supervised
+    head when labels allowed one (`head_skipped` says why not otherwise)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    autoencoder: dict[str, Any]
+    head: dict[str, Any] | None = None
+    head_skipped: str | None = None
+    combination: str
+
+
 class ModelCard(BaseModel):
     """Metadata of one exported model; unknown keys (training summary, metrics, parity, ...) are kept as they are."""
 
@@ -41,6 +75,8 @@ class ModelCard(BaseModel):
     onnx_sha256: str
     expected_alert_rate: float = 0.0
     created_at: str | None = None
+    parts: PartsCard | None = None
+    explanation: ExplanationCard | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -48,6 +84,10 @@ class ModelCard(BaseModel):
             raise ValueError(f"n_features is {self.n_features} but feature_names lists {len(self.feature_names)}")
         if not 0.0 <= self.expected_alert_rate <= 1.0 or math.isnan(self.expected_alert_rate):
             raise ValueError("expected_alert_rate must be within [0, 1]")
+        if self.explanation is not None:
+            explained = [name for field in self.explanation.fields.values() for name in field.features]
+            if sorted(explained) != sorted(self.feature_names):
+                raise ValueError("explanation.fields must cover each of feature_names exactly once")
         return self
 
     def get(self, key: str, default: Any = None) -> Any:
