@@ -99,29 +99,28 @@ class OnnxModel:
                 for name, features in fields_of(self.card.feature_names).items()}
 
     @cached_property
-    def _grouping(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Field names, the [features, fields] 0/1 matrix that sums errors per field, each field's error scale."""
+    def _grouping(self) -> tuple[list[str], np.ndarray]:
+        """Field names and the [features, fields] 0/1 matrix that sums errors per field."""
         names = list(self.fields)
         position = {name: i for i, name in enumerate(self.card.feature_names)}
         matrix = np.zeros((len(position), len(names)), dtype=np.float64)
         for j, name in enumerate(names):
             matrix[[position[f] for f in self.fields[name].features], j] = 1.0
-        return names, matrix, np.array([self.fields[n].error_scale for n in names])
+        return names, matrix
 
     def top_features(self, errors: np.ndarray, k: int = 3) -> list[TopField] | list[list[TopField]]:
-        """The `k` fields whose summed reconstruction error is largest relative to its usual size on normal rows
-        (the card's `error_scale`), most unusual first: the explanation of a score. `errors` is one row (`[f]`,
-        gives one list) or a batch (`[n, f]`, gives one list per row)."""
+        """The `k` fields with the largest reconstruction error summed over their features, largest first: the
+        explanation of a score. `errors` is one row (`[f]`, gives one list) or a batch (`[n, f]`, gives one list
+        per row)."""
         errors = np.asarray(errors, dtype=np.float64)
         rows = errors.reshape(1, -1) if errors.ndim == 1 else errors
-        names, matrix, scale = self._grouping
+        names, matrix = self._grouping
         summed = rows @ matrix
-        relative = summed / scale
         k = min(k, len(names))
         if k == 0 or rows.shape[0] == 0:
             return [] if errors.ndim == 1 else [[] for _ in range(rows.shape[0])]
-        top = np.argpartition(-relative, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(relative, top, axis=1), axis=1, kind="stable")
+        top = np.argpartition(-summed, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(summed, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
         features = self.card.feature_names
         result = []

@@ -40,7 +40,7 @@ def tiny_model(directory: Path, n_features: int = 5):
                       threshold={"value": float(np.quantile(scores, 0.99)), "method": "percentile", "parameter": 99},
                       val_normal_scores=scores, training={"rows": N_ROWS}, metrics={}, parity=parity,
                       created=datetime(2026, 11, 22, tzinfo=UTC),
-                      explanation=explanation_card(events[:1000], names, trained.score(x[1000:1200])[1]))
+                      explanation=explanation_card(events[:1000], names))
     publish(partial, onnx_path, card, onnx_path.with_suffix(".json"))
     return trained, x, onnx_path, card
 

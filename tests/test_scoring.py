@@ -11,7 +11,6 @@ from onnx import TensorProto, helper
 
 from fraudmon.core.errors import ModelError
 from fraudmon.core.modelcard import ModelCard
-from stream_app.features import field_of
 from stream_app.scoring import OnnxModel, load_model
 from tests.conftest import PROJECT_ROOT
 from tests.test_export import tiny_model
@@ -67,16 +66,13 @@ def test_score_checks_the_width_and_accepts_empty_batches(copy):
     assert scores.shape == (0,) and errors.shape == (0, 5)
 
 
-def test_top_features_are_the_most_unusual_fields_first(copy):
-    """Precomputed features are their own fields; fields rank by error relative to the card's error_scale."""
+def test_top_features_are_the_largest_field_errors_first(copy):
+    """Precomputed features are their own fields; amount_log explains the field amount."""
     model = load_model(copy[0])
-    scale = {name: field.error_scale for name, field in model.fields.items()}
-    errors = np.array([0.1, 3.0, 0.2, 2.0, 0.0]) * np.array([scale[field_of(n)] for n in model.feature_names])
-    top = model.top_features(errors)
-    assert [(t.field, t.name) for t in top] == [("V2", "V2"), ("V4", "V4"), ("V3", "V3")]
-    assert [t.error for t in top] == pytest.approx([3.0 * scale["V2"], 2.0 * scale["V4"], 0.2 * scale["V3"]])
-    (top,) = model.top_features(np.array([1.0, 0, 0, 0, 5.0]) * list(scale.values()), k=1)
-    assert (top.field, top.name) == ("amount", "amount_log")
+    top = model.top_features(np.array([0.1, 3.0, 0.2, 2.0, 0.0]))
+    assert [(t.field, t.name, t.error) for t in top] == [("V2", "V2", 3.0), ("V4", "V4", 2.0), ("V3", "V3", 0.2)]
+    (top,) = model.top_features(np.array([1.0, 0, 0, 0, 5.0]), k=1)
+    assert (top.field, top.name, top.error) == ("amount", "amount_log", 5.0)
 
 
 def test_missing_files_are_refused(copy, tmp_path):

@@ -21,7 +21,7 @@ import tf2onnx
 from fraudmon.core.errors import ModelError
 from fraudmon.core.events import Event
 from fraudmon.core.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
-from stream_app.features import NORMAL_COVERAGE, fields_of, normal_ranges
+from stream_app.features import NORMAL_COVERAGE, normal_ranges
 from training.model import predict
 
 OPSET = 17
@@ -127,16 +127,9 @@ def feature_deciles(x: np.ndarray, feature_names: list[str]) -> dict[str, dict[s
     return result
 
 
-def explanation_card(train_events: list[Event], feature_names: list[str],
-                     val_normal_errors: np.ndarray | None = None) -> dict[str, Any]:
-    """The card's `explanation`: per field its features, kind and normal range over the training rows, and its
-    mean summed reconstruction error on normal validation rows (1 when none are given)."""
+def explanation_card(train_events: list[Event], feature_names: list[str]) -> dict[str, Any]:
+    """The card's `explanation`: per field its features, kind and normal range over the training rows."""
     fields = normal_ranges(train_events, feature_names)
-    if val_normal_errors is not None and len(val_normal_errors):
-        errors = np.asarray(val_normal_errors, dtype=np.float64)
-        for field, names in fields_of(feature_names).items():
-            scale = float(errors[:, [feature_names.index(n) for n in names]].sum(axis=1).mean())
-            fields[field]["error_scale"] = max(scale, 1e-9)
     low, high = NORMAL_COVERAGE
     return {"normal": f"training rows, {low:g}st to {high:g}th percentile (hour and weekday: the shortest window, "
                       f"categories: those of at least {low:g}% of the rows)", "fields": fields}

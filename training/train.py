@@ -335,7 +335,7 @@ def train(request: TrainRequest) -> TrainResult:
             "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": n_components},
                           "kmeans": {"n_clusters": ev.KMEANS_CLUSTERS, "distance": "to the nearest centroid"}},
         }
-        explanation = explanation_card([dataset.events[i] for i in split.train], names, errors[val_normal])
+        explanation = explanation_card([dataset.events[i] for i in split.train], names)
         card = build_card(name=request.name, onnx_sha256=sha, feature_names=names, threshold=threshold.to_dict(),
                           x_train=x[split.train], val_normal_scores=scores[val_normal], training=training,
                           metrics=assessment.metrics, parity=parity, created=created, parts=parts,

@@ -29,16 +29,14 @@ class ThresholdCard(BaseModel):
 
 
 class FieldCard(BaseModel):
-    """One field an explanation names: the model features that encode it, how its normal range reads, the range
-    seen in training, and its mean reconstruction error on normal validation rows (explanations rank fields by
-    their error relative to it)."""
+    """One field an explanation names: the model features that encode it, how its normal range reads, and the
+    range seen in training."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
     features: tuple[str, ...] = Field(min_length=1)
     kind: Literal["number", "hour", "weekday", "category"] = "number"
     normal: tuple[float, float] | tuple[str, ...] | None = None
-    error_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class ExplanationCard(BaseModel):
