@@ -9,6 +9,14 @@ import typer
 from fraudmon.core.console import fail, settings_or_fail
 from fraudmon.core.errors import FraudMonitorError
 from fraudmon.tools.stack import LocalStack
+from training.commands import (
+    FORMAT_HELP,
+    FraudValueOption,
+    LabelColumnOption,
+    TimeColumnOption,
+    event_format,
+    table_or_fail,
+)
 
 app = typer.Typer(
     help="fraud-monitor: streaming card and payment fraud detection on Kafka.",
@@ -131,9 +139,13 @@ def worker_command(
 @app.command("replay")
 def replay_command(
     data: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                help="Events (JSON lines or CSV) or the card-holder CSV."),
+                                help="Events (JSON lines or CSV), the card-holder CSV, or a feature table."),
     truth: Path | None = typer.Option(None, exists=True, help="Ground truth CSV (transaction_id,label,scenario)."),
     out: Path | None = typer.Option(None, help="Write every decision as JSON lines here."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    label_column: str | None = LabelColumnOption,
+    fraud_value: str = FraudValueOption,
+    time_column: str | None = TimeColumnOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Score a file offline through the worker's exact decision code (in-process rule state) — a backtest."""
@@ -142,10 +154,12 @@ def replay_command(
     from fraudmon.core.eventfiles import is_json_lines, read_events_file, read_ground_truth
     from stream_app.replay import flags_by_reason, offline_engine, raw_messages, recall_by_scenario, replay
 
+    table = table_or_fail(fmt, label_column, fraud_value, time_column)
     settings = settings_or_fail(config)
     try:
         engine = offline_engine(settings)
-        events, file_truth = (None, []) if is_json_lines(data) else read_events_file(data)
+        events, file_truth = (None, []) if table is None and is_json_lines(data) else \
+            read_events_file(data, fmt=event_format(fmt), table=table)
         labels = {t.transaction_id: (t.label, t.scenario) for t in (read_ground_truth(truth) if truth else file_truth)}
         result = replay(raw_messages(data, events), engine)
     except FraudMonitorError as exc:

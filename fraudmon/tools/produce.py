@@ -1,8 +1,8 @@
 """`fraudmon produce`: send transaction events to Kafka at a steady rate, from the simulator or a file.
 
-Files (events as JSON lines or CSV, or the card-holder CSV `Time,V1..V28,Amount,Class`, whose labels go to a
-ground-truth file) are read and validated completely by `fraudmon.core.eventfiles` before the first message
-is sent.
+Files (events as JSON lines or CSV, the card-holder CSV `Time,V1..V28,Amount,Class`, or any numeric feature
+table with `--format table --label-column COL`, whose labels go to a ground-truth file) are read and validated
+completely by `fraudmon.core.eventfiles` before the first message is sent.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ from fraudmon.core.eventfiles import (
     write_ground_truth,
 )
 from fraudmon.core.events import Event, event_to_dict, format_timestamp
+from training.commands import (
+    FORMAT_HELP,
+    FraudValueOption,
+    LabelColumnOption,
+    TimeColumnOption,
+    event_format,
+    table_or_fail,
+)
 from training.simulate import SimulationConfig, simulate
 
 MAX_CHUNK = 1_000  # events sent between two looks at the clock, the stop flag and the progress bar
@@ -393,14 +401,19 @@ def produce_command(
     simulate_: bool = typer.Option(False, "--simulate", help="Send a freshly simulated, labelled stream."),
     file: Path | None = typer.Option(
         None, "--file", "-f", exists=True, dir_okay=False,
-        help="Replay a file: events as JSON lines or CSV, or the card-holder CSV Time,V1..V28,Amount,Class."),
+        help="Replay a file: events as JSON lines or CSV, the card-holder CSV Time,V1..V28,Amount,Class, or a "
+             "feature table (--format table)."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    label_column: str | None = LabelColumnOption,
+    fraud_value: str = FraudValueOption,
+    time_column: str | None = TimeColumnOption,
     events: int | None = typer.Option(
         None, "--events", "-n", min=1,
         help="Simulator: number of events (default --count, or rate x duration, or 10000)."),
     accounts: int | None = typer.Option(
         None, "--accounts", min=30,
-        help="Simulator: accounts (default events/2, at least 1000). Card-holder CSV: accounts to spread rows "
-             f"over (default {DEFAULT_FILE_ACCOUNTS})."),
+        help="Simulator: accounts (default events/2, at least 1000). Card-holder CSV and tables: accounts to "
+             f"spread rows over (default {DEFAULT_FILE_ACCOUNTS})."),
     fraud_rate: float = typer.Option(0.005, "--fraud-rate", min=0.0, max=0.5, help="Simulator: share of fraud."),
     seed: int = typer.Option(42, "--seed", help="Simulator: random seed."),
     rate: float = typer.Option(1000.0, "--rate", "-r", min=0.0, help="Events per second; 0 = as fast as possible."),
@@ -433,6 +446,7 @@ def produce_command(
     acknowledge everything, 2 when nothing could start (bad file, no broker, no topic)."""
     if simulate_ == (file is not None):
         raise typer.BadParameter("give exactly one source: --simulate or --file PATH")
+    table = table_or_fail(fmt, label_column, fraud_value, time_column)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the stall warnings and the summary say what matters
     try:
         settings = load_settings(config)
@@ -441,17 +455,22 @@ def produce_command(
                 "kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
         labels: list[GroundTruth] | None
         if file is not None:
-            source = open_event_file(file, base_time=base_time.replace(tzinfo=UTC),
-                                     accounts=accounts or DEFAULT_FILE_ACCOUNTS)
+            source = open_event_file(file, fmt=event_format(fmt), base_time=base_time.replace(tzinfo=UTC),
+                                     accounts=accounts or DEFAULT_FILE_ACCOUNTS, table=table)
             labels = source.ground_truth()
             if truth and labels is None:
-                raise InputDataError(f"{file} carries no labels (only the card-holder CSV has Class); the labels "
-                                     "of simulated events are in the --truth file `fraudmon simulate` wrote")
+                raise InputDataError(f"{file} carries no labels (only the card-holder CSV has Class, and a table its "
+                                     "--label-column); the labels of simulated events are in the --truth file "
+                                     "`fraudmon simulate` wrote")
             typer.echo(f"{file}: {source.rows} events ({source.kind}), validated")
-            if source.kind == "creditcard":
-                typer.echo(f"note: the card-holder CSV has no account column, so its rows get made-up account ids "
-                           f"(cc-acc-0..{source.accounts - 1}, by a hash of the row): stateful rules (velocity, "
-                           "z-score, new counterparty, ...) judge made-up accounts")
+            if source.table is not None and source.table.skipped:
+                typer.echo(f"note: columns holding text are not sent as features: {', '.join(source.table.skipped)}")
+            if source.kind in ("creditcard", "table"):
+                prefix = "cc-acc" if source.kind == "creditcard" else "tbl-acc"
+                typer.echo(f"note: the {'card-holder CSV' if source.kind == 'creditcard' else 'table'} has no "
+                           f"account column, so its rows get made-up account ids ({prefix}-0..{source.accounts - 1}, "
+                           "by a hash of the row): stateful rules (velocity, z-score, new counterparty, ...) judge "
+                           "made-up accounts")
             stream: Iterable[Event] = source.events()
             total: int | None = source.rows
         else:
