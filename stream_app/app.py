@@ -138,6 +138,7 @@ app = App(
     broker_heartbeat_interval=worker.heartbeat_interval_s,
     producer_acks=-1,
     producer_linger=0.002,
+    producer_max_batch_size=256 * 1024,  # a batch's decisions go out as one record batch per partition
     broker_max_poll_records=max(2000, worker.max_batch * 4),
     stream_buffer_maxsize=max(8192, worker.max_batch * 8),
 )
@@ -192,7 +193,7 @@ async def _on_fetched(batch: list) -> None:
     global _batch_publisher
     if _batch_publisher is None:
         install_outage_filter()  # Faust has set up its log handlers by now
-        _batch_publisher = Publisher(app.producer.send, engine.metrics)
+        _batch_publisher = Publisher(app.producer.send, engine.metrics, producer=app.producer._ensure_producer())
     generation = app.consumer_generation_id
     await _decide_and_publish([RawMessage(m.value, m.key, m.topic, m.partition, m.offset) for m in batch],
                               _batch_publisher)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -47,28 +48,28 @@ Send = Callable[..., Awaitable[Awaitable[object]]]
 
 
 class Publisher:
-    """Sends records through Faust's producer and waits for every acknowledgement, retrying what failed."""
+    """Sends records through Faust's producer and waits for every acknowledgement, retrying what failed.
+
+    With `producer` (the aiokafka producer under Faust's), the records go out as one record batch per partition
+    (aiokafka's `create_batch`/`send_batch`: one delivery future per batch instead of one per record), keyed and
+    partitioned exactly as `send` would; a failed batch is sent again whole."""
 
     def __init__(self, send: Send, metrics: WorkerMetrics, first_retry_s: float = 0.2,
-                 max_retry_s: float = 10.0) -> None:
+                 max_retry_s: float = 10.0, producer: Any = None) -> None:
         self._send = send
         self._metrics = metrics
         self._first_retry_s = first_retry_s
         self._max_retry_s = max_retry_s
+        self._producer = producer
 
     async def publish(self, records: list[OutputRecord]) -> None:
         """Return once every record is acknowledged by the brokers (acks=all); retry failures until then."""
         pending, pause = records, self._first_retry_s
         while pending:
-            deliveries = []
-            for record in pending:
-                try:
-                    deliveries.append(await self._send(record.topic, record.key, record.value, None, None, None))
-                except Exception as exc:  # refused before sending: counts as a failed delivery
-                    deliveries.append(_failed(exc))
-            results = await asyncio.gather(*deliveries, return_exceptions=True)
-            failed = [(record, result) for record, result in zip(pending, results, strict=True)
-                      if isinstance(result, Exception)]
+            sent = await (self._send_batches(pending) if self._producer is not None else self._send_each(pending))
+            results = await asyncio.gather(*(delivery for _, delivery in sent), return_exceptions=True)
+            failed = [(record, result) for (group, _), result in zip(sent, results, strict=True)
+                      if isinstance(result, Exception) for record in group]
             if not failed:
                 return
             pending = [record for record, _ in failed]
@@ -78,6 +79,50 @@ class Publisher:
                         len(pending), error.__class__.__name__, error, pause, extra={"dependency": "kafka"})
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._max_retry_s)
+
+
+    async def _send_each(self, records: list[OutputRecord]) -> list[tuple[list[OutputRecord], Awaitable]]:
+        sent = []
+        for record in records:
+            try:
+                delivery = await self._send(record.topic, record.key, record.value, None, None, None)
+            except Exception as exc:  # refused before sending: counts as a failed delivery
+                delivery = _failed(exc)
+            sent.append(([record], delivery))
+        return sent
+
+    async def _send_batches(self, records: list[OutputRecord]) -> list[tuple[list[OutputRecord], Awaitable]]:
+        producer, by_partition = self._producer, {}
+        try:
+            for topic in {record.topic for record in records}:
+                await producer.client._wait_on_metadata(topic)
+            partition = producer._partition  # the producer's own partitioner, as `send` uses it
+            for record in records:
+                where = (record.topic, partition(record.topic, None, None, None, record.key, record.value))
+                by_partition.setdefault(where, []).append(record)
+        except Exception as exc:  # no metadata (the brokers are away): every record failed this time
+            return [(records, _failed(exc))]
+        sent = []
+        for (topic, partition), group in by_partition.items():
+            batch, members = producer.create_batch(), []
+            for record in group:
+                if batch.append(timestamp=None, key=record.key, value=record.value) is None:  # full
+                    sent.append((members, await self._send_batch(batch, topic, partition)))
+                    batch, members = producer.create_batch(), []
+                    if batch.append(timestamp=None, key=record.key, value=record.value) is None:
+                        sent.append(([record], _failed(ValueError(f"a record of {len(record.value)} bytes does "
+                                                                   "not fit in a producer batch"))))
+                        continue
+                members.append(record)
+            if members:
+                sent.append((members, await self._send_batch(batch, topic, partition)))
+        return sent
+
+    async def _send_batch(self, batch: Any, topic: str, partition: int) -> Awaitable:
+        try:
+            return await self._producer.send_batch(batch, topic, partition=partition)
+        except Exception as exc:  # refused before sending: counts as a failed delivery
+            return _failed(exc)
 
 
 def _failed(exc: Exception) -> asyncio.Future:
