@@ -100,12 +100,12 @@ def parse_timestamp(value: Any, name: str = "timestamp", low_ms: int | None = No
             epoch_ms = moment.timestamp() * 1000
         except (OverflowError, ValueError):
             epoch_ms = math.inf if moment.year > 2000 else -math.inf
-        shown = _shown(value)
     else:
-        epoch_ms, shown = value, _shown(value, 24)
+        epoch_ms = value
         if not math.isfinite(epoch_ms):
             raise InvalidEvent(f"{name}: epoch milliseconds must be finite")
     if not low_ms <= epoch_ms <= high_ms:
+        shown = _shown(value) if isinstance(value, str) else _shown(value, 24)
         raise InvalidEvent(f"{name}: {shown} is outside {format_timestamp(low_ms)} .. {format_timestamp(high_ms)}")
     return int(epoch_ms)
 
@@ -201,28 +201,28 @@ def event_from_dict(data: Any, limits: EventLimits = DEFAULT_LIMITS, now_ms: int
         raise InvalidEvent("timestamp: required")
     latest_ms = MAX_TIMESTAMP_MS if limits.max_future_ms is None else now_ms + limits.max_future_ms
     timestamp_ms = parse_timestamp(data["timestamp"], "timestamp", limits.min_timestamp_ms, latest_ms)
-    channel = data.get("channel")
+    get = data.get  # the optional fields: checked only when present, in the order of the checks' messages
+    channel = get("channel")
     if channel is not None and channel not in CHANNELS:
         raise InvalidEvent(f"channel: {_shown(channel, 20)} is not one of {', '.join(CHANNELS)}")
-    created = data.get("account_created_at")
+    created = get("account_created_at")
     account_created_ms = None if created is None else parse_timestamp(
         created, "account_created_at", MIN_ACCOUNT_CREATED_MS, latest_ms)
-    merchant_id, device_id, counterparty_id = (_id(data, name, required=False) for name in ID_FIELDS)
+    merchant_id = None if get("merchant_id") is None else _id(data, "merchant_id", required=False)
+    device_id = None if get("device_id") is None else _id(data, "device_id", required=False)
+    counterparty_id = None if get("counterparty_id") is None else _id(data, "counterparty_id", required=False)
+    currency = get("currency")
+    if currency is not None:
+        currency = _letters(data, "currency", 3, "an ISO 4217 code of three letters")
+    merchant_category = None if get("merchant_category") is None else _merchant_category(data)
+    country = get("country")
+    if country is not None:
+        country = _letters(data, "country", 2, "an ISO 3166-1 alpha-2 code")
+    ip = None if get("ip") is None else _short_text(data, "ip", MAX_IP_LENGTH)
     return Event(
-        transaction_id=transaction_id,
-        account_id=account_id,
-        amount=amount,
-        timestamp_ms=timestamp_ms,
-        currency=_letters(data, "currency", 3, "an ISO 4217 code of three letters"),
-        merchant_id=merchant_id,
-        merchant_category=_merchant_category(data),
-        country=_letters(data, "country", 2, "an ISO 3166-1 alpha-2 code"),
-        ip=_short_text(data, "ip", MAX_IP_LENGTH),
-        device_id=device_id,
-        channel=channel,
-        counterparty_id=counterparty_id,
-        account_created_ms=account_created_ms,
-        features=_features(data, limits),
+        transaction_id, account_id, amount, timestamp_ms, currency, merchant_id, merchant_category, country, ip,
+        device_id, channel, counterparty_id, account_created_ms,
+        {} if get("features") is None else _features(data, limits),
     )
 
 
@@ -248,7 +248,7 @@ def decode_object(raw: bytes | str | None, max_bytes: int) -> dict[str, Any]:
         raise InvalidEvent(_why_not_json(raw, exc)) from None
     if not isinstance(data, dict):
         raise InvalidEvent("message: must be a JSON object")
-    if len(_KEY_TOKEN.findall(raw)) != _count_keys(data):  # more key tokens than keys: maybe a duplicate
+    if _key_tokens(raw) != _count_keys(data):  # more key tokens than keys: maybe a duplicate
         problem = _inspect(raw.decode("utf-8"), duplicates_only=True)
         if problem:
             raise InvalidEvent(problem)
@@ -304,6 +304,7 @@ def verdict_to_dict(verdict: Verdict) -> dict[str, Any]:
 # Every key token ends in `"` then optional white space then `:`, so the regex finds at least as many matches as
 # there are keys; as many matches as distinct keys proves there is no duplicate without a second parse.
 _KEY_TOKEN = re.compile(rb'"\s*:')
+_REGEX_WHITE_SPACE = b" \t\n\r\f\v"  # what `\s` matches in a bytes pattern
 _DUPLICATE = object()  # marks a decoded object that had a duplicate key, with that key as value
 _MAX_INT_DIGITS = 300
 
@@ -315,7 +316,26 @@ class _Bad:
         self.why = why
 
 
+def _key_tokens(raw: bytes) -> int:
+    """How many times `_KEY_TOKEN` matches `raw`, counted as `":` once the white space it allows is deleted
+    (each match becomes exactly one `":`, and no other `":` appears): about a third of the regex's time."""
+    return raw.translate(None, _REGEX_WHITE_SPACE).count(b'":')
+
+
 def _count_keys(value: Any) -> int:
+    if value.__class__ is dict:  # the usual event: an object of scalars, maybe one nested object (`features`)
+        count = len(value)
+        for item in value.values():
+            cls = item.__class__
+            if cls is dict:
+                count += _count_keys(item)
+            elif cls is list:
+                return _count_nested_keys(value)
+        return count
+    return _count_nested_keys(value)
+
+
+def _count_nested_keys(value: Any) -> int:
     count, stack = 0, [value]
     while stack:
         item = stack.pop()
