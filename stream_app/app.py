@@ -117,6 +117,7 @@ except FraudMonitorError as exc:
 
 worker = settings.worker
 topics = settings.topics
+settings.resolve(worker.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
 reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path),
                        settings.resolve(worker.shadow_model_path) if worker.shadow_model_path else None)
 
