@@ -194,8 +194,13 @@ class DecisionEngine:
         self._recent.extend(outcome.events)
         if outcome.events:
             model, rules = self.model, self.rules
-            scored = self._score(model, outcome.events)
-            states, state_causes = self._observe(rules, outcome.events)
+            observed = self._observe_start(rules, outcome.events)  # Redis runs the script while the model scores
+            try:
+                scored = self._score(model, outcome.events)
+            except BaseException:
+                observed.cancel()
+                raise
+            states, state_causes = observed.result()
             outcome.decisions = self._decide(model, rules, outcome.events, scored, states, state_causes, started)
         self._record_metrics(len(messages), outcome, time.perf_counter() - started)
         return outcome
@@ -288,20 +293,40 @@ class DecisionEngine:
 
     def _observe(self, rules: RuleSet, events: list[Event]) -> tuple[list[AccountState | None], list[str | None]]:
         """Per event: the state before it (None: stateless rules only) and the cause when it is missing."""
+        return self._observe_start(rules, events).result()
+
+    def _observe_start(self, rules: RuleSet, events: list[Event]) -> _Observed:
+        """`_observe`, with the store's call sent now and its answer read by `result()` (when the store can)."""
         n = len(events)
         if not rules.stateful:
-            return [None] * n, [None] * n
+            return _Observed(([None] * n, [None] * n))
         if time.monotonic() < self._store_down_until:
-            return self._store_unavailable(events)
+            return _Observed(self._store_unavailable(events))
         try:
             self._record_backlog(rules)
-            results = self.store.observe(rules, events)
+            later = getattr(self.store, "observe_later", None)
+            if later is None:
+                return _Observed(self._observed(events, self.store.observe(rules, events)))
+            pending = later(rules, events)
         except StateUnavailable as exc:
-            if self._store_down_until == 0.0:
-                log.warning("rule state unavailable, deciding without stateful rules: %s", exc,
-                            extra={"dependency": "redis"})
-            self._store_down_until = time.monotonic() + self.retry_after_s
-            return self._store_unavailable(events)
+            return _Observed(self._unavailable(events, exc))
+        return _Observed(pending=pending, answer=lambda: self._answered(events, pending))
+
+    def _answered(self, events: list[Event], pending) -> tuple[list[AccountState | None], list[str | None]]:
+        try:
+            results = pending.result()
+        except StateUnavailable as exc:
+            return self._unavailable(events, exc)
+        return self._observed(events, results)
+
+    def _unavailable(self, events: list[Event], exc: StateUnavailable) -> tuple[list[None], list[str]]:
+        if self._store_down_until == 0.0:
+            log.warning("rule state unavailable, deciding without stateful rules: %s", exc,
+                        extra={"dependency": "redis"})
+        self._store_down_until = time.monotonic() + self.retry_after_s
+        return self._store_unavailable(events)
+
+    def _observed(self, events: list[Event], results: list) -> tuple[list[AccountState | None], list[str | None]]:
         if self._store_down_until:
             log.info("rule state is back; stateful rules run again (%d events to record)", len(self._backlog))
             self._store_down_until = 0.0
@@ -391,6 +416,21 @@ class DecisionEngine:
             observe_processing(elapsed_s)
         if elapsed_s * 1000.0 > self.latency_budget_ms:
             metrics.budget_exceeded.inc(n)
+
+
+class _Observed:
+    """The states of a batch: known already (`value`), or read from the store by `result()` (`pending` is the
+    store's call in flight, which `cancel()` drops)."""
+
+    def __init__(self, value: tuple | None = None, *, pending=None, answer=None) -> None:
+        self._value, self._pending, self._answer = value, pending, answer
+
+    def result(self) -> tuple[list[AccountState | None], list[str | None]]:
+        return self._value if self._answer is None else self._answer()
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
 
 
 def _where(message: RawMessage) -> tuple[str, int, int]:

@@ -209,7 +209,23 @@ class RedisStateStore:
             raise StateUnavailable(f"Redis at {_address(self.client)} did not answer: {exc}") from exc
 
     def observe(self, rules: RuleSet, events: Sequence[Event]) -> list[StateResult]:
-        args: list[str | int | bytes] = [
+        try:
+            snapshots = orjson.loads(self._script(args=self._args(rules, events)))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
+        except redis.ResponseError as exc:  # Redis answered but refused the script: not an outage
+            return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(events)
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"Redis failed: {exc}") from exc
+        return [_state(snapshot) for snapshot in snapshots]
+
+    def observe_later(self, rules: RuleSet, events: Sequence[Event]) -> PendingObserve:
+        """`observe`, sent now and answered by `PendingObserve.result()`: Redis runs the script while the caller
+        does other work (the engine scores the batch meanwhile)."""
+        return PendingObserve(self, rules, events)
+
+    def _args(self, rules: RuleSet, events: Sequence[Event]) -> list[str | int | bytes]:
+        return [
             self.key_prefix,
             max(1, rules.history_ttl_ms // 1000),
             self.dedupe_ttl_s,
@@ -221,15 +237,6 @@ class RedisStateStore:
                  e.counterparty_id or "", e.amount) for e in events
             ]),
         ]
-        try:
-            snapshots = orjson.loads(self._script(args=args))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
-        except redis.ResponseError as exc:  # Redis answered but refused the script: not an outage
-            return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(events)
-        except redis.RedisError as exc:
-            raise StateUnavailable(f"Redis failed: {exc}") from exc
-        return [_state(snapshot) for snapshot in snapshots]
 
 
     def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
@@ -257,6 +264,59 @@ class RedisStateStore:
         except redis.RedisError as exc:
             raise StateUnavailable(f"Redis did not answer: {exc}") from exc
         return next((value.decode() for value in found if value is not None), None)
+
+
+class PendingObserve:
+    """One `observe` script call on a connection of its own, sent at creation; `result()` reads the answer (and
+    raises as `observe` does), `cancel()` drops it. Either returns the connection to the pool, exactly once."""
+
+    def __init__(self, store: RedisStateStore, rules: RuleSet, events: Sequence[Event]) -> None:
+        self._store, self._rules, self._events = store, rules, events
+        pool = store.client.connection_pool
+        self._connection = None
+        try:
+            self._connection = pool.get_connection()
+            self._connection.send_command("EVALSHA", store._script.sha, 0, *store._args(rules, events))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.cancel()
+            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
+        except Exception:
+            self.cancel()
+            raise
+
+    def result(self) -> list[StateResult]:
+        connection, store = self._connection, self._store
+        try:
+            reply = connection.read_response()
+        except redis.exceptions.NoScriptError:  # Redis restarted without the script: load it, then call again
+            self._release()
+            store._script.sha = store.client.script_load(OBSERVE_LUA)
+            return store.observe(self._rules, self._events)
+        except redis.ResponseError as exc:  # Redis answered but refused the script: not an outage
+            self._release()
+            return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(self._events)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.cancel()
+            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
+        except redis.RedisError as exc:
+            self.cancel()
+            raise StateUnavailable(f"Redis failed: {exc}") from exc
+        except BaseException:
+            self.cancel()
+            raise
+        self._release()
+        return [_state(snapshot) for snapshot in orjson.loads(reply)]
+
+    def cancel(self) -> None:
+        """Drop the call: the connection is closed (its answer would otherwise be read by the next command)."""
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._release()
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            self._store.client.connection_pool.release(connection)
 
 
 def _address(client: redis.Redis) -> str:

@@ -1,0 +1,92 @@
+"""The engine sends the rule-state script before it scores a batch and reads the answer after
+(`RedisStateStore.observe_later`): the same answers as `observe`, and a call that is dropped, refused or lost
+leaves the connection pool usable and says so as `observe` would."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+
+from fraudmon.core.errors import StateUnavailable
+from fraudmon.core.events import event_from_dict
+from stream_app.rules import parse_rules
+from stream_app.state import RedisStateStore
+
+from .conftest import free_port
+
+RULES = parse_rules({"rules": [
+    {"id": "velocity", "type": "velocity", "max_count": 3, "window": "60s"},
+    {"id": "fanout", "type": "ip_fanout", "max_accounts": 2, "window": "10m"},
+    {"id": "country", "type": "new_country", "min_history": 1},
+]})
+T0 = 1_763_800_000_000
+
+
+def event(tx: str, account: str = "a", t_s: float = 0.0, **fields):
+    return event_from_dict({"transaction_id": tx, "account_id": account, "amount": 10.0,
+                            "timestamp": int(T0 + t_s * 1000), "ip": "10.0.0.1", "country": "DE", **fields})
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield server, url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def store_on(url: str) -> RedisStateStore:
+    store = RedisStateStore(redis.Redis.from_url(url, socket_timeout=2), key_prefix=f"t-{uuid.uuid4().hex[:6]}:")
+    store.connect()
+    return store
+
+
+def test_answers_as_observe_does(redis_server):
+    _, url = redis_server
+    a, b = store_on(url), store_on(url)
+    batches = [[event(f"tx{i}-{j}", account=f"acc{j % 3}", t_s=i * 10 + j, country="DE" if j % 4 else "FR")
+                for j in range(8)] for i in range(4)]
+    for batch in batches:
+        assert b.observe_later(RULES, batch).result() == a.observe(RULES, batch)
+    assert b.observe_later(RULES, batches[0]).result() == a.observe(RULES, batches[0])  # redeliveries
+
+
+def test_a_dropped_call_leaves_the_pool_usable(redis_server):
+    _, url = redis_server
+    store = store_on(url)
+    store.observe_later(RULES, [event("dropped")]).cancel()
+    states = store.observe_later(RULES, [event("next", t_s=1)]).result()
+    assert not states[0].replayed and store.client.ping()
+
+
+def test_a_flushed_script_is_loaded_again(redis_server):
+    _, url = redis_server
+    store = store_on(url)
+    store.client.script_flush()
+    (state,) = store.observe_later(RULES, [event("after-flush")]).result()
+    assert state.prior_count == 0 and not state.replayed
+
+
+def test_redis_gone_is_unavailable(redis_server):
+    server, url = redis_server
+    store = store_on(url)
+    pending = store.observe_later(RULES, [event("lost")])
+    pending.result()
+    server.terminate()
+    server.wait(timeout=10)
+    with pytest.raises(StateUnavailable):
+        store.observe_later(RULES, [event("gone", t_s=2)]).result()
