@@ -83,18 +83,10 @@ def _state(snapshot: dict[str, Any] | list) -> StateResult:
     named fields (the in-process store, snapshots stored by earlier versions, and errors)."""
     if snapshot.__class__ is list:
         replayed, reused, n, country_seen, counterparty_seen, mean, std, velocity, fanout, known = snapshot
+        n = int(n)
         return AccountState(
-            prior_count=int(n),
-            velocity_counts=dict(zip(velocity[::2], velocity[1::2], strict=True)),
-            fanout_counts=dict(zip(fanout[::2], fanout[1::2], strict=True)),
-            country_seen=country_seen == 1,
-            known_countries=tuple(known),
-            counterparty_seen=counterparty_seen == 1,
-            amount_count=int(n),
-            amount_mean=round(float(mean), 6),
-            amount_std=round(float(std), 6),
-            replayed=replayed == 1,
-            id_reused=reused == 1,
+            n, _pairs(velocity), _pairs(fanout), country_seen == 1, tuple(known) if known else (),
+            counterparty_seen == 1, n, round(float(mean), 6), round(float(std), 6), replayed == 1, reused == 1,
         )
     if "error" in snapshot:
         return StateFailure(str(snapshot["error"])[:200])
@@ -112,6 +104,14 @@ def _state(snapshot: dict[str, Any] | list) -> StateResult:
         replayed=bool(snapshot["replayed"]),
         id_reused=bool(snapshot["id_reused"]),
     )
+
+
+def _pairs(flat: list) -> dict:
+    """`[window, count, window, count, ...]` as `{window: count}` (one window is the usual case)."""
+    if len(flat) == 2:
+        return {flat[0]: flat[1]}
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
 
 
 class InMemoryStateStore:
