@@ -28,6 +28,16 @@ from fraudmon.core.eventfiles import (
 )
 from fraudmon.core.events import Event
 
+MIN_VARIANCE = 1e-6
+
+
+def scaling_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and variance of the training rows (float64); constant columns get variance 1, so they keep
+    their raw deviations. The autoencoder's graph and the baselines scale with these."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, variance = x.mean(axis=0), x.var(axis=0)
+    return mean, np.where(variance < MIN_VARIANCE, 1.0, variance)
+
 MIN_NORMAL_TRAIN_ROWS = 500
 VERDICT_SCENARIO = "verdict"
 """The scenario of a fraud known from an analyst's verdict only."""

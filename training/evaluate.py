@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudmon.core.eventfiles import Format, TableSpec
 from training import threshold as thr
+from training.data import scaling_stats
 
 STD_MULTIPLES = (1.0, 2.0, 3.0)
 ALERT_RATES = (0.001, 0.005, 0.01, 0.02)
@@ -101,8 +102,8 @@ class StandardScaler:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> StandardScaler:
-        variance = x.var(axis=0)
-        return cls(x.mean(axis=0), np.sqrt(np.where(variance < 1e-6, 1.0, variance)))
+        mean, variance = scaling_stats(x)
+        return cls(mean, np.sqrt(variance))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std

@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 
 from fraudmon.core.errors import TrainingError
+from training.data import scaling_stats
 from training.hybrid import LOG_SCORE_LIMIT, LOGIT_LIMIT, SCORE_EPSILON, Combination, SupervisedHead
 
 LOSSES = ("mse", "mae", "huber")
-MIN_VARIANCE = 1e-6
 
 
 @dataclass
@@ -88,13 +88,6 @@ def with_head(autoencoder: tf.keras.Model, head: SupervisedHead, combination: Co
     return tf.keras.Model(autoencoder.input, [score, errors], name="fraud_hybrid")
 
 
-def scaling_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and variance of the training rows; constant columns get variance 1 (raw deviations)."""
-    x = np.asarray(x, dtype=np.float64)
-    mean, variance = x.mean(axis=0), x.var(axis=0)
-    variance = np.where(variance < MIN_VARIANCE, 1.0, variance)
-    return mean.astype(np.float32), variance.astype(np.float32)
-
 
 def set_seed(seed: int) -> None:
     """Seed Python, numpy and TensorFlow, and make TensorFlow ops deterministic."""
@@ -141,7 +134,7 @@ def train_autoencoder(
     """Fit on `x_train` (raw features; normal rows), early-stop on the validation reconstruction loss."""
     started = time.perf_counter()
     set_seed(config.seed)
-    mean, variance = scaling_stats(x_train)
+    mean, variance = (stat.astype(np.float32) for stat in scaling_stats(x_train))
     trainer, serving = build_models(x_train.shape[1], config, mean, variance)
     std = np.sqrt(variance)
     train_scaled = ((x_train - mean) / std).astype(np.float32)
