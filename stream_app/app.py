@@ -54,32 +54,48 @@ class BatchConsumer(aiokafka_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
     on_batch = None  # async (list of faust Messages) -> None
 
-    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - the Fetcher's loop, as in Faust
-        callback, getmany, on_batch = self.callback, self.getmany, self.on_batch
+    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - the Fetcher's loop
+        """Faust's loop (`Consumer._drain_messages` and `getmany`: flow control, generations, read offsets,
+        gaps), per fetched partition instead of per record where it can be: the end offset is tracked once per
+        partition, and the records of `batch_topics` become one batch for `on_batch`."""
+        callback, on_batch, app = self.callback, self.on_batch, self.app
         consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
         get_read_offset, set_read_offset = self._read_offset.__getitem__, self._read_offset.__setitem__
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        batch_topics = self.batch_topics
+        acks_enabled_for, track_end_offset = app.topics.acks_enabled_for, app.monitor.track_tp_end_offset
+        batch_topics, to_message = self.batch_topics, self._to_message
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                records = getmany(timeout=1.0)
+                fetched, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if self.should_stop:
+                if fetched is None or self.should_stop:
                     continue
-                batch = []
-                async for tp, message in records:
-                    offset = message.offset
-                    read = get_read_offset(tp)
-                    if read is not None and offset < read:
-                        continue  # read before (Faust drops these too)
-                    if read and offset - read > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, read + 1, offset)
-                    if message.topic in batch_topics:
-                        batch.append(message)
-                    else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, offset)
-                if batch:
+                if not self.flow_active:
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning(f"exception performing seek when flow not active {exc}")
+                    continue
+                generation, batch = app.consumer_generation_id, []
+                for tp, records in fetched.items():
+                    if not self.flow_active or app.consumer_generation_id != generation:
+                        break  # a rebalance began: what is left is fetched again from the committed offsets
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    track_end_offset(tp, self.highwater(tp))
+                    in_batch = tp.topic in batch_topics
+                    for record in records:
+                        offset = record.offset
+                        read = get_read_offset(tp)
+                        if read is not None and offset < read:
+                            continue  # read before (Faust drops these too)
+                        if read and offset - read > 1 and acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, read + 1, offset)
+                        if in_batch:
+                            batch.append(to_message(tp, record))
+                        else:
+                            await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                if batch and app.consumer_generation_id == generation:
                     await on_batch(batch)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
