@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -179,6 +180,20 @@ def _backlog(consumer: KafkaConsumer, begin: dict[TopicPartition, int], end: dic
             return found[-n:]
 
 
+def _partitions(consumer: KafkaConsumer, topic: str, wait_s: float = 10.0) -> list[TopicPartition]:
+    """The topic's partitions. The client's metadata can lag behind `topics()` on a busy broker: ask again for a
+    while rather than read nothing and end as if the topic were empty."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        if time.monotonic() > deadline:
+            raise WatchError(f"the broker gave no partitions for topic {topic!r} within {wait_s:.0f}s; try again")
+        consumer.topics()  # a metadata request
+        time.sleep(0.2)
+
+
 def tail(settings: Settings, topic: str, *, follow: bool = False, from_beginning: bool = False, last: int = 20,
          account: str | None = None, as_json: bool = False, max_records: int | None = None) -> int:
     """Print a topic's records, one line each (or one JSON value per line); return how many were printed.
@@ -190,7 +205,7 @@ def tail(settings: Settings, topic: str, *, follow: bool = False, from_beginning
         existing = consumer.topics()
         if topic not in existing:
             raise WatchError(f"topic {topic!r} does not exist; topics: {', '.join(sorted(existing)) or 'none'}")
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = _partitions(consumer, topic)
         begin, end = consumer.beginning_offsets(partitions), consumer.end_offsets(partitions)
         match = _account_filter(account)
         entries: Iterable[Entry]
