@@ -8,6 +8,7 @@ Configuration comes from `config/monitor.yaml` and `FRAUDMON_*` environment vari
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import ssl
@@ -174,6 +175,10 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
         wait_for_kafka(settings.kafka.bootstrap_servers, give_up_s=worker.startup_timeout_s)
         wait_for_state_store(engine.store, give_up_s=worker.startup_timeout_s)
         engine.warm_up()
+        # What start-up built (Faust, onnxruntime, numpy, the settings) lives as long as the worker: out of the
+        # collector's sight, a full collection no longer walks it (a pause and CPU per event otherwise).
+        gc.collect()
+        gc.freeze()
         engine.metrics.serve(worker.metrics_port, worker.metrics_address)
     except FraudMonitorError as exc:
         print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
