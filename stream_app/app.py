@@ -179,6 +179,9 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
         # collector's sight, a full collection no longer walks it (a pause and CPU per event otherwise).
         gc.collect()
         gc.freeze()
+        # A batch allocates thousands of short-lived containers, nearly all freed by reference counting: a young
+        # collection every 100,000 allocations instead of 700 (the default) finds as little garbage for less CPU.
+        gc.set_threshold(100_000, 20, 10)
         engine.metrics.serve(worker.metrics_port, worker.metrics_address)
     except FraudMonitorError as exc:
         print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
