@@ -252,7 +252,9 @@ class DecisionEngine:
         for row, outlier, score in zip(rows, prediction.is_outlier.tolist(), prediction.instance_score.tolist(),
                                        strict=True):
             if math.isfinite(score):
-                parts[row] = {"version": shadow.version, "score": round(score, 6), "threshold": shadow.threshold,
+                # six significant digits, not decimals: a model whose threshold is ~5e-05 would otherwise publish
+                # scores that sit on the wrong side of it (flag false with a score printed above the threshold)
+                parts[row] = {"version": shadow.version, "score": float(f"{score:.6g}"), "threshold": shadow.threshold,
                               "flag": bool(outlier)}
         return parts
 
