@@ -21,6 +21,7 @@ from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+PARTITION_CACHE = 200_000  # keys whose partition a publisher remembers per topic (then it starts again)
 MAX_KEY_BYTES = 1024  # a dead letter's key is the input key, cut to this size so that it can always be published
 
 
@@ -61,6 +62,7 @@ class Publisher:
         self._first_retry_s = first_retry_s
         self._max_retry_s = max_retry_s
         self._producer = producer
+        self._partition_cache: dict[str, tuple[frozenset[int], dict[bytes, int]]] = {}
 
     async def publish(self, records: list[OutputRecord]) -> None:
         """Return once every record is acknowledged by the brokers (acks=all); retry failures until then."""
@@ -94,11 +96,21 @@ class Publisher:
     async def _send_batches(self, records: list[OutputRecord]) -> list[tuple[list[OutputRecord], Awaitable]]:
         producer, by_partition = self._producer, {}
         try:
+            known = {}
             for topic in {record.topic for record in records}:
                 await producer.client._wait_on_metadata(topic)
+                known[topic] = self._partitions_of(topic)
             partition = producer._partition  # the producer's own partitioner, as `send` uses it
             for record in records:
-                where = (record.topic, partition(record.topic, None, None, None, record.key, record.value))
+                topic, key = record.topic, record.key
+                cache = known[topic]
+                if key is None:  # spread over the available partitions: chosen anew each time
+                    where = (topic, partition(topic, None, None, None, None, record.value))
+                elif (number := cache.get(key)) is not None:
+                    where = (topic, number)
+                else:
+                    number = cache[key] = partition(topic, None, None, None, key, record.value)
+                    where = (topic, number)
                 by_partition.setdefault(where, []).append(record)
         except Exception as exc:  # no metadata (the brokers are away): every record failed this time
             return [(records, _failed(exc))]
@@ -117,6 +129,15 @@ class Publisher:
             if members:
                 sent.append((members, await self._send_batch(batch, topic, partition)))
         return sent
+
+    def _partitions_of(self, topic: str) -> dict[bytes, int]:
+        """Each key's partition in `topic` as the producer's partitioner chose it (a murmur2 hash in Python, about
+        3 us a record), kept while the topic's partitions stay the same and up to `PARTITION_CACHE` keys."""
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        cached = self._partition_cache.get(topic)
+        if cached is None or cached[0] != partitions or len(cached[1]) > PARTITION_CACHE:
+            cached = self._partition_cache[topic] = (frozenset(partitions or ()), {})
+        return cached[1]
 
     async def _send_batch(self, batch: Any, topic: str, partition: int) -> Awaitable:
         try:
