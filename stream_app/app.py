@@ -18,6 +18,8 @@ import time
 import faust
 import orjson
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 from fraudmon.core.config import KafkaSettings, load_settings
 from fraudmon.core.errors import FraudMonitorError, StateUnavailable
@@ -49,11 +51,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, with the records of `batch_topics` handed to `on_batch` one fetched batch at a
     time instead of one message at a time through Faust's conductor, stream and agent (whose per-message tasks
     and queues cost several times the decision itself: `fraudmon bench`, README "Performance"). Every other
-    topic (verdicts, Faust's own) takes Faust's usual path. `on_batch` acks each message (`Consumer.ack`) only
-    once its outcome is published; Faust commits acked offsets as usual."""
+    topic (verdicts, Faust's own) takes Faust's usual path. `on_batch` gets the records as `RawMessage`s and their
+    offsets per partition, and acks those (`ack_offsets`, `Consumer.ack`'s bookkeeping) only once the outcome is
+    published; Faust commits acked offsets as usual."""
 
     batch_topics: frozenset[str] = frozenset()
-    on_batch = None  # async (list of faust Messages) -> None
+    on_batch = None  # async (list of RawMessage, {tp: [offset, ...]}) -> None
 
     async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - the Fetcher's loop
         """Faust's loop (`Consumer._drain_messages` and `getmany`: flow control, generations, read offsets,
@@ -76,7 +79,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     except Exception as exc:
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     continue
-                generation, batch = app.consumer_generation_id, []
+                generation, batch, offsets = app.consumer_generation_id, [], {}
                 for tp, records in fetched.items():
                     if not self.flow_active or app.consumer_generation_id != generation:
                         break  # a rebalance began: what is left is fetched again from the committed offsets
@@ -84,6 +87,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         continue
                     track_end_offset(tp, self.highwater(tp))
                     in_batch = tp.topic in batch_topics
+                    if in_batch:
+                        read_offsets = offsets.setdefault(tp, [])
                     for record in records:
                         offset = record.offset
                         read = get_read_offset(tp)
@@ -91,13 +96,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
                             continue  # read before (Faust drops these too)
                         if read and offset - read > 1 and acks_enabled_for(tp.topic):
                             await self._add_gap(tp, read + 1, offset)
-                        if in_batch:
-                            batch.append(to_message(tp, record))
+                        if in_batch:  # the engine's form straight from the record: no Faust message per record
+                            batch.append(RawMessage(record.value, record.key, tp.topic, tp.partition, offset))
+                            read_offsets.append(offset)
                         else:
                             await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                 if batch and app.consumer_generation_id == generation:
-                    await on_batch(batch)
+                    await on_batch(batch, offsets)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -106,6 +112,25 @@ class BatchConsumer(aiokafka_driver.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+    def ack_offsets(self, offsets: dict) -> None:
+        """`Consumer.ack` for every offset of `offsets` ({tp: [offset, ...]}), without a message per record:
+        the same bookkeeping (under Faust's ack lock), so that Faust commits them as it commits acked messages."""
+        with ack_lock:
+            acked_now = 0
+            for tp, read in offsets.items():
+                if not self.app.topics.acks_enabled_for(tp.topic):
+                    continue
+                committed = self._committed_offset[tp]
+                index, acked = self._acked_index[tp], self._acked[tp]
+                for offset in read:
+                    if (committed is None or offset >= committed) and offset not in index:
+                        index.add(offset)
+                        acked.append(offset)
+                        acked_now += 1
+            self._n_acked += acked_now
+            notify(self._waiting_for_ack)
 
 
 class BatchTransport(aiokafka_driver.Transport):
@@ -213,20 +238,17 @@ async def _decide_and_publish(messages: list[RawMessage], publisher: Publisher) 
 _batch_publisher: Publisher | None = None
 
 
-async def _on_fetched(batch: list) -> None:
+async def _on_fetched(messages: list[RawMessage], offsets: dict) -> None:
     """`BatchConsumer`'s hand-off: one fetched batch of `transactions` records, acked once published."""
     global _batch_publisher
     if _batch_publisher is None:
         install_outage_filter()  # Faust has set up its log handlers by now
         _batch_publisher = Publisher(app.producer.send, engine.metrics, producer=app.producer._ensure_producer())
     generation = app.consumer_generation_id
-    await _decide_and_publish([RawMessage(m.value, m.key, m.topic, m.partition, m.offset) for m in batch],
-                              _batch_publisher)
+    await _decide_and_publish(messages, _batch_publisher)
     if app.consumer_generation_id != generation:
         return  # a rebalance meanwhile: the partitions' new owners decide these again (the same way)
-    ack = app.consumer.ack
-    for message in batch:
-        ack(message)
+    app.consumer.ack_offsets(offsets)
 
 
 BatchConsumer.batch_topics = frozenset({topics.transactions})
