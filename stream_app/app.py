@@ -276,15 +276,19 @@ async def count_analyst_verdicts(stream: faust.StreamT) -> None:
     async for batch in stream.take_events(worker.max_batch, within=1.0):
         messages = [RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
                     for e in batch]
-        while True:
-            try:
-                letters = count_verdicts(messages, engine.store, engine.metrics, time.time())
-                break
-            except StateUnavailable as exc:  # not counted yet: ask again rather than lose the verdicts
-                log.warning("verdicts wait for Redis: %s", exc, extra={"dependency": "redis"})
-                await asyncio.sleep(worker.redis_retry_after_s)
-        await publisher.publish([OutputRecord(topics.dead_letter, key, orjson.dumps(letter))
-                                 for key, letter in letters])
+        try:
+            while True:
+                try:
+                    letters = count_verdicts(messages, engine.store, engine.metrics, time.time())
+                    break
+                except StateUnavailable as exc:  # not counted yet: ask again rather than lose the verdicts
+                    log.warning("verdicts wait for Redis: %s", exc, extra={"dependency": "redis"})
+                    await asyncio.sleep(worker.redis_retry_after_s)
+            await publisher.publish([OutputRecord(topics.dead_letter, key, orjson.dumps(letter))
+                                     for key, letter in letters])
+        except Exception:  # a bug: Faust would ack these verdicts uncounted, so stop before it can
+            log.critical("cannot count %d verdicts; stopping without committing them", len(messages), exc_info=True)
+            os._exit(70)
 
 
 @app.timer(worker.reload_interval_s)
