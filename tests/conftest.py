@@ -12,6 +12,9 @@ from fraudmon.core.config import Settings, load_settings
 from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CREDITCARD = Path("/work/shared/data/creditcard_head.csv")
+"""The team's sample of the public card-holder data (not in the repository)."""
+needs_creditcard = pytest.mark.skipif(not CREDITCARD.exists(), reason=f"{CREDITCARD} is not here")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from fraudmon.cli import app
 from fraudmon.core.eventfiles import write_events, write_ground_truth
-from training.hybrid import MIN_HEAD_FRAUDS, Combination, SupervisedHead, head_problem
+from tests.conftest import CREDITCARD, needs_creditcard
+from training.hybrid import MIN_HEAD_FRAUDS, MIN_VALIDATION_FRAUDS, Combination, SupervisedHead, head_problem
 from training.simulate import SimulationConfig, simulate
 
 TINY = {"epochs": 3, "hidden": (16, 8)}
@@ -47,9 +48,14 @@ def test_head_and_combination_are_sklearn_style_and_chosen_on_validation():
     head = SupervisedHead().fit(x[:2000], y[:2000], x[2000:], y[2000:])
     assert head.c_ in head.c_grid and set(head.validation_pr_auc_) == set(head.c_grid)
     assert head.coef_[0] > 0 and abs(head.coef_[0]) > 5 * np.abs(head.coef_[1:]).max()
+    assert head.fitted_on_ == {"rows": 3000, "frauds": int(y.sum())}
     logits = head.score(x)
+    out_of_fold = head.validation_logits_
+    assert out_of_fold.shape == (1000,) and not np.allclose(out_of_fold, logits[2000:]), \
+        "validation rows are scored by heads fitted without them"
+    assert abs(np.corrcoef(out_of_fold, logits[2000:])[0, 1]) > 0.9
     useless = rng.gamma(2.0, 1.0, 3000)  # an "autoencoder" that knows nothing
-    combination = Combination().fit(useless[2000:], logits[2000:], y[2000:])
+    combination = Combination().fit(useless[2000:], out_of_fold, y[2000:])
     assert combination.alpha_ <= 0.2, "validation PR-AUC must favour the informative head"
     score = combination.score(useless, logits)
     assert np.isfinite(score).all() and (score > 0).all()
@@ -59,16 +65,22 @@ def test_head_and_combination_are_sklearn_style_and_chosen_on_validation():
 
 def test_head_problem_says_why_there_is_no_head():
     labels = np.zeros(100, dtype=np.int8)
-    rows = np.arange(60)
-    assert head_problem(labels, rows, np.arange(60, 80), "off") == "--labels off"
-    assert head_problem(None, rows, np.arange(60, 80), "auto") == "no labels"
-    labels[:MIN_HEAD_FRAUDS - 1] = 1
-    assert head_problem(labels, rows, np.arange(60, 80), "auto").startswith(
-        f"{MIN_HEAD_FRAUDS - 1} frauds in the training part, fewer than the {MIN_HEAD_FRAUDS}")
+    rows, val = np.arange(60), np.arange(60, 80)
+    assert head_problem(labels, rows, val, "off") == "--labels off"
+    assert head_problem(None, rows, val, "auto") == "no labels"
+    labels[:MIN_HEAD_FRAUDS - 2] = 1
+    labels[60] = 1
+    assert head_problem(labels, rows, val, "auto").startswith(
+        f"{MIN_HEAD_FRAUDS - 1} frauds in the training and validation parts, fewer than the {MIN_HEAD_FRAUDS}")
     labels[:MIN_HEAD_FRAUDS] = 1
-    assert "validation slice needs frauds" in head_problem(labels, rows, np.arange(60, 80), "auto")
-    labels[70] = 1
-    assert head_problem(labels, rows, np.arange(60, 80), "auto") is None
+    assert head_problem(labels, rows, val, "auto").startswith(
+        f"1 frauds among the 20 validation rows: choosing the head's regularisation needs at least "
+        f"{MIN_VALIDATION_FRAUDS} frauds")
+    labels[:3] = 0  # the training part may hold fewer frauds than the head needs: the validation slice adds its own
+    labels[60:60 + MIN_VALIDATION_FRAUDS] = 1
+    assert head_problem(labels, rows, val, "auto") is None
+    labels[60:78] = 1
+    assert "5 normal rows" in head_problem(labels, rows, val, "auto")
 
 
 def test_one_graph_scores_as_autoencoder_head_and_combination_together(hybrid, data):
@@ -162,3 +174,32 @@ def test_train_writes_a_candidate_that_promote_finds(data, tmp_path):
     assert f"fraudmon promote {candidate.name} --data" in result.output
     settings = load_settings(environ=env)
     assert resolve_candidate(settings, candidate.name) == candidate / "mymodel.onnx"
+
+
+@needs_creditcard
+def test_defaults_on_the_card_holder_sample_train_a_hybrid_that_serves(tmp_path):
+    """`fraudmon train --data creditcard_head.csv` with defaults: 3 frauds in the training part, 12 in the
+    validation slice; the head is fitted on both and its choices made on out-of-fold validation scores."""
+    from stream_app.features import vectorize
+    from stream_app.scoring import load_model
+    from training.data import load_dataset
+
+    result = CliRunner().invoke(app, ["train", "--data", str(CREDITCARD), "--out-dir", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "supervised head: yes, fitted on the labels of the training and validation parts" in result.output
+    card = json.loads((tmp_path / "default.json").read_text())
+    head = card["parts"]["head"]
+    assert head["fitted_on"]["frauds"] == 15 and "out-of-fold" in head["chosen_on"]
+    assert card["parts"]["combination"].startswith("score = exp(s), s = ")
+    metrics = card["metrics"]
+    combined, alone = metrics["model"], metrics["parts"]["autoencoder"]
+    assert combined["roc_auc"] >= 0.96
+    assert combined["pr_auc"] >= alone["pr_auc"]
+    assert combined["recall_at_alert_rate"]["0.5%"] >= alone["recall_at_alert_rate"]["0.5%"]
+    report = (tmp_path / "default-report" / "report.md").read_text()
+    for row in ("## Held-out part, side by side", "| combined (served) |", "| head alone |", "| k-means distance |"):
+        assert row in report
+    model = load_model(tmp_path / "default.onnx")
+    events = load_dataset(CREDITCARD).events[-2000:]
+    scores, _ = model.score(vectorize(events, model.feature_names))
+    assert np.isfinite(scores).all() and (scores > model.threshold).sum() > 0

@@ -34,11 +34,8 @@ from fraudmon.core.eventfiles import (
 from fraudmon.core.events import InvalidEvent, parse_event
 from fraudmon.tools.produce import Deliveries, StallWatch, malformed_messages, produce_command, produce_events
 from fraudmon.tools.stack import LocalStack, create_topics
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import CREDITCARD, PROJECT_ROOT, free_port, needs_creditcard
 from training.simulate import SimulationConfig, simulate
-
-CREDITCARD = Path("/work/shared/data/creditcard_head.csv")
-needs_creditcard = pytest.mark.skipif(not CREDITCARD.exists(), reason=f"{CREDITCARD} is not here")
 
 
 def _cli() -> typer.Typer:

@@ -45,6 +45,16 @@ def recall_at_rates(scores: np.ndarray, labels: np.ndarray) -> dict[str, float |
     return out
 
 
+def recall_at_false_flag_rates(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Recall at the threshold that flags at most `rate` of the normal rows (a point of the ROC curve), for each
+    of `RECALL_RATES`."""
+    scores, fraud = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    if not fraud.any() or fraud.all():
+        return {f"{rate:.1%}": None for rate in RECALL_RATES}
+    return {f"{rate:.1%}": float((scores[fraud] > thr.alert_rate(scores[~fraud], rate)).mean())
+            for rate in RECALL_RATES}
+
+
 def at_threshold(scores: np.ndarray, labels: np.ndarray | None, threshold: float) -> dict[str, float | int | None]:
     """Alert rate, and with labels the confusion matrix, precision, recall and F1 for `score > threshold`."""
     flagged = np.asarray(scores) > threshold
@@ -136,6 +146,7 @@ def summarize(
         out["frauds"] = int(np.asarray(labels).sum())
         out.update(ranking(scores, labels))
         out["recall_at_alert_rate"] = recall_at_rates(scores, labels)
+        out["recall_at_false_flag_rate"] = recall_at_false_flag_rates(scores, labels)
     out["at_threshold"] = at_threshold(scores, labels, threshold)
     if labels is not None and scenarios is not None:
         out["per_scenario"] = per_scenario(scores, labels, scenarios, threshold)

@@ -27,10 +27,12 @@ from training.model import predict
 OPSET = 17
 PARITY_MIN_ROWS = 1000
 PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-4
+PARITY_RTOL = 1e-3
 """float32 cannot resolve 1e-4 on scores above ~100, and the hybrid score is exp(a sum of ~60 float32 products),
 so the rounding of that sum (its order differs between Keras and onnxruntime) becomes a relative error of the
-score, up to a few 1e-5 seen: 100 ppm allowed, far below what changes a decision."""
+score: up to 2.8e-4 seen on the card-holder data's extreme rows (log scores near 46, where one float32 step of
+the sum is ~4e-6 and the head's inputs reach the hundreds). 0.1% is allowed: far below what changes a decision,
+far above rounding, and a conversion bug (a wrong op) is off by orders of magnitude."""
 
 
 def to_onnx(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from fraudmon.core.errors import TrainingError
 from training.data import scaling_stats
-from training.hybrid import LOG_SCORE_LIMIT, LOGIT_LIMIT, SCORE_EPSILON, Combination, SupervisedHead
+from training.hybrid import LOGIT_LIMIT, SCORE_EPSILON, Combination, SupervisedHead, soft_limit
 
 LOSSES = ("mse", "mae", "huber")
 
@@ -67,7 +67,7 @@ def predict(model: tf.keras.Model, x: np.ndarray, batch_size: int = 8192) -> tup
 
 def with_head(autoencoder: tf.keras.Model, head: SupervisedHead, combination: Combination) -> tf.keras.Model:
     """One serving graph: raw features → scaling → autoencoder → per-feature errors → the head's logit on the
-    scaled features and log errors (clipped) → `score` = exp(alpha log(ae + eps) + beta logit + gamma)
+    scaled features and log errors → `score` = exp(soft_limit(s)), s = alpha log(ae + eps) + beta logit + gamma
     (`Combination`).
     `feature_errors` stays the autoencoder's, which the explanations use."""
     ae_score, errors = autoencoder.outputs
@@ -82,7 +82,7 @@ def with_head(autoencoder: tf.keras.Model, head: SupervisedHead, combination: Co
     def combine(parts: list[tf.Tensor]) -> tf.Tensor:
         logit = tf.clip_by_value(parts[1][:, 0], -LOGIT_LIMIT, LOGIT_LIMIT)
         log_score = alpha * tf.math.log(parts[0] + SCORE_EPSILON) + beta * logit + gamma
-        return tf.exp(tf.clip_by_value(log_score, -LOG_SCORE_LIMIT, LOG_SCORE_LIMIT))
+        return tf.exp(soft_limit(log_score, tf))
 
     score = tf.keras.layers.Lambda(combine, name="hybrid_score")([ae_score, logit])
     return tf.keras.Model(autoencoder.input, [score, errors], name="fraud_hybrid")

@@ -134,11 +134,13 @@ def render_markdown(document: dict, images: dict[str, str]) -> str:
         lines += [f"> **Caveat:** {caveat[0].upper()}{caveat[1:]}.", ""] if caveat else []
         rates = list(model["recall_at_alert_rate"])
         lines += ["## Held-out part, side by side", "",
-                  f"| model | ROC-AUC | PR-AUC | {' | '.join(f'recall at {r}' for r in rates)} | precision | recall | "
-                  "false-flag rate | alerts |", "|---" * (7 + len(rates)) + "|"]
+                  f"| model | ROC-AUC | PR-AUC | {' | '.join(f'recall at {r}' for r in rates)} | "
+                  f"{' | '.join(f'recall at {r} false flags' for r in rates)} | precision | recall | "
+                  "false-flag rate | alerts |", "|---" * (7 + 2 * len(rates)) + "|"]
         for _, label, summary in model_rows(m):
             a = summary["at_threshold"]
-            at_rates = " | ".join(_fmt(v) for v in summary["recall_at_alert_rate"].values())
+            at_rates = " | ".join(_fmt(v) for v in [*summary["recall_at_alert_rate"].values(),
+                                                   *summary["recall_at_false_flag_rate"].values()])
             lines.append(f"| {label} | {_fmt(summary['roc_auc'])} | {_fmt(summary['pr_auc'])} | {at_rates} | "
                          f"{_fmt(a['precision'])} | {_fmt(a['recall'])} | {_rate(a['normal_alert_rate'])} | "
                          f"{a['alerts']} |")
@@ -207,13 +209,18 @@ def format_summary(metrics: dict) -> str:
         lines += [f"caveat: {caveat}", ""]
     rates = list(model.get("recall_at_alert_rate") or {})
     lines.append(f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} " + "".join(f"{'rec@' + r:>9} " for r in rates)
+                 + "".join(f"{'rec@ff' + r:>11} " for r in rates)
                  + f"{'precision':>9} {'recall':>7} {'false-flag':>10} {'alerts':>7}")
     for _, label, summary in model_rows(metrics):
         a = summary["at_threshold"]
-        at_rates = "".join(f"{_fmt(v):>9} " for v in (summary.get("recall_at_alert_rate") or {}).values())
+        at_rates = "".join(f"{_fmt(v):>9} " for v in (summary.get("recall_at_alert_rate") or {}).values()) + \
+            "".join(f"{_fmt(v):>11} " for v in (summary.get("recall_at_false_flag_rate") or {}).values())
         lines.append(f"{label:<22} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} {at_rates}"
                      f"{_fmt(a.get('precision')):>9} {_fmt(a.get('recall')):>7} "
                      f"{_rate(a.get('normal_alert_rate')):>10} {a['alerts']:>7}")
+    if rates:
+        lines += ["", "rec@R: recall with the top R of the rows flagged; rec@ffR: recall with R of the normal rows "
+                  "flagged"]
     lines += ["", f"{'threshold rule':<20} {'threshold':>10} {'alert rate':>10} {'precision':>9} {'recall':>7}"]
     for row in metrics["table"]:
         lines.append(f"{row['rule']:<20} {row['threshold']:>10.4g} {row['alert_rate']:>10.3%} "

@@ -248,16 +248,15 @@ def feature_names_of(dataset: Dataset) -> list[str]:
 
 def fit_hybrid(trained: TrainedAutoencoder, x: np.ndarray, labels: np.ndarray, split: Split, seed: int,
                ae_scores: np.ndarray, errors: np.ndarray) -> HybridParts:
-    """Fit the supervised head on the training part and the combination on the validation slice; the served
-    graph holds the autoencoder, the head and the combination."""
+    """Fit the supervised head on the training part and the validation slice, and the combination on the
+    validation slice's out-of-fold logits; the served graph holds the autoencoder, the head and the combination."""
     inputs = head_inputs(trained.scaled(x), errors)
     head = SupervisedHead(seed=seed).fit(inputs[split.past], labels[split.past], inputs[split.val], labels[split.val])
-    logits = head.score(inputs)
-    combination = Combination().fit(ae_scores[split.val], logits[split.val], labels[split.val])
-    card = {"head": {**head.to_dict(), "fitted_on": {"rows": int(split.past.size),
-                                                     "frauds": int(labels[split.past].sum())}},
-            "combination": combination.describe(), "combination_weights": combination.to_dict()}
-    return HybridParts(with_head(trained.model, head, combination), {"autoencoder": ae_scores, "head": logits}, card)
+    combination = Combination().fit(ae_scores[split.val], head.validation_logits_, labels[split.val])
+    card = {"head": head.to_dict(), "combination": combination.describe(),
+            "combination_weights": combination.to_dict()}
+    return HybridParts(with_head(trained.model, head, combination), {"autoencoder": ae_scores,
+                                                                     "head": head.score(inputs)}, card)
 
 
 def train(request: TrainRequest) -> TrainResult:
@@ -281,7 +280,8 @@ def train(request: TrainRequest) -> TrainResult:
     no_head = head_problem(labels, split.past, split.val, request.labels)
     summary = summarize_data(dataset, split, names, preset)
     summary.lines.append("supervised head: " + (f"none, the autoencoder alone ({no_head})" if no_head else
-                                                "yes, fitted on the training part's labels next to the autoencoder"))
+                                                "yes, fitted on the labels of the training and validation parts "
+                                                "(its choices on out-of-fold validation scores)"))
     if request.on_data:
         request.on_data(summary)
     if not no_head and preset.head_threshold and not request.threshold_method:
