@@ -30,7 +30,7 @@ from stream_app.drift import FeatureDrift
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import AccountState, RuleSet, evaluate
-from stream_app.scoring import OnnxModel, Prediction, TopField
+from stream_app.scoring import OnnxModel, Prediction
 from stream_app.state import StateFailure, StateStore
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class RawMessage:
 class _Scored(NamedTuple):
     is_outlier: bool
     score: float
-    top_features: list[TopField]
+    top_features: list[dict[str, Any]]  # the decision's explanation
 
 
 @dataclass
@@ -225,17 +225,18 @@ class DecisionEngine:
             started = time.perf_counter()
             rows, x, prediction = _predict(model, events)
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            tops = model.top_features(prediction.feature_score) if rows else []
+            top = model.top_fields(prediction.feature_score)
         except Exception as exc:  # the model must never stop the stream: decide from the rules alone
             log.error("model %s could not score a batch of %d events (deciding from rules only): %s: %s",
                       model.name, len(events), exc.__class__.__name__, exc, extra={"dependency": "model"})
             return scored
         if drift:
             self.drift.observe(x)
-        for row, outlier, score, top in zip(rows, prediction.is_outlier.tolist(),
-                                            prediction.instance_score.tolist(), tops, strict=True):
+        explained = model.explain(events if len(rows) == len(events) else [events[i] for i in rows], top)
+        for row, outlier, score, explanation in zip(rows, prediction.is_outlier.tolist(),
+                                                    prediction.instance_score.tolist(), explained, strict=True):
             if math.isfinite(score):
-                scored[row] = _Scored(bool(outlier), score, top)
+                scored[row] = _Scored(bool(outlier), score, explanation)
         return scored
 
     def _shadow(self, events: list[Event]) -> list[dict | None]:
@@ -261,19 +262,18 @@ class DecisionEngine:
     def _decide(self, model: OnnxModel, rules: RuleSet, events: list[Event], scored: list[_Scored | None],
                 states: list[AccountState | None], state_causes: list[str | None], started: float) -> list[dict]:
         shadows = self._shadow(events)
-        explanations = model.explain(events, [[] if verdict is None else verdict.top_features for verdict in scored])
         decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
         decisions = []
-        for event, verdict, state, state_cause, shadow, explanation in zip(events, scored, states, state_causes,
-                                                                            shadows, explanations, strict=True):
+        for event, verdict, state, state_cause, shadow in zip(events, scored, states, state_causes, shadows,
+                                                              strict=True):
             hits = evaluate(rules, event, state)
             decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
             model_part = None if verdict is None else {
                 "version": model.version,
                 "score": round(verdict.score, 6),
                 "threshold": model.threshold,
-                "top_features": explanation,
+                "top_features": verdict.top_features,
             }
             skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
             decisions.append(build_decision(

@@ -101,5 +101,5 @@ def test_a_card_without_explanation_still_groups_fields():
     assert model.fields["hour"].features == ("hour_sin", "hour_cos") and model.fields["hour"].normal is None
     events, _ = simulate(SimulationConfig(n_events=50, n_accounts=40, seed=2))
     _, errors = model.score(vectorize(events, model.feature_names))
-    (explained,) = model.explain(events[:1], [model.top_features(errors[0])])
+    (explained,) = model.explain(events[:1], model.top_fields(errors[:1]))
     assert all(item["normal"] is None and item["field"] in model.fields for item in explained)
