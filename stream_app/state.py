@@ -17,12 +17,14 @@ Redis keys (prefix from config, default `fm:`):
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -38,6 +40,7 @@ from stream_app.rules import AccountState, RuleSet
 MAX_KNOWN_COUNTRIES = 5
 MAX_ID_VARIANTS = 16  # as MAX_VARIANTS in lua/observe.lua
 OBSERVE_LUA = resources.files("stream_app").joinpath("lua/observe.lua").read_text()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ class RedisStateStore:
         self.dedupe_ttl_s = dedupe_ttl_s
         self.verdict_window_s = verdict_window_s
         self._script = client.register_script(OBSERVE_LUA)  # re-loads itself on NOSCRIPT (Redis restarted)
+        self._unsettled: redis.connection.Connection | None = None  # `remember` sent, its answer not read yet
 
     def connect(self) -> None:
         """Ping Redis and load the script, so the first batch does not pay for either."""
@@ -240,20 +244,47 @@ class RedisStateStore:
 
 
     def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
-        """One hash per hour of deciding (`dec:<hour>`: transaction id -> decision), kept for the verdict window."""
+        """One hash per hour of deciding (`dec:<hour>`: transaction id -> decision), kept for the verdict window.
+        Sent without waiting for Redis' answer: the next `remember` or `recall` reads it (and logs a failure)."""
+        self._settle()
         if not decisions:
             return
         key = f"{self.key_prefix}dec:{int(time.time()) // DECISION_BUCKET_S}"
+        pool, connection = self.client.connection_pool, None
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=dict(decisions))
-                pipe.expire(key, self.verdict_window_s + DECISION_BUCKET_S)
-                pipe.execute()
-        except redis.RedisError as exc:
-            raise StateUnavailable(f"Redis did not keep the decisions: {exc}") from exc
+            connection = pool.get_connection()
+            connection.send_packed_command(connection.pack_commands([
+                ("HSET", key, *chain.from_iterable(decisions)),
+                ("EXPIRE", key, self.verdict_window_s + DECISION_BUCKET_S),
+            ]))
+        except BaseException as exc:
+            if connection is not None:
+                connection.disconnect()
+                pool.release(connection)
+            if isinstance(exc, redis.RedisError):
+                raise StateUnavailable(f"Redis did not keep the decisions: {exc}") from exc
+            raise
+        self._unsettled = connection
+
+    def _settle(self) -> None:
+        """Read the answer to the last `remember` (long there as a rule) and give its connection back."""
+        connection, self._unsettled = self._unsettled, None
+        if connection is None:
+            return
+        try:
+            connection.read_response()
+            connection.read_response()
+        except Exception as exc:  # the second answer may be unread: the connection is closed
+            connection.disconnect()
+            log.warning("decisions not kept for verdicts: %s: %s", exc.__class__.__name__, exc,
+                        extra={"dependency": "redis"})
+        finally:
+            self.client.connection_pool.release(connection)
 
     def recall(self, transaction_id: str) -> str | None:
-        """Looks through the hours of the verdict window, newest first (one pipelined round trip)."""
+        """Looks through the hours of the verdict window, newest first (one pipelined round trip), after the
+        decisions sent last are kept."""
+        self._settle()
         hour = int(time.time()) // DECISION_BUCKET_S
         hours = range(hour, hour - self.verdict_window_s // DECISION_BUCKET_S - 2, -1)
         try:

@@ -1,6 +1,7 @@
 """The engine sends the rule-state script before it scores a batch and reads the answer after
 (`RedisStateStore.observe_later`): the same answers as `observe`, and a call that is dropped, refused or lost
-leaves the connection pool usable and says so as `observe` would."""
+leaves the connection pool usable and says so as `observe` would. `remember` does not wait for Redis either: its
+answer is read by the next `remember` or `recall`."""
 
 from __future__ import annotations
 
@@ -90,3 +91,40 @@ def test_redis_gone_is_unavailable(redis_server):
     server.wait(timeout=10)
     with pytest.raises(StateUnavailable):
         store.observe_later(RULES, [event("gone", t_s=2)]).result()
+
+
+def test_remembered_decisions_are_recalled_and_their_answer_read_later(redis_server):
+    """`remember` does not wait for Redis: its answer is read by the next `remember` or `recall`."""
+    _, url = redis_server
+    store = store_on(url)
+    store.remember([("tx1", "flag"), ("tx2", "pass")])
+    assert store._unsettled is not None
+    assert (store.recall("tx1"), store.recall("tx2"), store.recall("tx3")) == ("flag", "pass", None)
+    assert store._unsettled is None
+    for i in range(3):
+        store.remember([(f"b{i}", "pass")])
+    other = RedisStateStore(redis.Redis.from_url(url), key_prefix=store.key_prefix)  # another worker
+    assert other.recall("b0") == "pass" and store.recall("b2") == "pass"
+    assert len(store.client.connection_pool._in_use_connections) == 0
+
+
+def test_a_refused_remember_is_logged_and_the_next_one_kept(redis_server, caplog):
+    _, url = redis_server
+    store = store_on(url)
+    key = f"{store.key_prefix}dec:{int(time.time()) // 3600}"
+    store.client.set(key, "not a hash")
+    store.remember([("tx1", "flag")])
+    store.client.delete(key)
+    store.remember([("tx2", "pass")])
+    assert "decisions not kept for verdicts: ResponseError" in caplog.text
+    assert (store.recall("tx1"), store.recall("tx2")) == (None, "pass") and store.client.ping()
+
+
+def test_remember_with_redis_gone_is_unavailable(redis_server):
+    server, url = redis_server
+    store = store_on(url)
+    server.terminate()
+    server.wait(timeout=10)
+    with pytest.raises(StateUnavailable, match="did not keep the decisions"):
+        store.remember([("tx1", "flag")])
+    assert len(store.client.connection_pool._in_use_connections) == 0
