@@ -26,6 +26,7 @@ def decide(model_flag: bool, hits: Sequence[RuleHit], flag_severity: str) -> tup
 def build_decision(
     event: Event,
     *,
+    event_time: str,
     decision: str,
     reasons: Sequence[str],
     model_part: dict[str, Any] | None,
@@ -35,14 +36,15 @@ def build_decision(
     latency_ms: float,
     shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One decision; `skipped:<cause>` is added to `reasons` for each part of the check that could not run;
-    `shadow` (the shadow model's score and flag) when one is configured and could score the event; a flag
-    carries `context`, the event's fields of `CONTEXT_FIELDS` that it has."""
+    """One decision (`event_time`: the event's `event_time`, formatted beforehand); `skipped:<cause>` is added to
+    `reasons` for each part of the check that could not run; `shadow` (the shadow model's score and flag) when one
+    is configured and could score the event; a flag carries `context`, the event's fields of `CONTEXT_FIELDS` that
+    it has."""
     decision_record = {
         "transaction_id": event.transaction_id,
         "account_id": event.account_id,
         "amount": event.amount,
-        "event_time": event.event_time,
+        "event_time": event_time,
         "decided_at": decided_at,
         "decision": decision,
         "reasons": [*reasons, *(f"skipped:{cause}" for cause in skipped)],

@@ -85,8 +85,7 @@ class RawMessage:
 
 class _Scored(NamedTuple):
     is_outlier: bool
-    score: float
-    top_features: list[dict[str, Any]]  # the decision's explanation
+    part: dict[str, Any]  # the decision's `model`: version, score, threshold and explanation
 
 
 @dataclass
@@ -195,13 +194,16 @@ class DecisionEngine:
         if outcome.events:
             model, rules = self.model, self.rules
             observed = self._observe_start(rules, outcome.events)  # Redis runs the script while the model scores
-            try:
+            try:  # all that does not need the rule state, done while the script runs
                 scored = self._score(model, outcome.events)
+                shadows = self._shadow(outcome.events)
+                event_times = [event.event_time for event in outcome.events]
             except BaseException:
                 observed.cancel()
                 raise
             states, state_causes = observed.result()
-            outcome.decisions = self._decide(model, rules, outcome.events, scored, states, state_causes, started)
+            outcome.decisions = self._decide(rules, outcome.events, event_times, scored, shadows, states,
+                                             state_causes, started)
         self._record_metrics(len(messages), outcome, time.perf_counter() - started)
         return outcome
 
@@ -233,10 +235,12 @@ class DecisionEngine:
         if drift:
             self.drift.observe(x)
         explained = model.explain(events if len(rows) == len(events) else [events[i] for i in rows], top)
+        version, threshold = model.version, model.threshold
         for row, outlier, score, explanation in zip(rows, prediction.is_outlier.tolist(),
                                                     prediction.instance_score.tolist(), explained, strict=True):
             if math.isfinite(score):
-                scored[row] = _Scored(bool(outlier), score, explanation)
+                scored[row] = _Scored(bool(outlier), {"version": version, "score": round(score, 6),
+                                                      "threshold": threshold, "top_features": explanation})
         return scored
 
     def _shadow(self, events: list[Event]) -> list[dict | None]:
@@ -259,25 +263,20 @@ class DecisionEngine:
                               "flag": bool(outlier)}
         return parts
 
-    def _decide(self, model: OnnxModel, rules: RuleSet, events: list[Event], scored: list[_Scored | None],
-                states: list[AccountState | None], state_causes: list[str | None], started: float) -> list[dict]:
-        shadows = self._shadow(events)
+    def _decide(self, rules: RuleSet, events: list[Event], event_times: list[str], scored: list[_Scored | None],
+                shadows: list[dict | None], states: list[AccountState | None], state_causes: list[str | None],
+                started: float) -> list[dict]:
         decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
         decisions = []
-        for event, verdict, state, state_cause, shadow in zip(events, scored, states, state_causes, shadows,
-                                                              strict=True):
+        for event, event_time, verdict, shadow, state, state_cause in zip(events, event_times, scored, shadows,
+                                                                          states, state_causes, strict=True):
             hits = evaluate(rules, event, state)
             decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
-            model_part = None if verdict is None else {
-                "version": model.version,
-                "score": round(verdict.score, 6),
-                "threshold": model.threshold,
-                "top_features": verdict.top_features,
-            }
             skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
             decisions.append(build_decision(
-                event, decision=decision, reasons=reasons, model_part=model_part, hits=hits, skipped=skipped,
+                event, event_time=event_time, decision=decision, reasons=reasons,
+                model_part=None if verdict is None else verdict.part, hits=hits, skipped=skipped,
                 decided_at=decided_at, latency_ms=latency_ms, shadow=shadow,
             ))
         self._remember(decisions)
