@@ -60,6 +60,8 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000
     assert data["broker_on_this_host"] is True
+    generator = "confluent-kafka" if importlib.util.find_spec("confluent_kafka") else "kafka-python"
+    assert data["load_generator"] == generator and f"load generator ({generator})" in data["depends_on"]
     assert all(row["drained"] for row in data["throughput"])
     assert "cores" in data["depends_on"] and "3,000 events" in data["depends_on"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -72,7 +74,8 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
 def test_a_peer_whose_library_is_missing_is_skipped(settings: Settings, local_stack, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name == "quixstreams" else real(name))
+    absent = ("quixstreams", "confluent_kafka")  # without the bench extra: kafka-python loads the topics
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name in absent else real(name))
     assert missing("quix", settings) == "quixstreams is not installed (pip install 'fraud-monitor[bench]')"
 
     report = run_bench(settings, events=20, rates=[10], seconds=1, out_dir=tmp_path, systems=["quix"])
@@ -80,7 +83,8 @@ def test_a_peer_whose_library_is_missing_is_skipped(settings: Settings, local_st
     assert report.throughput == [] and report.latency == []
     assert "quix" in report.skipped
     assert any(line.startswith("skipped quix: quixstreams is not installed") for line in report_lines(report))
-    assert json.loads((tmp_path / "bench.json").read_text())["skipped"] == report.skipped
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["skipped"] == report.skipped and data["load_generator"] == "kafka-python"
 
 
 def test_the_command_documents_its_options_and_refuses_unknown_systems() -> None:

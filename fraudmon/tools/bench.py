@@ -8,8 +8,10 @@ their own, and the bench reads the topics back only after a run.
 
 - Throughput: N events are pre-filled into one topic; each system drains it with a consumer group and an output
   topic of its own; throughput = records / (last - first output append time).
-- Latency: events are produced at a fixed rate (from this process) into a fresh input topic; latency = output
-  append time - input append time of the same transaction id, joined after the run.
+- Latency: events are produced at a fixed rate (from this process, with confluent-kafka when the `bench` extra is
+  installed, so that the load generator takes little of the cores the system under test needs) into a fresh
+  input topic; latency = output append time - input append time of the same transaction id, joined after the
+  run.
 - The worker's CPU time per event (/proc/<pid>/stat utime + stime while it drained the topic) and peak RSS
   (VmHWM) come from /proc; so do the peers'.
 """
@@ -102,6 +104,7 @@ class Report:
     events: int
     seconds: float
     versions: dict[str, str]
+    load_generator: str
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -109,9 +112,10 @@ class Report:
     @property
     def depends_on(self) -> str:
         where = "on this host, sharing its cores" if self.broker_on_this_host else "on another host"
-        return (f"{self.cpu_count} cores (os.cpu_count()) shared by the system under test, the load generator and "
-                f"Redis; the broker {self.broker} {where}; {self.events:,} events over {self.partitions} partitions "
-                f"for throughput; {self.seconds:g} s per latency rate; LogAppendTime has millisecond resolution")
+        return (f"{self.cpu_count} cores (os.cpu_count()) shared by the system under test, the load generator "
+                f"({self.load_generator}) and Redis; the broker {self.broker} {where}; {self.events:,} events over "
+                f"{self.partitions} partitions for throughput; {self.seconds:g} s per latency rate; LogAppendTime has "
+                "millisecond resolution")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -287,13 +291,66 @@ def _events(n: int, seed: int) -> list[Event]:
     return events
 
 
+def load_generator() -> str:
+    """The producer the bench loads topics with: confluent-kafka (librdkafka, a few µs of CPU per record) when the
+    `bench` extra is installed, else kafka-python (about 85 µs per record, most of a core at 10,000/s)."""
+    return "confluent-kafka" if importlib.util.find_spec("confluent_kafka") else "kafka-python"
+
+
 def _produce(settings: Settings, events: list[Event], topic: str, rate: float | None) -> None:
+    """Send `events` (at `rate` per second, or as fast as possible), each stamped with its send time."""
+    if load_generator() == "confluent-kafka":
+        _produce_confluent(settings, events, topic, rate)
+        return
     from fraudmon.tools.produce import produce_events
 
     summary = produce_events(settings, events, topic=topic, rate=rate, live_time=True, progress=False)
     if summary.undelivered:
         raise BenchError(f"Kafka did not acknowledge {summary.undelivered} of {summary.sent} events for {topic} "
                          f"({summary.first_error})")
+
+
+def _produce_confluent(settings: Settings, events: list[Event], topic: str, rate: float | None) -> None:
+    """`_produce` with librdkafka: event i is due at i / rate s; due events go out every millisecond or so, their
+    `timestamp` the send time (account age kept), and every record must be acknowledged (acks=all)."""
+    from confluent_kafka import Producer
+
+    from fraudmon.core.events import event_to_dict, format_timestamp
+
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "acks": "all", "linger.ms": 1,
+                         "queue.buffering.max.messages": 1_000_000})
+    failed: list[str] = []
+
+    def delivered(error, _message) -> None:
+        if error is not None:
+            failed.append(str(error))
+
+    rows = [(event.account_id.encode(), event_to_dict(event), event.account_created_ms, event.timestamp_ms)
+            for event in events]
+    started, sent = time.perf_counter(), 0
+    while sent < len(rows):
+        due = len(rows) if not rate else min(len(rows), int((time.perf_counter() - started) * rate) + 1)
+        if due <= sent:
+            time.sleep(min(0.001, max(0.0, sent / rate - (time.perf_counter() - started))))
+            continue
+        now_ms = int(time.time() * 1000)
+        now_text = format_timestamp(now_ms)
+        for key, data, created_ms, event_ms in rows[sent:due]:
+            data["timestamp"] = now_text
+            if created_ms is not None:
+                data["account_created_at"] = format_timestamp(created_ms + now_ms - event_ms)
+            while True:
+                try:
+                    producer.produce(topic, orjson.dumps(data), key, on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka send, then try again
+                    producer.poll(0.01)
+        sent = due
+        producer.poll(0)
+    left = producer.flush(60)
+    if left or failed:
+        raise BenchError(f"Kafka did not acknowledge {left + len(failed)} of {len(rows)} events for {topic} "
+                         f"({failed[0] if failed else 'timed out'})")
 
 
 # ---- the runs ------------------------------------------------------------------------------------------------
@@ -412,6 +469,7 @@ def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: flo
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"), cpu_count=os.cpu_count(),
         broker=settings.kafka.bootstrap_servers, broker_on_this_host=_on_this_host(settings.kafka.bootstrap_servers),
         partitions=settings.topics.partitions, events=events, seconds=seconds, versions=_versions(),
+        load_generator=load_generator(),
     )
     report.skipped = {s: why for s in systems if (why := missing(s, settings))}
     order = [s for s in SYSTEMS if s in systems and s not in report.skipped and s != "worker"]
