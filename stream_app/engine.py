@@ -101,6 +101,20 @@ class BatchOutcome:
         return self
 
 
+@dataclass(slots=True)
+class StartedBatch:
+    """A batch between `DecisionEngine.start` and `finish`: what `start` parsed and sent, or the error it met."""
+
+    messages: Sequence[RawMessage]
+    received_s: float
+    started: float  # perf_counter() at `start`: the decisions' latency counts from there
+    model: OnnxModel
+    rules: RuleSet
+    outcome: BatchOutcome | None = None
+    observed: _Observed | None = None
+    error: Exception | None = None
+
+
 class DecisionEngine:
     """Validates, scores, checks rules and decides. `model` and `rules` may be swapped between batches."""
 
@@ -168,9 +182,30 @@ class DecisionEngine:
     # ---- one batch -----------------------------------------------------------------------------------------
     def process(self, messages: Sequence[RawMessage], received_s: float | None = None) -> BatchOutcome:
         """Decide every valid message of the batch; every other one becomes a dead letter. Never raises."""
+        return self.finish(self.start(messages, received_s))
+
+    def start(self, messages: Sequence[RawMessage], received_s: float | None = None) -> StartedBatch:
+        """The first half of `process`: parse the batch and send its rule-state script, which the store runs after
+        the scripts sent before it while the caller does other work (`finish` decides). Never raises."""
         received_s = time.time() if received_s is None else received_s
+        batch = StartedBatch(messages, received_s, time.perf_counter(), self.model, self.rules)
         try:
-            return self._process(messages, received_s)
+            batch.outcome = self._parse(messages, received_s)
+            self._recent.extend(batch.outcome.events)
+            if batch.outcome.events:
+                batch.observed = self._observe_start(batch.rules, batch.outcome.events)
+        except Exception as exc:  # `finish` isolates it
+            batch.error = exc
+        return batch
+
+    def finish(self, batch: StartedBatch) -> BatchOutcome:
+        """The decisions and dead letters of a batch from `start` (batches are finished in the order started).
+        Never raises: a failure that is not the messages' fault is isolated by deciding the halves again."""
+        messages, received_s = batch.messages, batch.received_s
+        try:
+            if batch.error is not None:
+                raise batch.error
+            return self._finish(batch)
         except Exception as exc:  # not the messages' fault as far as validation can tell: isolate it
             if len(messages) > 1:
                 middle = len(messages) // 2
@@ -187,24 +222,20 @@ class DecisionEngine:
         self.metrics.internal_errors.inc()
         return BatchOutcome(dead_letters=[(message.key, letter)])
 
-    def _process(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:
-        started = time.perf_counter()
-        outcome = self._parse(messages, received_s)
-        self._recent.extend(outcome.events)
-        if outcome.events:
-            model, rules = self.model, self.rules
-            observed = self._observe_start(rules, outcome.events)  # Redis runs the script while the model scores
+    def _finish(self, batch: StartedBatch) -> BatchOutcome:
+        outcome, observed, events = batch.outcome, batch.observed, batch.outcome.events
+        if observed is not None:
             try:  # all that does not need the rule state, done while the script runs
-                scored = self._score(model, outcome.events)
-                shadows = self._shadow(outcome.events)
-                event_times = [event.event_time for event in outcome.events]
+                scored = self._score(batch.model, events)
+                shadows = self._shadow(events)
+                event_times = [event.event_time for event in events]
             except BaseException:
                 observed.cancel()
                 raise
             states, state_causes = observed.result()
-            outcome.decisions = self._decide(rules, outcome.events, event_times, scored, shadows, states,
-                                             state_causes, started)
-        self._record_metrics(len(messages), outcome, time.perf_counter() - started)
+            outcome.decisions = self._decide(batch.rules, events, event_times, scored, shadows, states,
+                                             state_causes, batch.started)
+        self._record_metrics(len(batch.messages), outcome, time.perf_counter() - batch.started)
         return outcome
 
     def _parse(self, messages: Sequence[RawMessage], received_s: float) -> BatchOutcome:

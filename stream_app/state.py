@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -203,6 +203,7 @@ class RedisStateStore:
         self.verdict_window_s = verdict_window_s
         self._script = client.register_script(OBSERVE_LUA)  # re-loads itself on NOSCRIPT (Redis restarted)
         self._unsettled: redis.connection.Connection | None = None  # `remember` sent, its answer not read yet
+        self._in_flight: deque[PendingObserve] = deque()  # scripts sent on one connection, answers unread, oldest first
 
     def connect(self) -> None:
         """Ping Redis and load the script, so the first batch does not pay for either."""
@@ -224,9 +225,36 @@ class RedisStateStore:
         return [_state(snapshot) for snapshot in snapshots]
 
     def observe_later(self, rules: RuleSet, events: Sequence[Event]) -> PendingObserve:
-        """`observe`, sent now and answered by `PendingObserve.result()`: Redis runs the script while the caller
-        does other work (the engine scores the batch meanwhile)."""
+        """`observe`, sent now and answered by `PendingObserve.result()`: Redis runs the script (after the ones sent
+        before it) while the caller does other work (the engine scores the batch, or decides the one before)."""
         return PendingObserve(self, rules, events)
+
+    def _read_through(self, pending: PendingObserve) -> None:
+        """Read the answers of the scripts in flight, oldest first, up to `pending`'s; the connection goes back to
+        the pool once none is in flight."""
+        in_flight = self._in_flight
+        while pending._reply is _UNREAD:
+            head = in_flight[0]
+            try:
+                reply = head._connection.read_response()
+            except redis.ResponseError as exc:  # an answer (the script refused): the connection is still in step
+                reply = exc
+            except BaseException as exc:  # no answer: this call and those sent after it are lost
+                self._drop_in_flight(exc)
+                continue
+            in_flight.popleft()
+            head._reply = reply
+            if not in_flight:
+                self.client.connection_pool.release(head._connection)
+
+    def _drop_in_flight(self, exc: BaseException) -> None:
+        """Close the scripts' connection: every call in flight on it ends with `exc`."""
+        connection = self._in_flight[0]._connection
+        connection.disconnect()
+        self.client.connection_pool.release(connection)
+        for pending in self._in_flight:
+            pending._reply = exc
+        self._in_flight.clear()
 
     def _args(self, rules: RuleSet, events: Sequence[Event]) -> list[str | int | bytes]:
         return [
@@ -297,57 +325,50 @@ class RedisStateStore:
         return next((value.decode() for value in found if value is not None), None)
 
 
+_UNREAD = object()  # a `PendingObserve` whose answer is not read yet
+
+
 class PendingObserve:
-    """One `observe` script call on a connection of its own, sent at creation; `result()` reads the answer (and
-    raises as `observe` does), `cancel()` drops it. Either returns the connection to the pool, exactly once."""
+    """One `observe` script call, sent at creation on the connection of the calls still in flight (one connection:
+    Redis runs them in the order sent, so each account's events are recorded in order) or on one from the pool;
+    `result()` reads the answers up to its own and raises as `observe` does, `cancel()` drops its own."""
 
     def __init__(self, store: RedisStateStore, rules: RuleSet, events: Sequence[Event]) -> None:
-        self._store, self._rules, self._events = store, rules, events
-        pool = store.client.connection_pool
-        self._connection = None
+        self._store, self._rules, self._events, self._reply = store, rules, events, _UNREAD
+        args, in_flight = store._args(rules, events), store._in_flight
         try:
-            self._connection = pool.get_connection()
-            self._connection.send_command("EVALSHA", store._script.sha, 0, *store._args(rules, events))
+            self._connection = in_flight[-1]._connection if in_flight else store.client.connection_pool.get_connection()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.cancel()
             raise StateUnavailable(f"Redis did not answer: {exc}") from exc
-        except Exception:
-            self.cancel()
+        in_flight.append(self)
+        try:
+            self._connection.send_command("EVALSHA", store._script.sha, 0, *args)
+        except BaseException as exc:  # what was sent on the connection is lost with it
+            store._drop_in_flight(exc)
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                raise StateUnavailable(f"Redis did not answer: {exc}") from exc
             raise
 
     def result(self) -> list[StateResult]:
-        connection, store = self._connection, self._store
-        try:
-            reply = connection.read_response()
-        except redis.exceptions.NoScriptError:  # Redis restarted without the script: load it, then call again
-            self._release()
+        store = self._store
+        store._read_through(self)
+        reply = self._reply
+        if isinstance(reply, redis.exceptions.NoScriptError):  # Redis restarted without the script: load, call again
             store._script.sha = store.client.script_load(OBSERVE_LUA)
             return store.observe(self._rules, self._events)
-        except redis.ResponseError as exc:  # Redis answered but refused the script: not an outage
-            self._release()
-            return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(self._events)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.cancel()
-            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
-        except redis.RedisError as exc:
-            self.cancel()
-            raise StateUnavailable(f"Redis failed: {exc}") from exc
-        except BaseException:
-            self.cancel()
-            raise
-        self._release()
+        if isinstance(reply, redis.ResponseError):  # Redis answered but refused the script: not an outage
+            return [StateFailure(f"Redis refused the state update: {str(reply)[:160]}")] * len(self._events)
+        if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
+            raise StateUnavailable(f"Redis did not answer: {reply}") from reply
+        if isinstance(reply, redis.RedisError):
+            raise StateUnavailable(f"Redis failed: {reply}") from reply
+        if isinstance(reply, BaseException):
+            raise reply
         return [_state(snapshot) for snapshot in orjson.loads(reply)]
 
     def cancel(self) -> None:
-        """Drop the call: the connection is closed (its answer would otherwise be read by the next command)."""
-        if self._connection is not None:
-            self._connection.disconnect()
-            self._release()
-
-    def _release(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            self._store.client.connection_pool.release(connection)
+        """Drop the call: its answer is read and thrown away, so the calls sent after it stay in step."""
+        self._store._read_through(self)
 
 
 def _address(client: redis.Redis) -> str:

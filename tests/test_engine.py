@@ -161,3 +161,36 @@ def test_outage_logs_are_rate_limited_per_dependency(logger):
     records = [record(t) for t in (0.0, 1.0, 2.0, 9.9, 10.5, 30.0)]
     assert [limit.filter(r) for r in records] == [True, False, False, False, True, True]
     assert "[3 more" in records[4].msg and "more" not in records[5].msg
+
+
+def test_a_batch_started_before_the_one_before_is_finished_is_decided_the_same():
+    """The worker starts micro-batch k+1 (its script sent) before it finishes k: the same decisions, in order."""
+    batches = [[message(i, account=f"acc{i % 3}") for i in range(k * 4, k * 4 + 4)] for k in range(3)]
+    sequential = engine_with(InMemoryStateStore())
+    expected = [sequential.process(batch).decisions for batch in batches]
+    engine = engine_with(InMemoryStateStore())
+    upcoming, got = engine.start(batches[0]), []
+    for batch in [*batches[1:], None]:
+        current, upcoming = upcoming, batch and engine.start(batch)
+        got.append(engine.finish(current).decisions)
+
+    def timeless(decisions):
+        return [{k: v for k, v in d.items() if k not in ("decided_at", "latency_ms")} for d in decisions]
+
+    assert [timeless(ds) for ds in got] == [timeless(ds) for ds in expected]
+
+
+def test_a_bug_while_starting_a_batch_dead_letters_that_record_only(monkeypatch):
+    real = engine_module.parse_event
+
+    def parse_event(value, *args):
+        if b'"tx-2"' in value:
+            raise KeyError("bug")
+        return real(value, *args)
+
+    monkeypatch.setattr(engine_module, "parse_event", parse_event)
+    engine = engine_with(InMemoryStateStore())
+    outcome = engine.finish(engine.start([message(i) for i in range(4)]))
+    assert sorted(d["transaction_id"] for d in outcome.decisions) == ["tx-0", "tx-1", "tx-3"]
+    (_, letter), = outcome.dead_letters
+    assert letter["offset"] == 2 and letter["error"].startswith("internal: KeyError")

@@ -128,3 +128,37 @@ def test_remember_with_redis_gone_is_unavailable(redis_server):
     with pytest.raises(StateUnavailable, match="did not keep the decisions"):
         store.remember([("tx1", "flag")])
     assert len(store.client.connection_pool._in_use_connections) == 0
+
+
+def test_calls_in_flight_share_one_connection_and_are_answered_in_order(redis_server):
+    """A batch's script may be sent before the one before it is answered: Redis runs them in the order sent."""
+    _, url = redis_server
+    store, reference = store_on(url), store_on(url)
+    batches = [[event(f"o{i}-{j}", account=f"acc{j % 2}", t_s=i * 4 + j) for j in range(4)] for i in range(3)]
+    pending = [store.observe_later(RULES, batch) for batch in batches]
+    assert len({p._connection for p in pending}) == 1
+    answers = [p.result() for p in reversed(pending)][::-1]  # a later answer read first keeps the earlier ones
+    assert answers == [reference.observe(RULES, batch) for batch in batches]
+    assert [s.prior_count for s in answers[2]] == [4, 4, 5, 5]
+    assert len(store.client.connection_pool._in_use_connections) == 0
+
+
+def test_a_dropped_call_keeps_the_ones_sent_after_it(redis_server):
+    _, url = redis_server
+    store = store_on(url)
+    dropped, kept = store.observe_later(RULES, [event("d")]), store.observe_later(RULES, [event("k", t_s=1)])
+    dropped.cancel()
+    assert kept.result()[0].prior_count == 1 and store.client.ping()
+    assert len(store.client.connection_pool._in_use_connections) == 0
+
+
+def test_an_unanswered_call_fails_the_ones_sent_after_it(redis_server):
+    _, url = redis_server
+    store = RedisStateStore(redis.Redis.from_url(url, socket_timeout=0.2), key_prefix="t-pause:")
+    store.connect()
+    store.client.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+    first, second = store.observe_later(RULES, [event("first")]), store.observe_later(RULES, [event("second")])
+    for pending in (first, second):
+        with pytest.raises(StateUnavailable):
+            pending.result()
+    assert len(store.client.connection_pool._in_use_connections) == 0
