@@ -270,7 +270,9 @@ class DecisionEngine:
         for row, outlier, score, explanation in zip(rows, prediction.is_outlier.tolist(),
                                                     prediction.instance_score.tolist(), explained, strict=True):
             if math.isfinite(score):
-                scored[row] = _Scored(bool(outlier), {"version": version, "score": round(score, 6),
+                # six significant digits (as the shadow's): six decimals printed a 0.00044312 score as 0.000443,
+                # on the wrong side of a 0.00044284 threshold
+                scored[row] = _Scored(bool(outlier), {"version": version, "score": float(f"{score:.6g}"),
                                                       "threshold": threshold, "top_features": explanation})
         return scored
 
@@ -323,12 +325,9 @@ class DecisionEngine:
             log.warning("decisions not kept for verdicts: %s: %s", exc.__class__.__name__, exc,
                         extra={"dependency": "redis"})
 
-    def _observe(self, rules: RuleSet, events: list[Event]) -> tuple[list[AccountState | None], list[str | None]]:
-        """Per event: the state before it (None: stateless rules only) and the cause when it is missing."""
-        return self._observe_start(rules, events).result()
-
     def _observe_start(self, rules: RuleSet, events: list[Event]) -> _Observed:
-        """`_observe`, with the store's call sent now and its answer read by `result()` (when the store can)."""
+        """Per event, once `result()` is read: the state before it (None: stateless rules only) and the cause when
+        it is missing. The store's call is sent now and its answer read by `result()` (when the store can)."""
         n = len(events)
         if not rules.stateful:
             return _Observed(([None] * n, [None] * n))
