@@ -83,6 +83,12 @@ class RawMessage:
     offset: int
 
 
+def _shown_score(score: float) -> float:
+    """A score as decisions publish it: six significant digits, not decimals (six decimals printed a 0.00044312
+    score as 0.000443, on the wrong side of a 0.00044284 threshold)."""
+    return float(f"{score:.6g}")
+
+
 class _Scored(NamedTuple):
     is_outlier: bool
     part: dict[str, Any]  # the decision's `model`: version, score, threshold and explanation
@@ -270,9 +276,7 @@ class DecisionEngine:
         for row, outlier, score, explanation in zip(rows, prediction.is_outlier.tolist(),
                                                     prediction.instance_score.tolist(), explained, strict=True):
             if math.isfinite(score):
-                # six significant digits (as the shadow's): six decimals printed a 0.00044312 score as 0.000443,
-                # on the wrong side of a 0.00044284 threshold
-                scored[row] = _Scored(bool(outlier), {"version": version, "score": float(f"{score:.6g}"),
+                scored[row] = _Scored(bool(outlier), {"version": version, "score": _shown_score(score),
                                                       "threshold": threshold, "top_features": explanation})
         return scored
 
@@ -290,9 +294,7 @@ class DecisionEngine:
         for row, outlier, score in zip(rows, prediction.is_outlier.tolist(), prediction.instance_score.tolist(),
                                        strict=True):
             if math.isfinite(score):
-                # six significant digits, not decimals: a model whose threshold is ~5e-05 would otherwise publish
-                # scores that sit on the wrong side of it (flag false with a score printed above the threshold)
-                parts[row] = {"version": shadow.version, "score": float(f"{score:.6g}"), "threshold": shadow.threshold,
+                parts[row] = {"version": shadow.version, "score": _shown_score(score), "threshold": shadow.threshold,
                               "flag": bool(outlier)}
         return parts
 

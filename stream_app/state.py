@@ -353,9 +353,8 @@ class PendingObserve:
         store = self._store
         store._read_through(self)
         reply = self._reply
-        if isinstance(reply, redis.exceptions.NoScriptError):  # Redis restarted without the script: load, call again
-            store._script.sha = store.client.script_load(OBSERVE_LUA)
-            return store.observe(self._rules, self._events)
+        if isinstance(reply, redis.exceptions.NoScriptError):  # Redis restarted without the script: call again,
+            return store.observe(self._rules, self._events)  # which loads it (and maps an outage meanwhile)
         if isinstance(reply, redis.ResponseError):  # Redis answered but refused the script: not an outage
             return [StateFailure(f"Redis refused the state update: {str(reply)[:160]}")] * len(self._events)
         if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
