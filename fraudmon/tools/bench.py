@@ -316,6 +316,7 @@ def _produce_confluent(settings: Settings, events: list[Event], topic: str, rate
     from confluent_kafka import Producer
 
     from fraudmon.core.events import event_to_dict, format_timestamp
+    from fraudmon.tools.produce import stamp_live
 
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "acks": "all", "linger.ms": 1,
                          "queue.buffering.max.messages": 1_000_000})
@@ -325,8 +326,7 @@ def _produce_confluent(settings: Settings, events: list[Event], topic: str, rate
         if error is not None:
             failed.append(str(error))
 
-    rows = [(event.account_id.encode(), event_to_dict(event), event.account_created_ms, event.timestamp_ms)
-            for event in events]
+    rows = [(event.account_id.encode(), event_to_dict(event), event) for event in events]
     started, sent = time.perf_counter(), 0
     while sent < len(rows):
         due = len(rows) if not rate else min(len(rows), int((time.perf_counter() - started) * rate) + 1)
@@ -335,10 +335,8 @@ def _produce_confluent(settings: Settings, events: list[Event], topic: str, rate
             continue
         now_ms = int(time.time() * 1000)
         now_text = format_timestamp(now_ms)
-        for key, data, created_ms, event_ms in rows[sent:due]:
-            data["timestamp"] = now_text
-            if created_ms is not None:
-                data["account_created_at"] = format_timestamp(created_ms + now_ms - event_ms)
+        for key, data, event in rows[sent:due]:
+            stamp_live(data, event, now_ms, now_text)
             while True:
                 try:
                     producer.produce(topic, orjson.dumps(data), key, on_delivery=delivered)

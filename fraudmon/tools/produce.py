@@ -239,6 +239,14 @@ def _print_warning(console: Console) -> Callable[[str], None]:
     return lambda message: console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
+def stamp_live(data: dict, event: Event, now_ms: int, now_text: str) -> None:
+    """Make `data` (the JSON form of `event`) happen now: its timestamp, and its account creation time moved with
+    it (account age kept)."""
+    data["timestamp"] = now_text
+    if event.account_created_ms is not None:
+        data["account_created_at"] = format_timestamp(event.account_created_ms + now_ms - event.timestamp_ms)
+
+
 def produce_events(
     settings: Settings,
     events: Iterable[Event],
@@ -353,10 +361,7 @@ def produce_events(
                             break
                         data = event_to_dict(event)
                         if live_time:
-                            data["timestamp"] = now_text
-                            if event.account_created_ms is not None:
-                                data["account_created_at"] = format_timestamp(
-                                    event.account_created_ms + now_ms - event.timestamp_ms)
+                            stamp_live(data, event, now_ms, now_text)
                         sent += 1
                         hand_over(dumps(data).encode(), event.account_id.encode(), event.transaction_id)
                         send_bad(sent)
