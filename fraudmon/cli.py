@@ -215,8 +215,9 @@ def bench_command(
         0.8, min=0.0, max=1.0, help="Also measure latency at this share of the worker's measured maximum (0: no)."),
     seconds: float = typer.Option(10.0, min=0.5, help="Seconds of production per latency rate."),
     systems: str = typer.Option(
-        "worker,aiokafka,confluent,quix",
-        help="Comma-separated systems: worker (model, all rules, Redis), aiokafka and confluent (bare "
+        "worker,worker2,aiokafka,confluent,quix",
+        help="Comma-separated systems: worker (model, all rules, Redis), worker2 (the same as two worker "
+             "processes in one consumer group; throughput only), aiokafka and confluent (bare "
              "consume-and-produce passthroughs), quix (Quix Streams: parse, features, one model call per event)."),
     out_dir: Path = typer.Option(Path("bench/results"), help="Where bench.json, bench.png and the logs go."),
     config: Path | None = ConfigOption,

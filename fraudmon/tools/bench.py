@@ -44,7 +44,9 @@ from fraudmon.core.events import Event
 from fraudmon.tools.demo import percentile
 from fraudmon.tools.harness import delete_state, run_state_prefix, start_worker, stop_process, wait_for_group
 
-SYSTEMS = ("worker", "aiokafka", "confluent", "quix")
+SYSTEMS = ("worker", "worker2", "aiokafka", "confluent", "quix")
+WORKERS = {"worker": 1, "worker2": 2}
+"""The worker systems and their processes (`fraudmon worker --processes N`)."""
 LATENCY_SYSTEMS = ("worker", "aiokafka")
 PEER_NEEDS = {"confluent": ("confluent_kafka", "confluent-kafka"), "quix": ("quixstreams", "quixstreams")}
 LOG_APPEND_TIME = 1  # a record's timestamp_type when the broker stamped it
@@ -203,24 +205,43 @@ class TopicReader:
 # ---- systems under test --------------------------------------------------------------------------------------
 
 
+def _group_members(pgid: int) -> list[str]:
+    """The /proc directories of the processes in process group `pgid` (a system and the workers it started)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(str(stat.parent))
+        except (OSError, IndexError, ValueError):
+            continue
+    return members
+
+
 def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads) from /proc/<pid>/stat; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of the process group `pid` leads (all processes, all threads) from /proc/*/stat; None once
+    it is gone."""
+    total, found = 0.0, False
+    for member in _group_members(pid):
+        try:
+            fields = Path(member, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total, found = total + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, True
+    return total if found else None
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (peak resident set) of a process from /proc/<pid>/status; None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+    """VmHWM (peak resident set) summed over the process group `pid` leads, from /proc/*/status; None once it is
+    gone."""
+    total, found = 0, False
+    for member in _group_members(pid):
+        try:
+            for line in Path(member, "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total, found = total + int(line.split()[1]), True
+        except OSError:
+            continue
+    return round(total / 1024, 1) if found else None
 
 
 class Running:
@@ -233,7 +254,7 @@ class Running:
         self.group = f"bench-{system}-{uuid.uuid4().hex[:8]}"
         self.state_prefix: str | None = None
         self.log_path = out_dir / f"bench-{system}.log"
-        if system == "worker":
+        if system in WORKERS:
             flagged, dead_letter = f"{output}-flagged", f"{output}-dlq"
             create_log_append_topics(settings, [output, flagged, dead_letter])
             create += [output, flagged, dead_letter, f"{self.group}-__assignor-__leader"]  # the last one is Faust's
@@ -243,7 +264,7 @@ class Running:
                 "FRAUDMON_TOPICS__FLAGGED": flagged, "FRAUDMON_TOPICS__DEAD_LETTER": dead_letter,
                 "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": "0", "FRAUDMON_LOG_LEVEL": "WARNING",
                 "FRAUDMON_REDIS__KEY_PREFIX": self.state_prefix,
-            })
+            }, processes=WORKERS[system])
             return
         create_log_append_topics(settings, [output])
         create.append(output)
@@ -376,7 +397,7 @@ def measure_throughput(running: Running, reader: TopicReader, events: int) -> Th
     if cpu_before[0] is not None and cpu_after[0] is not None and outputs:
         cpu = round((cpu_after[0] - cpu_before[0]) / outputs * 1e6, 1)
     degraded = None
-    if running.system == "worker":
+    if running.system in WORKERS:
         degraded = sum(1 for _, value in records if orjson.loads(value).get("degraded"))
     return Throughput(
         system=running.system, events=events, outputs=outputs,
@@ -436,7 +457,7 @@ def missing(system: str, settings: Settings) -> str | None:
         module, package = PEER_NEEDS[system]
         if importlib.util.find_spec(module) is None:
             return f"{package} is not installed (pip install 'fraud-monitor[bench]')"
-    if system != "worker" and settings.kafka.security_protocol != "PLAINTEXT":
+    if system not in WORKERS and settings.kafka.security_protocol != "PLAINTEXT":
         return "the peers connect in plaintext only"
     return None
 

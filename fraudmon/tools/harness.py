@@ -131,14 +131,15 @@ def wait_for_group(settings: Settings, group: str, timeout_s: float = 60.0, memb
     raise FraudMonitorError(f"the worker did not join consumer group {group!r} within {timeout_s:.0f}s")
 
 
-def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A `fraudmon worker` subprocess on `settings`' Kafka and Redis, Faust's web server off, plus `env`
-    (any `FRAUDMON_*` override); its output goes to `log_path`."""
+def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
+                 processes: int = 1) -> subprocess.Popen:
+    """A `fraudmon worker [--processes N]` subprocess (in a process group of its own) on `settings`' Kafka and
+    Redis, Faust's web server off, plus `env` (any `FRAUDMON_*` override); its output goes to `log_path`."""
     log = log_path.open("ab")
     base = {"FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "FRAUDMON_REDIS_URL": settings.redis.url,
             "FRAUDMON_WORKER__WEB_PORT": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "fraudmon.cli", "worker"], cwd=project_dir(),
+        [sys.executable, "-m", "fraudmon.cli", "worker", "--processes", str(processes)], cwd=project_dir(),
         env={**os.environ, **base, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -176,14 +177,14 @@ def delete_state(settings: Settings, prefix: str) -> None:
 
 def supervise_workers(count: int, metrics_port: int, env: dict[str, str] | None = None,
                       stop_timeout_s: float = 30.0) -> int:
-    """Run `count` worker processes in one consumer group (metrics on `metrics_port`, `metrics_port + 1`, ...;
-    Faust's web server off) until SIGTERM or SIGINT, or until one of them exits; then stop them all.
+    """Run `count` worker processes in one consumer group (metrics on `metrics_port`, `metrics_port + 1`, ...,
+    or all off with 0; Faust's web server off) until SIGTERM or SIGINT, or until one of them exits; then stop them all.
     Returns the first non-zero exit code of a worker that ended on its own, else 0."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers = [
         subprocess.Popen([sys.executable, "-m", "fraudmon.cli", "worker"], cwd=project_dir(), env={
-            **os.environ, **(env or {}), "FRAUDMON_METRICS_PORT": str(metrics_port + i),
+            **os.environ, **(env or {}), "FRAUDMON_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
             "FRAUDMON_WORKER__WEB_PORT": "0"})
         for i in range(count)
     ]
