@@ -176,6 +176,9 @@ class StackSettings(_Section):
     redis_port: int = 6379
     prometheus_port: int = 9090
     kafka_heap: str = "768m"
+    # When Redis fsyncs its append-only file: "everysec" loses at most the last second or two of rule state to a
+    # crash (Redis postpones writes while a slow fsync runs); "always" loses nothing, at a disk flush per write.
+    redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
 
 
 class LoggingSettings(_Section):

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import orjson
 import redis
 import typer
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraudmon.core.config import Settings, load_settings
 from fraudmon.core.console import settings_or_fail
@@ -91,13 +93,18 @@ class Rig:
     def __init__(self, base: Settings, workdir: Path, name: str) -> None:
         self.name = name
         self.workdir = workdir
-        self.settings = isolated_settings(base, workdir / "stack")
+        settings = isolated_settings(base, workdir / "stack")
+        # Redis fsyncs every write: with the default (every second) a Redis crash under disk load can take the
+        # last second or two of recorded state with it, which is Redis' durability, not the worker's to check.
+        self.settings = settings.model_copy(update={
+            "stack": settings.stack.model_copy(update={"redis_appendfsync": "always"})})
         self.stack = LocalStack(self.settings)
         run = uuid.uuid4().hex[:8]
         self.topics = {kind: f"chaos-{name}-{kind}-{run}" for kind in ("transactions", "scores", "flagged", "dlq")}
         self.group = f"chaos-{name}-{run}"
         self.prefix = f"chaos-{run}:"
         self.workers: list = []
+        self.metrics_ports: list[int] = []  # each worker's, in start order
 
     def up(self) -> None:
         self.stack.up(services=("kafka", "redis"))
@@ -108,7 +115,7 @@ class Rig:
             "FRAUDMON_TOPICS__TRANSACTIONS": self.topics["transactions"],
             "FRAUDMON_TOPICS__SCORES": self.topics["scores"], "FRAUDMON_TOPICS__FLAGGED": self.topics["flagged"],
             "FRAUDMON_TOPICS__DEAD_LETTER": self.topics["dlq"],
-            "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": str(free_port()),
+            "FRAUDMON_WORKER__APP_ID": self.group, "FRAUDMON_METRICS_PORT": str(self._metrics_port()),
             "FRAUDMON_REDIS__KEY_PREFIX": self.prefix, "FRAUDMON_WORKER__DATA_DIR": str(self.workdir / "faust"),
             # A shared 2-core machine: Redis gets a quarter second before a batch counts as degraded.
             "FRAUDMON_LATENCY_BUDGET_MS": "500", "FRAUDMON_WORKER__REDIS_RETRY_AFTER_S": "0.5",
@@ -118,6 +125,10 @@ class Rig:
         if wait:
             wait_for_group(self.settings, self.group, timeout_s=90)
         return worker
+
+    def _metrics_port(self) -> int:
+        self.metrics_ports.append(free_port())
+        return self.metrics_ports[-1]
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers, acks="all", linger_ms=5,
@@ -279,8 +290,9 @@ def run_broker_restart(rig: Rig, acc: Accounting) -> tuple[dict, dict, OutputRea
     return _disrupted_stream(rig, disrupt, timeout_s=240)
 
 
-def _wait_backlog_recorded(rig: Rig, timeout_s: float = 30.0) -> None:
-    """Events decided while Redis was down are recorded with the next batches; give the worker a few."""
+def _wait_backlog_recorded(rig: Rig, timeout_s: float = 60.0) -> None:
+    """Events decided while Redis was down are recorded with the next batches: send one event every half second
+    until the worker's `fraud_state_backlog_events` is 0 after at least one of them (or `timeout_s` passes)."""
     deadline = time.monotonic() + timeout_s
     producer = rig.producer()
     i = 0
@@ -290,9 +302,22 @@ def _wait_backlog_recorded(rig: Rig, timeout_s: float = 30.0) -> None:
         producer.flush()
         i += 1
         time.sleep(0.5)
-        if i >= 6:
+        if i >= 2 and _backlog(rig.metrics_ports[-1]) == 0:
             break
     producer.close()
+
+
+def _backlog(metrics_port: int) -> float | None:
+    """The worker's `fraud_state_backlog_events` from its /metrics (None when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "fraud_state_backlog_events":
+            return next((sample.value for sample in family.samples), None)
+    return None
 
 
 RUNNERS: dict[str, Callable[[Rig, Accounting], tuple[dict, dict, OutputReader]]] = {

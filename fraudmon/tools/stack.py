@@ -232,13 +232,13 @@ class LocalStack:
         self._spawn("kafka", [*java, "kafka.Kafka", str(props)], home)
 
     def _start_redis(self) -> None:
-        """Redis with an append-only file, fsynced every second: rule state (velocity windows, account
-        histories, seen transaction ids) survives a restart, losing at most the last second."""
+        """Redis with an append-only file, fsynced as `stack.redis_appendfsync` says (every second by default):
+        rule state (velocity windows, account histories, seen transaction ids) survives a restart."""
         home = self._dir("redis")
         self._spawn(
             "redis",
             ["redis-server", "--port", str(self.stack.redis_port), "--bind", "127.0.0.1", "--dir", str(home),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+             "--save", "", "--appendonly", "yes", "--appendfsync", self.stack.redis_appendfsync, "--daemonize", "no",
              "--maxmemory-policy", "volatile-lru"],
             home,
         )
