@@ -183,6 +183,7 @@ app = App(
     producer_linger=0.0,  # decisions go out as whole record batches already: waiting for more only delays them
     producer_max_batch_size=256 * 1024,  # a batch's decisions go out as one record batch per partition
     broker_max_poll_records=max(2000, worker.max_batch * 4),
+    consumer_max_fetch_size=worker.fetch_max_bytes,  # Faust's 1 MiB: the worker waited for fetches a third of the time
     stream_buffer_maxsize=max(8192, worker.max_batch * 8),
 )
 
