@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fraudmon.core.events import EventLimits, InvalidEvent, event_from_dict, event_to_dict, parse_event
+from fraudmon.core.events import (
+    EventLimits,
+    InvalidEvent,
+    event_from_dict,
+    event_to_dict,
+    format_timestamp,
+    parse_event,
+    parse_timestamp,
+)
 
 VALID = {
     "transaction_id": "tx-0001", "account_id": "acc-42", "amount": 129.95, "currency": "EUR",
@@ -25,6 +34,18 @@ def test_spec_example_parses():
     assert event.timestamp_ms == 1795342500123
     assert event.event_time == "2026-11-22T10:15:00.123Z"
     assert event.features == {"V1": -1.36, "V2": -0.07}
+
+
+@pytest.mark.parametrize("text", ["2004-05-25T06:08:35.531Z", "2004-04-10T22:30:34.991Z", "1969-12-31T23:59:59.500Z"])
+def test_timestamps_are_exact_to_the_millisecond(text):
+    # the float of datetime.timestamp() times 1,000 used to fall a millisecond short on these (the first two)
+    whole = datetime.fromisoformat(text[:19] + "+00:00")
+    expected = int(whole.timestamp()) * 1000 + int(text[20:23])
+    first = parse_timestamp(text, low_ms=-10**6)
+    again = parse_timestamp(text, low_ms=-10**6)  # the second is known now: only the milliseconds are read
+    other = parse_timestamp(text[:20] + "007Z", low_ms=-10**6)
+    assert first == again == expected and other == expected - int(text[20:23]) + 7
+    assert format_timestamp(expected) == text
 
 
 def test_epoch_milliseconds_timestamp():

@@ -13,7 +13,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -47,8 +47,11 @@ FILE_LIMITS = EventLimits(max_message_bytes=1 << 20, min_timestamp_ms=0, max_fut
 """For events read from files (training, backtests): recorded or simulated time need not be near now."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
+    """One validated transaction. Treated as immutable; not frozen, because a frozen dataclass' `__init__` costs
+    eight times as much (1.3 against 0.17 µs), once per event the worker decides."""
+
     transaction_id: str
     account_id: str
     amount: float
@@ -69,15 +72,55 @@ class Event:
         return format_timestamp(self.timestamp_ms)
 
 
+EPOCH, MILLISECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
+SECONDS_CACHE = 4096  # seconds remembered by each of the two caches below (then they start again)
+_SECOND_TEXT: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS" (UTC)
+_TEXT_SECOND: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch second (UTC)
+
+
 def format_timestamp(epoch_ms: int | float) -> str:
-    """ISO 8601 UTC with milliseconds and a `Z`, as in the contract's examples."""
+    """ISO 8601 UTC with milliseconds and a `Z`, as in the contract's examples. Whole milliseconds take a
+    remembered second's text (events of a batch share their seconds; datetime costs 1.5 µs a call)."""
+    if type(epoch_ms) is int and epoch_ms >= 0:
+        second, ms = divmod(epoch_ms, 1000)
+        text = _SECOND_TEXT.get(second)
+        if text is None:
+            if len(_SECOND_TEXT) >= SECONDS_CACHE:
+                _SECOND_TEXT.clear()
+            text = _SECOND_TEXT[second] = datetime.fromtimestamp(second, tz=UTC).isoformat()[:19]
+        return f"{text}.{ms:03d}Z"
     return datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _contract_form(value: str) -> bool:
+    """`value` looks like this contract's own timestamps (`2026-01-05T10:00:00.123Z`): its first 19 characters
+    name the second, its milliseconds are three ASCII digits."""
+    return (len(value) == 24 and value[23] == "Z" and value[19] == "." and value[4] == "-" and value[7] == "-"
+            and value[10] == "T" and value[13] == ":" and value[16] == ":" and value[20:23].isascii()
+            and value[20:23].isdigit())
 
 
 def _shown(value: Any, limit: int = 40) -> str:
     """A bounded, escaped rendering of user input for error messages (never a control character)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_iso(value: str, name: str) -> int | float:
+    """ISO 8601 with a zone to whole epoch milliseconds (floored, exactly: the float of `datetime.timestamp()`
+    times 1,000 fell a millisecond short for about one timestamp in 170); +-inf outside datetime's range."""
+    if not value or len(value) > MAX_ISO_LENGTH:
+        raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"{name}: {_shown(value)} is not ISO 8601") from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(f"{name}: {_shown(value)} has no time zone (add Z or +00:00)")
+    try:
+        return (moment - EPOCH) // MILLISECOND
+    except OverflowError:
+        return math.inf if moment.year > 2000 else -math.inf
 
 
 def parse_timestamp(value: Any, name: str = "timestamp", low_ms: int | None = None,
@@ -88,18 +131,15 @@ def parse_timestamp(value: Any, name: str = "timestamp", low_ms: int | None = No
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
     if isinstance(value, str):
-        if not value or len(value) > MAX_ISO_LENGTH:
-            raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidEvent(f"{name}: {_shown(value)} is not ISO 8601") from None
-        if moment.tzinfo is None:
-            raise InvalidEvent(f"{name}: {_shown(value)} has no time zone (add Z or +00:00)")
-        try:
-            epoch_ms = moment.timestamp() * 1000
-        except (OverflowError, ValueError):
-            epoch_ms = math.inf if moment.year > 2000 else -math.inf
+        second = _TEXT_SECOND.get(value[:19]) if _contract_form(value) else None
+        if second is not None:  # a second parsed before: only the milliseconds are new
+            epoch_ms = second * 1000 + int(value[20:23])
+        else:
+            epoch_ms = _parse_iso(value, name)
+            if _contract_form(value) and isinstance(epoch_ms, int):
+                if len(_TEXT_SECOND) >= SECONDS_CACHE:
+                    _TEXT_SECOND.clear()
+                _TEXT_SECOND[value[:19]] = epoch_ms // 1000
     else:
         epoch_ms = value
         if not math.isfinite(epoch_ms):
