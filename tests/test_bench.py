@@ -59,6 +59,7 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
         assert row.achieved_rate > 0
         assert 0 <= row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms, row
         assert (row.degraded is not None) == (row.system == "worker")
+        assert 0 < row.machine_busy <= 1, "the share of all cores busy while the load was produced"
 
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000
