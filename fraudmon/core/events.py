@@ -131,12 +131,13 @@ def parse_timestamp(value: Any, name: str = "timestamp", low_ms: int | None = No
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidEvent(f"{name}: must be ISO 8601 with a zone or epoch milliseconds")
     if isinstance(value, str):
-        second = _TEXT_SECOND.get(value[:19]) if _contract_form(value) else None
+        contract_form = _contract_form(value)
+        second = _TEXT_SECOND.get(value[:19]) if contract_form else None
         if second is not None:  # a second parsed before: only the milliseconds are new
             epoch_ms = second * 1000 + int(value[20:23])
         else:
             epoch_ms = _parse_iso(value, name)
-            if _contract_form(value) and isinstance(epoch_ms, int):
+            if contract_form and isinstance(epoch_ms, int):
                 if len(_TEXT_SECOND) >= SECONDS_CACHE:
                     _TEXT_SECOND.clear()
                 _TEXT_SECOND[value[:19]] = epoch_ms // 1000
