@@ -27,7 +27,9 @@ from tests.conftest import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
-BASE_MS = 1_790_000_000_000  # record timestamps: one second apart from here, so "the last N" is well defined
+# Record timestamps: one second apart from an hour ago, so "the last N" is well defined. Not a fixed date: the
+# broker keeps 24 hours (log.retention.hours), and its retention check deletes older records within minutes.
+BASE_MS = (int(time.time()) - 3600) * 1000
 
 
 def decision(i: int, account: str, flag: bool = False) -> dict:
