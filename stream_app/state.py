@@ -8,10 +8,14 @@ redelivery after a crash is judged the same and counted once. The same id with o
 marked `id_reused`. Every key has a TTL, so memory is bounded by the time windows.
 
 Redis keys (prefix from config, default `fm:`):
-  tx:<transaction_id>  hash: content fingerprint -> snapshot the event was judged against (TTL `dedupe_ttl`)
+  tx:<transaction_id>  string: content fingerprint + the snapshot the event was judged against; once the id comes
+                       with other content, a hash: fingerprint -> snapshot (TTL `dedupe_ttl`)
   acct:<account>       hash: n, mean, m2 (running amount statistics), c:<country> and p:<counterparty> seen
-                       (TTL `history_ttl`, refreshed by each event)
-  vel:<account>        sorted set tx|fingerprint -> event time     ip:<ip>  sorted set account -> last event time
+                       (TTL `history_ttl`)
+  vel:<account>        sorted set tx|fingerprint -> event time (TTL the longest velocity window)
+  ip:<ip>              sorted set account -> last event time (TTL the longest fan-out window)
+acct, vel and ip live at least their TTL after each event that touched them, and at most an eighth (or an hour)
+longer: the script pushes an expiry out only once less than the TTL is left.
 """
 
 from __future__ import annotations

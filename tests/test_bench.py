@@ -68,6 +68,8 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
     assert data["load_generator"] == generator and f"load generator ({generator})" in data["depends_on"]
     assert all(row["drained"] for row in data["throughput"])
     assert "cores" in data["depends_on"] and "3,000 events" in data["depends_on"]
+    assert len(data["host_reference_ms"]) == 2 and all(ms > 0 for ms in data["host_reference_ms"])
+    assert "ms for the reference workload" in data["depends_on"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = "\n".join(report_lines(report))
     assert "| worker |" in table and "depends on:" in table

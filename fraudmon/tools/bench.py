@@ -108,17 +108,20 @@ class Report:
     seconds: float
     versions: dict[str, str]
     load_generator: str
+    host_reference_ms: list[float] = field(default_factory=list)  # `host_reference_ms()` at the start and the end
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def depends_on(self) -> str:
+        reference = " then ".join(f"{ms:.1f}" for ms in self.host_reference_ms) or "?"
         where = "on this host, sharing its cores" if self.broker_on_this_host else "on another host"
         return (f"{self.cpu_count} cores (os.cpu_count()) shared by the system under test, the load generator "
                 f"({self.load_generator}) and Redis; the broker {self.broker} {where}; {self.events:,} events over "
                 f"{self.partitions} partitions for throughput; {self.seconds:g} s per latency rate; LogAppendTime has "
-                "millisecond resolution")
+                f"millisecond resolution; this host's speed: {reference} ms for the reference workload (lower is "
+                "faster; runs whose reference differs are not comparable)")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -495,6 +498,21 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def host_reference_ms(runs: int = 5) -> float:
+    """This host's single-core speed for Python code like the worker's, as the best of `runs` timings of a fixed
+    workload (JSON out and in, a dict, arithmetic) in ms. Cores shared with other tenants, or throttled, show
+    here: figures from runs whose reference differs are not comparable."""
+    record = {"transaction_id": "tx-1", "account_id": "acc-1", "amount": 12.5, "tags": ["a", "b", "c"], "n": 7}
+    best = math.inf
+    for _ in range(runs):
+        started = time.perf_counter()
+        total = 0
+        for i in range(5_000):
+            total += len(orjson.loads(orjson.dumps(record))) + sum(range(i % 50))
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
+
+
 def _on_this_host(bootstrap: str) -> bool:
     hosts = {part.rsplit(":", 1)[0].strip("[]") for part in bootstrap.split(",")}
     local = {"localhost", socket.gethostname()}
@@ -511,7 +529,7 @@ def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: flo
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"), cpu_count=os.cpu_count(),
         broker=settings.kafka.bootstrap_servers, broker_on_this_host=_on_this_host(settings.kafka.bootstrap_servers),
         partitions=settings.topics.partitions, events=events, seconds=seconds, versions=_versions(),
-        load_generator=load_generator(),
+        load_generator=load_generator(), host_reference_ms=[host_reference_ms()],
     )
     report.skipped = {s: why for s in systems if (why := missing(s, settings))}
     order = [s for s in SYSTEMS if s in systems and s not in report.skipped and s != "worker"]
@@ -561,6 +579,7 @@ def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: flo
             current.stop()
         reader.close()
         delete_topics(settings, topics)
+    report.host_reference_ms.append(host_reference_ms())
     (out_dir / "bench.json").write_text(json.dumps(report.to_dict(), indent=2))
     plot(report, out_dir / "bench.png")
     return report

@@ -22,6 +22,16 @@ local MAX_VARIANTS = 16
 -- event in TRIM_EVERY (by event-time millisecond) keeps busy keys small at a fraction of the calls.
 local TRIM_EVERY = 8
 
+-- Every key lives at least its TTL after each event that touched it. Pushing an expiry out is a write, which
+-- costs Redis as much as a write of the event's own; so it is pushed only once less than the TTL is left, and
+-- then to the TTL plus an eighth (at most an hour): most events pay a read (PTTL) instead.
+local HOUR_MS = 3600000
+local function keep_for(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then
+    redis.call('PEXPIRE', key, ttl_ms + math.min(math.floor(ttl_ms / 8), HOUR_MS))
+  end
+end
+
 local function finite(x)
   return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
 end
@@ -29,8 +39,17 @@ end
 local function observe(row)
   local tx, fp, account, ts, country, ip, cp, amount = unpack(row)
   if not finite(amount) or not finite(ts) then error('amount and timestamp must be finite numbers') end
+  -- An id's first content is a string, its fingerprint then its snapshot (one SET with the TTL); more contents
+  -- under the same id make it a hash of fingerprint -> snapshot (as earlier versions kept every id).
   local tx_key = prefix .. 'tx:' .. tx
-  local seen = redis.call('HGETALL', tx_key)  -- fingerprint, snapshot, ... (at most MAX_VARIANTS pairs)
+  local first = redis.pcall('GET', tx_key)  -- false: new; a table: not a string (WRONGTYPE), so a hash
+  local seen = {}  -- fingerprint, snapshot, ... (at most MAX_VARIANTS pairs)
+  if type(first) == 'string' then
+    local at = string.find(first, '[', 1, true)
+    seen = {string.sub(first, 1, at - 1), string.sub(first, at)}
+  elseif first then
+    seen = redis.call('HGETALL', tx_key)
+  end
   for k = 1, #seen, 2 do
     if seen[k] == fp then
       local known = seen[k + 1]
@@ -70,7 +89,7 @@ local function observe(row)
   if ip ~= '' and longest_fanout > 0 then
     redis.call('ZADD', ip_key, 'GT', ts, account)
     if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', ip_key, '-inf', ts - longest_fanout) end
-    redis.call('PEXPIRE', ip_key, longest_fanout)
+    keep_for(ip_key, longest_fanout)
   end
   for _, w in ipairs(fanout) do
     local count = 0
@@ -82,7 +101,13 @@ local function observe(row)
   local snapshot = string.format('[0,%d,%.14g,%d,%d,%.14g,%.14g,[%s],[%s],%s]', variants > 0 and 1 or 0, n,
     country_seen and 1 or 0, cp_seen and 1 or 0, mean, std, table.concat(velocity_counts, ','),
     table.concat(fanout_counts, ','), known_countries)
-  if variants < MAX_VARIANTS then
+  if variants == 0 then
+    redis.call('SET', tx_key, fp .. snapshot, 'EX', dedupe_ttl)
+  elseif variants < MAX_VARIANTS then
+    if type(first) == 'string' then  -- the second content: the string becomes a hash of both
+      redis.call('DEL', tx_key)
+      redis.call('HSET', tx_key, seen[1], seen[2])
+    end
     redis.call('HSET', tx_key, fp, snapshot)
     redis.call('EXPIRE', tx_key, dedupe_ttl)
   end
@@ -97,12 +122,12 @@ local function observe(row)
   if country ~= '' then update[#update + 1] = 'c:' .. country; update[#update + 1] = 1 end
   if cp ~= '' then update[#update + 1] = 'p:' .. cp; update[#update + 1] = 1 end
   if #update > 0 then redis.call('HSET', acct, unpack(update)) end
-  redis.call('EXPIRE', acct, history_ttl)
+  keep_for(acct, history_ttl * 1000)
   if longest_velocity > 0 then
     local member = tx .. '|' .. fp
     redis.call('ZADD', vel, ts, member)
     if ts % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', vel, '-inf', ts - longest_velocity) end
-    redis.call('PEXPIRE', vel, longest_velocity)
+    keep_for(vel, longest_velocity)
   end
   return snapshot
 end
