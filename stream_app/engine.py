@@ -6,7 +6,8 @@ letter. A failure that is not the message's fault is isolated by splitting the b
 fails is found; that record becomes a dead letter whose `error` names the exception.
 
 Degraded decisions say why in `reasons` (`skipped:<cause>`) and in `fraud_degraded_total{cause}`:
-`redis_unavailable` (the store did not answer: stateless rules only, retried after `retry_after_s`),
+`redis_unavailable` (the store did not answer: stateless rules only, retried after a wait that starts at
+the latency budget and doubles up to `retry_after_s`),
 `state_error` (the store answered but could not judge this event) and `model_error` (no model score).
 Events decided while the store was unavailable are kept in a bounded backlog and recorded when it is back.
 """
@@ -146,6 +147,7 @@ class DecisionEngine:
         self.limits = limits
         self.max_state_backlog = max_state_backlog
         self._store_down_until = 0.0
+        self._store_wait_s = 0.0  # the wait after the last failure of the store: doubles while it keeps failing
         self._backlog: deque[Event] = deque()
         self._backlog_chunk = BACKLOG_FIRST_CHUNK
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
@@ -356,13 +358,18 @@ class DecisionEngine:
         if self._store_down_until == 0.0:
             log.warning("rule state unavailable, deciding without stateful rules: %s", exc,
                         extra={"dependency": "redis"})
-        self._store_down_until = time.monotonic() + self.retry_after_s
+        # Tried again after the latency budget, then after twice as long at each failure, up to `retry_after_s`:
+        # a store that missed one deadline (a busy host) costs a few batches, a store that is down one call a
+        # `retry_after_s`.
+        first_s = min(self.latency_budget_ms / 1000.0, self.retry_after_s)
+        self._store_wait_s = min(self.retry_after_s, max(first_s, self._store_wait_s * 2))
+        self._store_down_until = time.monotonic() + self._store_wait_s
         return self._store_unavailable(events)
 
     def _observed(self, events: list[Event], results: list) -> tuple[list[AccountState | None], list[str | None]]:
         if self._store_down_until:
             log.info("rule state is back; stateful rules run again (%d events to record)", len(self._backlog))
-            self._store_down_until = 0.0
+            self._store_down_until = self._store_wait_s = 0.0
         states: list[AccountState | None] = []
         causes: list[str | None] = []
         for event, result in zip(events, results, strict=True):

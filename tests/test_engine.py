@@ -65,6 +65,48 @@ def test_redis_down_degrades_then_the_backlog_is_recorded():
         "the five events decided during the outage count in the account's history"
 
 
+class Clock:
+    """`time` for the engine, with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_the_store_is_tried_again_after_the_budget_then_after_doubling_waits(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(engine_module, "time", clock)
+    store = FlakyStore()
+    tried = []
+    real_observe = store.observe
+    store.observe = lambda rules, events: (tried.append(clock.now), real_observe(rules, events))[1]
+    engine = DecisionEngine(MODEL, RULES, store, latency_budget_ms=50, retry_after_s=0.3)
+    store.down = True
+    for step in range(100):  # a batch every 10 ms for a second
+        clock.now = 1000.0 + step * 0.01
+        engine.process([message(step)])
+    waits = [b - a for a, b in zip(tried, tried[1:], strict=False)]
+    expected = [0.05, 0.1, 0.2, 0.3, 0.3]  # the budget, then doubling up to retry_after_s
+    assert len(waits) == len(expected), waits
+    assert all(e - 1e-9 <= w < e + 0.011 for w, e in zip(waits, expected, strict=True)), waits
+    store.down = False
+    clock.now += 0.3
+    assert not engine.process([message(100)]).decisions[0]["degraded"]
+    store.down = True
+    clock.now += 0.01
+    engine.process([message(101)])
+    tried.clear()
+    for step in range(10):
+        clock.now += 0.01
+        engine.process([message(102 + step)])
+    assert len(tried) == 1, "once the store is back, a new failure waits the budget again, not the longest wait"
+
+
 def test_backlog_overflow_is_counted():
     store = FlakyStore()
     store.down = True
