@@ -16,7 +16,6 @@ import sys
 import time
 
 import faust
-import numpy as np
 import orjson
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
@@ -26,7 +25,6 @@ from fraudmon.core.config import KafkaSettings, load_settings
 from fraudmon.core.errors import FraudMonitorError, StateUnavailable
 from fraudmon.core.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
-from stream_app.metrics import observe_all
 from stream_app.publish import OutputRecord, Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
 from stream_app.verdicts import count_verdicts
@@ -225,15 +223,16 @@ async def _decide_and_publish(messages: list[RawMessage], publisher: Publisher) 
     """Decide `messages` (micro-batches of at most `worker.max_batch`) and return once every outcome is
     acknowledged by the brokers; a bug here stops the worker before anything of the batch is committed. Each
     micro-batch's rule-state script is sent before the one before it is decided, so Redis runs it meanwhile."""
-    end_to_end, size = engine.metrics.end_to_end_seconds, worker.max_batch
+    observe, size = engine.metrics.end_to_end_seconds.observe, worker.max_batch
     try:
         upcoming = engine.start(messages[:size])
         for start in range(size, len(messages) + size, size):
             current, upcoming = upcoming, engine.start(messages[start:start + size]) if start < len(messages) else None
             outcome = engine.finish(current)
             await publisher.publish(outcome_records(outcome, topics))
-            event_s = np.fromiter((event.timestamp_ms for event in outcome.events), np.float64) / 1000.0
-            observe_all(end_to_end, np.maximum(0.0, time.time() - event_s))
+            published_s = time.time()
+            for event in outcome.events:
+                observe(max(0.0, published_s - event.timestamp_ms / 1000.0))
     except Exception:  # a bug outside the engine: the batch must not be acked unpublished, so stop first
         log.critical("cannot publish the outcome of %d records; stopping without committing them (they are "
                      "consumed again after a restart)", len(messages), exc_info=True)

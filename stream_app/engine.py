@@ -29,7 +29,7 @@ from fraudmon.core.events import DEFAULT_LIMITS, Event, EventLimits, format_time
 from stream_app.decision import build_dead_letter, build_decision, decide
 from stream_app.drift import FeatureDrift
 from stream_app.features import BUILTIN, vectorize
-from stream_app.metrics import WorkerMetrics, observe_all
+from stream_app.metrics import WorkerMetrics
 from stream_app.rules import AccountState, RuleSet, evaluate
 from stream_app.scoring import OnnxModel, Prediction
 from stream_app.state import StateFailure, StateStore
@@ -418,14 +418,14 @@ class DecisionEngine:
         if not n:
             return
         flags = model_flags = 0
-        scores = []
+        observe_score = metrics.model_score.observe
         rule_hits = metrics.rule_hits
         degraded: dict[str, int] = {}
         for decision in outcome.decisions:
             flags += decision["decision"] == "flag"
             model_flags += "model" in decision["reasons"]
             if decision["model"] is not None:
-                scores.append(decision["model"]["score"])
+                observe_score(decision["model"]["score"])
             for hit in decision["rules"]:
                 rule_hits.labels(hit["id"]).inc()
             for reason in decision["reasons"]:
@@ -451,8 +451,9 @@ class DecisionEngine:
             metrics.feature_psi.labels(feature).set(value)
         for cause, count in degraded.items():
             metrics.degraded.labels(cause).inc(count)
-        observe_all(metrics.model_score, scores)
-        observe_all(metrics.processing_seconds, np.full(n, elapsed_s))  # each event spent the batch's time
+        observe_processing = metrics.processing_seconds.observe
+        for _ in range(n):  # every event of the batch spent the batch's time in the worker
+            observe_processing(elapsed_s)
         if elapsed_s * 1000.0 > self.latency_budget_ms:
             metrics.budget_exceeded.inc(n)
 

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Reconstruction errors span decades: the default model's normal median is ~1e-4 and its threshold ~7e-3, the
 # card-holder model's threshold ~2. Two buckets per decade keep both readable on the heatmap.
 SCORE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-
-
-def observe_all(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
-    """`histogram.observe(value)` for each of `values`, at a batch's cost instead of about a microsecond per value:
-    numpy counts the values per bucket, and each bucket and the sum are added to once. The samples are those of
-    one call per value (a test holds the two equal); it reads prometheus_client's Histogram internals, which
-    pyproject.toml pins."""
-    if not len(values):
-        return
-    histogram._raise_if_not_observable()
-    array = np.asarray(values, dtype=np.float64)
-    bounds = histogram._upper_bounds  # ascending, the last +Inf: a value goes to the first bound >= it
-    counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
-    histogram._sum.inc(float(array.sum()))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # a NaN lands past the last
-        if count:
-            bucket.inc(count)
 
 
 class WorkerMetrics:

@@ -236,26 +236,3 @@ def test_a_bug_while_starting_a_batch_dead_letters_that_record_only(monkeypatch)
     assert sorted(d["transaction_id"] for d in outcome.decisions) == ["tx-0", "tx-1", "tx-3"]
     (_, letter), = outcome.dead_letters
     assert letter["offset"] == 2 and letter["error"].startswith("internal: KeyError")
-
-
-def test_observe_all_gives_the_samples_of_one_observe_per_value():
-    from prometheus_client import CollectorRegistry, Histogram
-
-    from stream_app.metrics import LATENCY_BUCKETS, observe_all
-
-    values = [0.0, 0.0005, 0.0004999, 0.001, 0.03, 0.05, 4.99, 5.0, 7.5, 1e9, 0.02] * 3
-    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
-    reference = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=one_by_one)
-    for value in values:
-        reference.observe(value)
-    observe_all(Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=at_once), values)
-    observe_all(Histogram("h2", "h", buckets=LATENCY_BUCKETS, registry=at_once), [])
-
-    def samples(registry):
-        return {(s.name, s.labels.get("le")): s.value for m in registry.collect() for s in m.samples
-                if s.name.startswith("h_") and not s.name.endswith("_created")}
-
-    expected, got = samples(one_by_one), samples(at_once)
-    assert got.keys() == expected.keys() and len(got) == len(LATENCY_BUCKETS) + 3  # buckets, +Inf, count, sum
-    assert all(got[k] == pytest.approx(expected[k]) for k in expected), (got, expected)
-    assert expected[("h_bucket", "0.0005")] == 9 and expected[("h_bucket", "+Inf")] == len(values)
