@@ -306,6 +306,27 @@ def test_worker_process_never_imports_tensorflow(settings):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_worker_consumer_fetches_with_the_configured_wait(settings):
+    """Faust fixes aiokafka's fetch wait at 1,500 ms; a fetch for idle partitions (verdicts) then held back the
+    busy ones for that long. The worker's consumer must use `worker.fetch_max_wait_ms` instead."""
+    import os
+
+    code = (
+        "import asyncio, stream_app.app as a\n"
+        "async def main():\n"
+        "    thread = a.app.consumer._thread\n"
+        "    consumer = thread._create_worker_consumer(a.app.transport)\n"
+        "    print(type(thread).__name__, consumer._fetch_max_wait_ms)\n"
+        "asyncio.run(main())"
+    )
+    env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_METRICS_PORT": str(free_port()),
+           "FRAUDMON_WORKER__WEB_PORT": "0", "FRAUDMON_WORKER__FETCH_MAX_WAIT_MS": "37"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-2:] == ["ConsumerThread", "37"], result.stdout
+
+
 def test_worker_waits_for_redis_at_start_then_serves(kafka_bootstrap, worker_topics, start_worker, tmp_path):
     port = free_port()
     worker = start_worker(worker_topics, wait=False, env={"FRAUDMON_REDIS_URL": f"redis://127.0.0.1:{port}/0"})

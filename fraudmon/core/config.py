@@ -149,6 +149,8 @@ class WorkerSettings(_Section):
     batch_fetch: bool = True  # records go from the consumer's fetches to the engine, past Faust's per-message stream
     # Bytes fetched per partition and round trip (memory: up to this much per assigned partition is buffered)
     fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    # Longest wait of a fetch request for data; while one waits, no other partition of its broker is fetched
+    fetch_max_wait_ms: int = Field(20, ge=1, le=1500)
     metrics_port: int = Field(8000, ge=0, le=65535)
     metrics_address: str = "0.0.0.0"  # where /metrics listens: every interface (containers); 127.0.0.1 keeps it local
     web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
