@@ -60,6 +60,7 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
         assert 0 <= row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms, row
         assert (row.degraded is not None) == (row.system == "worker")
         assert 0 < row.machine_busy <= 1, "the share of all cores busy while the load was produced"
+        assert row.cpu_us_per_event is not None and row.cpu_us_per_event > 0, "the system's own CPU per event"
 
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000

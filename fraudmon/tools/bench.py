@@ -95,6 +95,7 @@ class Latency:
     max_ms: float | None
     degraded: int | None = None  # the worker's decisions taken without the model or the rule state
     machine_busy: float | None = None  # share of all cores busy (every process) while the events were produced
+    cpu_us_per_event: float | None = None  # the system's utime + stime from the first event sent to the last output
 
 
 @dataclass
@@ -434,20 +435,22 @@ def measure_latency(settings: Settings, running: Running, reader: TopicReader, s
                     rates: list[tuple[int, str]], seconds: float, seed: int) -> list[Latency]:
     """Produce `rate x seconds` events at each rate into `source` (which `running` consumes), wait for their
     outputs, then join input and output append times by transaction id."""
-    produced: list[tuple[int, str, list[Event], float | None]] = []
+    produced: list[tuple[int, str, list[Event], float | None, float | None]] = []
     expected = reader.count(running.output)
     for i, (rate, label) in enumerate(rates):
         events = _events(max(1, round(rate * seconds)), seed + i)
-        before = machine_ticks()
+        before, cpu_before = machine_ticks(), cpu_seconds(running.process.pid)
         _produce(settings, events, source, rate)
         busy = machine_busy(before, machine_ticks())
         expected += len(events)
         _wait_for_outputs(running, reader, expected)
-        produced.append((rate, label, events, busy))
+        cpu_after = cpu_seconds(running.process.pid)
+        cpu = None if None in (cpu_before, cpu_after) else round((cpu_after - cpu_before) / len(events) * 1e6, 1)
+        produced.append((rate, label, events, busy, cpu))
     inputs, _ = _append_times(reader.read(source))
     outputs, degraded = _append_times(reader.read(running.output))
     rows = []
-    for rate, label, events, busy in produced:
+    for rate, label, events, busy, cpu in produced:
         ids = [e.transaction_id for e in events if e.transaction_id in inputs]
         latencies = [float(outputs[tx] - inputs[tx]) for tx in ids if tx in outputs]
         stamps = [inputs[tx] for tx in ids]
@@ -458,7 +461,7 @@ def measure_latency(settings: Settings, running: Running, reader: TopicReader, s
             **{f"p{q}_ms": percentile(latencies, q) if latencies else None for q in (50, 95, 99)},
             max_ms=max(latencies, default=None),
             degraded=sum(1 for tx in ids if tx in degraded) if running.system == "worker" else None,
-            machine_busy=busy,
+            machine_busy=busy, cpu_us_per_event=cpu,
         ))
     return rows
 
@@ -639,14 +642,14 @@ def report_lines(report: Report) -> list[str]:
         lines.append(f"| {row.system} | {row.events_per_s:,.0f} | {ratio} | {row.outputs:,}/{row.events:,} | "
                      f"{_cell(row.degraded)} | {_cell(row.cpu_us_per_event)} | {_cell(row.peak_rss_mb)} |")
     lines += ["", "end-to-end latency (output append time - input append time, ms)", "",
-              "| system | rate | achieved | p50 | p95 | p99 | max | joined | degraded | machine busy |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| system | rate | achieved | p50 | p95 | p99 | max | joined | degraded | CPU µs/event | machine busy |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report.latency:
         rate = f"{row.rate:,}" + ("" if row.label == "fixed" else f" ({row.label})")
         ms = " | ".join(_cell(v) for v in (row.p50_ms, row.p95_ms, row.p99_ms, row.max_ms))
         busy = "-" if row.machine_busy is None else f"{row.machine_busy:.0%}"
         lines.append(f"| {row.system} | {rate} | {row.achieved_rate:,.0f} | {ms} | {row.joined:,}/{row.events:,} "
-                     f"| {_cell(row.degraded)} | {busy} |")
+                     f"| {_cell(row.degraded)} | {_cell(row.cpu_us_per_event)} | {busy} |")
     lines += [f"skipped {system}: {why}" for system, why in report.skipped.items()]
     lines += ["", f"depends on: {report.depends_on}"]
     return lines
