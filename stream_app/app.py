@@ -319,6 +319,11 @@ async def hot_reload() -> None:
     reloader.check()
 
 
+@app.timer(1.0)
+async def export_feature_drift() -> None:
+    engine.export_drift()
+
+
 @app.timer(5.0)
 async def export_consumer_lag() -> None:
     consumer = app.consumer

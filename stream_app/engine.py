@@ -182,6 +182,11 @@ class DecisionEngine:
         """Why `model` would not fit the events this engine saw last, or None (see `fit_problem`)."""
         return fit_problem(model, list(self._recent))
 
+    def export_drift(self) -> None:
+        """Set `fraud_feature_psi` from the drift window (the worker does it on a timer, not per batch)."""
+        for feature, value in self.drift.psi().items():
+            self.metrics.feature_psi.labels(feature).set(value)
+
     @property
     def state_backlog(self) -> int:
         """Events decided while the store was unavailable and not yet recorded in it."""
@@ -447,8 +452,6 @@ class DecisionEngine:
             metrics.shadow_flags.inc(shadow_flags)
             metrics.shadow_disagreements.labels("shadow_only").inc(shadow_only)
             metrics.shadow_disagreements.labels("served_only").inc(served_only)
-        for feature, value in self.drift.psi().items():
-            metrics.feature_psi.labels(feature).set(value)
         for cause, count in degraded.items():
             metrics.degraded.labels(cause).inc(count)
         observe_processing = metrics.processing_seconds.observe

@@ -111,8 +111,16 @@ class _Columns:
             (getattr(e, attribute) is not None for e in self.events), np.float64, len(self.events)))
 
 
-def _equals(values: list, target: str | None) -> np.ndarray:
-    return np.fromiter((v == target for v in values), np.float64, len(values))
+_CATEGORIES: dict[str, Callable[[_Columns], list]] = {"channel": _Columns.channel, "mcc": _Columns.mcc_group}
+"""The categorical columns that one-hot features encode, by family (the feature name's prefix)."""
+
+
+def _one_hot(c: _Columns, family: str, targets: tuple[str | None, ...]) -> np.ndarray:
+    """`[n, len(targets)]`: 1.0 where the event's `family` value is that target (a missing channel is None)."""
+    index = {target: k for k, target in enumerate(targets)}
+    values = _CATEGORIES[family](c)
+    codes = np.fromiter((index.get(value, -1) for value in values), np.intp, len(values))
+    return (codes[:, None] == np.arange(len(targets))).astype(np.float64)
 
 
 def _currency_foreign(c: _Columns) -> np.ndarray:
@@ -128,6 +136,12 @@ def _amount_round(c: _Columns) -> np.ndarray:
     return ((amount >= 10) & (np.mod(amount, 10) == 0)).astype(np.float64)
 
 
+ONE_HOT: dict[str, tuple[str, str | None]] = {
+    **{f"channel_{name}": ("channel", name) for name in CHANNELS}, "channel_missing": ("channel", None),
+    **{f"mcc_{group}": ("mcc", group) for group in MCC_GROUP_NAMES},
+}
+"""One-hot features: their family and the value they flag."""
+
 BUILTIN: dict[str, Callable[[_Columns], np.ndarray]] = {
     "amount_log": lambda c: np.log1p(c.amount()),
     "amount_round": _amount_round,
@@ -135,9 +149,8 @@ BUILTIN: dict[str, Callable[[_Columns], np.ndarray]] = {
     "hour_cos": lambda c: np.cos(2 * np.pi * c.hour() / 24),
     "dow_sin": lambda c: np.sin(2 * np.pi * c.weekday() / 7),
     "dow_cos": lambda c: np.cos(2 * np.pi * c.weekday() / 7),
-    **{f"channel_{name}": (lambda c, name=name: _equals(c.channel(), name)) for name in CHANNELS},
-    "channel_missing": lambda c: _equals(c.channel(), None),
-    **{f"mcc_{group}": (lambda c, group=group: _equals(c.mcc_group(), group)) for group in MCC_GROUP_NAMES},
+    **{name: (lambda c, family=family, target=target: _one_hot(c, family, (target,))[:, 0])
+       for name, (family, target) in ONE_HOT.items()},
     "currency_foreign": _currency_foreign,
     "has_counterparty": lambda c: c.present("counterparty_id"),
     "has_device": lambda c: c.present("device_id"),
@@ -191,10 +204,29 @@ def vectorize(events: Sequence[Event], feature_names: Sequence[str]) -> np.ndarr
     """The float32 matrix `[len(events), len(feature_names)]`, columns in `feature_names` order."""
     out = np.empty((len(events), len(feature_names)), dtype=np.float32)
     columns = _Columns(events)
-    for j, name in enumerate(feature_names):
+    for start, stop, family, targets in _plan(tuple(feature_names)):
+        if family is not None:  # adjacent one-hot features of one family: one block for the batch
+            out[:, start:stop] = _one_hot(columns, family, targets)
+            continue
+        name = feature_names[start]
         builtin = BUILTIN.get(name)
-        out[:, j] = builtin(columns) if builtin is not None else _passthrough(events, name)
+        out[:, start] = builtin(columns) if builtin is not None else _passthrough(events, name)
     return out
+
+
+@lru_cache(maxsize=64)
+def _plan(feature_names: tuple[str, ...]) -> list[tuple[int, int, str | None, tuple]]:
+    """`vectorize`'s steps: `(start, stop, family, targets)` for a run of one-hot features of one family,
+    `(j, j + 1, None, ())` for any other feature."""
+    steps: list[tuple[int, int, str | None, tuple]] = []
+    for j, name in enumerate(feature_names):
+        family, target = ONE_HOT.get(name, (None, None))
+        if family is not None and steps and steps[-1][2] == family and target not in steps[-1][3]:
+            start, _, _, targets = steps.pop()
+            steps.append((start, j + 1, family, (*targets, target)))
+        else:
+            steps.append((j, j + 1, family, () if family is None else (target,)))
+    return steps
 
 
 # ---- fields: what an analyst reads in an explanation -----------------------------------------------------------

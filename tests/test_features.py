@@ -122,3 +122,26 @@ def test_vectorize_is_fast_enough_for_the_worker():
     per_batch = (time.perf_counter() - started) / 20
     assert per_batch < 0.02, f"{per_batch * 1000:.1f} ms per 500 events (need well under 100 ms for 5,000/s)"
     assert vectorize([], EVENT_FEATURES).shape == (0, len(EVENT_FEATURES))
+
+
+def test_one_hot_blocks_equal_the_features_one_by_one_in_any_order():
+    """`vectorize` encodes runs of one-hot features as one block; each column must be the feature on its own,
+    whatever the order, gaps or repeats of the names (a card may list features in any order)."""
+    events = [event_from_dict({**RAW, "transaction_id": f"tx-{i}", "channel": channel, "merchant_category": mcc})
+              for i, (channel, mcc) in enumerate([("atm", "6011"), (None, "abc"), ("transfer", None),
+                                                  ("card_present", "5411"), ("ecommerce", "0742")])]
+    shuffled = list(EVENT_FEATURES)
+    np.random.default_rng(2).shuffle(shuffled)
+    orders = [list(EVENT_FEATURES), shuffled, ["mcc_cash", "amount_log", "mcc_cash", "channel_atm", "mcc_other",
+                                               "channel_missing", "channel_atm"]]
+    for names in orders:
+        got = vectorize(events, names)
+        for j, name in enumerate(names):
+            family, _, target = name.partition("_")
+            if family == "channel":
+                expected = [float((e.channel or "missing") == target) for e in events]
+            elif family == "mcc":
+                expected = [float(mcc_group(e.merchant_category) == target) for e in events]
+            else:
+                expected = vectorize(events, [name])[:, 0].tolist()
+            assert got[:, j].tolist() == expected, (names, name)

@@ -21,6 +21,7 @@ import tf2onnx
 from fraudmon.core.errors import ModelError
 from fraudmon.core.events import Event
 from fraudmon.core.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
+from stream_app.drift import decile_bins
 from stream_app.features import NORMAL_COVERAGE, normal_ranges
 from training.model import predict
 
@@ -121,10 +122,10 @@ def feature_deciles(x: np.ndarray, feature_names: list[str]) -> dict[str, dict[s
     bound (not 10% each for a feature with few values): what the worker's drift estimate (PSI) compares with."""
     x = np.asarray(x, dtype=np.float64)
     deciles = np.quantile(x, np.arange(1, 10) / 10, axis=0)
+    bins = decile_bins(deciles.T, x)
     result = {}
     for j, name in enumerate(feature_names):
-        bins = np.searchsorted(deciles[:, j], x[:, j], side="right")
-        shares = np.bincount(bins, minlength=10) / max(1, len(x))
+        shares = np.bincount(bins[:, j], minlength=10) / max(1, len(x))
         result[name] = {"deciles": [float(v) for v in deciles[:, j]], "shares": [float(v) for v in shares]}
     return result
 
