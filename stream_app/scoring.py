@@ -145,16 +145,16 @@ class OnnxModel:
         if k == 0 or n == 0:
             return TopFields(np.empty((n, 0), np.intp), np.empty((n, 0), np.intp), np.empty((n, 0)))
         summed = rows @ matrix
+        at = np.arange(n)[:, None]  # row indices for picking per row (as np.take_along_axis, without its set-up)
         top = np.argpartition(-summed, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(summed, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
+        top = top[at, np.argsort(-summed[at, top], axis=1, kind="stable")]
         largest = np.empty((n, len(names)), dtype=np.intp)  # per field: its feature with the largest error
         total = np.empty((n, len(names)))  # per field: the error summed as `row[members].sum()` sums it
         for fields, members in self._by_width:
             chosen = rows[:, members]  # [n, fields, width]
             largest[:, fields] = members[np.arange(len(fields)), chosen.argmax(axis=2)]
             total[:, fields] = _numpy_sum(chosen)
-        return TopFields(top, np.take_along_axis(largest, top, axis=1), np.take_along_axis(total, top, axis=1))
+        return TopFields(top, largest[at, top], total[at, top])
 
     def top_features(self, errors: np.ndarray, k: int = 3) -> list[TopField] | list[list[TopField]]:
         """`top_fields` as named tuples: one list for one row of errors (`[f]`), one list per row for `[n, f]`."""
