@@ -26,8 +26,10 @@ from fraudmon.core.errors import FraudMonitorError
 
 class OutputReader:
     """Reads output topics (decisions and dead letters) in a background thread, from their current end or from
-    the beginning. Keeps every decision per transaction id (more than one is a duplicate), each with the time it
-    was received, and the dead letters; a topic of `flagged` ids is tracked apart when given."""
+    the beginning. Keeps every decision per transaction id (more than one is a duplicate), each with its record's
+    Kafka timestamp in seconds (when the worker published it, or the broker's append time on a LogAppendTime
+    topic: not when this reader got to it, so its own polling and parsing stay out of a latency), and the dead
+    letters; a topic of `flagged` ids is tracked apart when given."""
 
     def __init__(self, settings: Settings, decisions: Iterable[str], dead_letters: str | None = None,
                  flagged: str | None = None, from_beginning: bool = False) -> None:
@@ -64,7 +66,6 @@ class OutputReader:
             except KafkaError:  # a broker restart: read on once it is back
                 time.sleep(0.5)
                 continue
-            received = time.time()
             with self._lock:
                 for tp, records in batches.items():
                     for record in records:
@@ -74,7 +75,7 @@ class OutputReader:
                         elif tp.topic == self._flagged_topic:
                             self.flagged.add(value["transaction_id"])
                         else:
-                            self.decisions[value["transaction_id"]].append((value, received))
+                            self.decisions[value["transaction_id"]].append((value, record.timestamp / 1000.0))
 
     @property
     def duplicates(self) -> int:
@@ -82,7 +83,7 @@ class OutputReader:
             return sum(len(seen) - 1 for seen in self.decisions.values())
 
     def first_decisions(self) -> list[tuple[dict, float]]:
-        """Each transaction's first decision and when it arrived."""
+        """Each transaction's first decision and its record's timestamp (seconds)."""
         with self._lock:
             return [seen[0] for seen in self.decisions.values()]
 
