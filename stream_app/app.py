@@ -62,7 +62,14 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
-class BatchConsumer(aiokafka_driver.Consumer):
+class Consumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer on a `ConsumerThread` (both the batch path and Faust's per-message one)."""
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class BatchConsumer(Consumer):
     """Faust's aiokafka consumer, with the records of `batch_topics` handed to `on_batch` one fetched batch at a
     time instead of one message at a time through Faust's conductor, stream and agent (whose per-message tasks
     and queues cost several times the decision itself: `fraudmon bench`, README "Performance"). Every other
@@ -128,10 +135,6 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 return
             raise
 
-
-    def _new_consumer_thread(self) -> ConsumerThread:
-        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
     def ack_offsets(self, offsets: dict) -> None:
         """`Consumer.ack` for every offset of `offsets` ({tp: [offset, ...]}), without a message per record:
         the same bookkeeping (under Faust's ack lock), so that Faust commits them as it commits acked messages."""
@@ -151,19 +154,21 @@ class BatchConsumer(aiokafka_driver.Consumer):
             notify(self._waiting_for_ack)
 
 
+class Transport(aiokafka_driver.Transport):
+    Consumer = Consumer
+
+
 class BatchTransport(aiokafka_driver.Transport):
     Consumer = BatchConsumer
 
 
 class App(faust.App):
-    """A Faust app whose consumer is `BatchConsumer` when `worker.batch_fetch` is on."""
+    """A Faust app whose consumer is `BatchConsumer` when `worker.batch_fetch` is on, else `Consumer`."""
 
     batch_fetch = True
 
     def _new_transport(self):
-        if not self.batch_fetch:
-            return super()._new_transport()
-        return BatchTransport(self.conf.broker_consumer, self)
+        return (BatchTransport if self.batch_fetch else Transport)(self.conf.broker_consumer, self)
 
 
 try:

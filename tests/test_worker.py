@@ -306,9 +306,10 @@ def test_worker_process_never_imports_tensorflow(settings):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_worker_consumer_fetches_with_the_configured_wait(settings):
+@pytest.mark.parametrize("batch_fetch", ["true", "false"])
+def test_worker_consumer_fetches_with_the_configured_wait(settings, batch_fetch):
     """Faust fixes aiokafka's fetch wait at 1,500 ms; a fetch for idle partitions (verdicts) then held back the
-    busy ones for that long. The worker's consumer must use `worker.fetch_max_wait_ms` instead."""
+    busy ones for that long. The worker's consumer must use `worker.fetch_max_wait_ms` instead, on both paths."""
     import os
 
     code = (
@@ -320,7 +321,8 @@ def test_worker_consumer_fetches_with_the_configured_wait(settings):
         "asyncio.run(main())"
     )
     env = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_METRICS_PORT": str(free_port()),
-           "FRAUDMON_WORKER__WEB_PORT": "0", "FRAUDMON_WORKER__FETCH_MAX_WAIT_MS": "37"}
+           "FRAUDMON_WORKER__WEB_PORT": "0", "FRAUDMON_WORKER__FETCH_MAX_WAIT_MS": "37",
+           "FRAUDMON_WORKER__BATCH_FETCH": batch_fetch}
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
