@@ -215,20 +215,22 @@ def bench_command(
         0.8, min=0.0, max=1.0, help="Also measure latency at this share of the worker's measured maximum (0: no)."),
     seconds: float = typer.Option(10.0, min=0.5, help="Seconds of production per latency rate."),
     systems: str = typer.Option(
-        "worker,worker2,aiokafka,confluent,quix",
+        "worker,worker2,aiokafka,faust,confluent,quix",
         help="Comma-separated systems: worker (model, all rules, Redis), worker2 (the same as two worker "
              "processes in one consumer group; throughput only), aiokafka and confluent (bare "
-             "consume-and-produce passthroughs), quix (Quix Streams: parse, features, one model call per event)."),
+             "consume-and-produce passthroughs), faust (the worker's own Faust transport, batch hand-off, "
+             "publisher and acks, with no engine), quix (Quix Streams: parse, features, one model call per "
+             "event)."),
     out_dir: Path = typer.Option(Path("bench/results"), help="Where bench.json, bench.png and the logs go."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Throughput and end-to-end latency of one worker next to peers on the same broker in the same run.
 
     Every system drains the same pre-filled topic (throughput = records / (last - first output append time));
-    latency is output minus input append time at fixed rates, for the worker and the aiokafka passthrough. The
-    clock is the broker's (LogAppendTime topics), read back after each run. Peers whose library is not installed
-    (confluent-kafka, quixstreams: the `bench` extra of fraud-monitor) are skipped. Starts the local stack
-    unless it runs."""
+    latency is output minus input append time at fixed rates, for the worker and the aiokafka and faust
+    passthroughs. The clock is the broker's (LogAppendTime topics), read back after each run. Peers whose library
+    is not installed (confluent-kafka, quixstreams: the `bench` extra of fraud-monitor) are skipped. Starts the
+    local stack unless it runs."""
     from fraudmon.tools.bench import SYSTEMS, print_report, run_bench
 
     chosen = [name.strip() for name in systems.split(",") if name.strip()]

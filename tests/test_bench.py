@@ -40,7 +40,8 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
             assert "not installed" in report.skipped[system]
     assert set(report.skipped) <= {"confluent", "quix"}
     ran = [row.system for row in report.throughput]
-    assert ran == [s for s in ("worker2", "aiokafka", "confluent", "quix", "worker") if s not in report.skipped]
+    assert ran == [s for s in ("worker2", "aiokafka", "faust", "confluent", "quix", "worker")
+                   if s not in report.skipped]
     for row in report.throughput:
         assert row.drained and row.outputs == 3000, row
         assert row.events_per_s > 0 and row.first_to_last_s > 0, row
@@ -53,7 +54,7 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
     assert two.cpu_us_per_event is not None and two.degraded is not None
     assert two.peak_rss_mb > 2 * 20, "the CPU and memory of both workers (the process group) are counted"
 
-    assert [(row.system, row.rate) for row in report.latency] == [("worker", 300), ("aiokafka", 300)]
+    assert [(row.system, row.rate) for row in report.latency] == [("worker", 300), ("aiokafka", 300), ("faust", 300)]
     for row in report.latency:
         assert row.joined == row.events == 900, row
         assert row.achieved_rate > 0

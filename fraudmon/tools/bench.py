@@ -1,6 +1,6 @@
 """`fraudmon bench`: one worker's throughput and end-to-end latency next to peers measured in the same run on the
-same broker: bare aiokafka and confluent-kafka consume-and-produce passthroughs and a Quix Streams scoring
-pipeline (`fraudmon.tools.bench_peers`).
+same broker: bare aiokafka and confluent-kafka consume-and-produce passthroughs, the worker's own Faust transport
+with no engine (its floor), and a Quix Streams scoring pipeline (`fraudmon.tools.bench_peers`).
 
 The clock is the broker's. Every bench topic is created with `message.timestamp.type=LogAppendTime`, so each
 record carries the time the broker appended it, and nothing is timed in band: the systems run as processes of
@@ -44,10 +44,10 @@ from fraudmon.core.events import Event
 from fraudmon.tools.demo import percentile
 from fraudmon.tools.harness import delete_state, run_state_prefix, start_worker, stop_process, wait_for_group
 
-SYSTEMS = ("worker", "worker2", "aiokafka", "confluent", "quix")
+SYSTEMS = ("worker", "worker2", "aiokafka", "faust", "confluent", "quix")
 WORKERS = {"worker": 1, "worker2": 2}
 """The worker systems and their processes (`fraudmon worker --processes N`)."""
-LATENCY_SYSTEMS = ("worker", "aiokafka")
+LATENCY_SYSTEMS = ("worker", "aiokafka", "faust")
 PEER_NEEDS = {"confluent": ("confluent_kafka", "confluent-kafka"), "quix": ("quixstreams", "quixstreams")}
 LOG_APPEND_TIME = 1  # a record's timestamp_type when the broker stamped it
 THROUGHPUT_SEED = 11
@@ -289,10 +289,14 @@ class Running:
             return
         create_log_append_topics(settings, [output])
         create.append(output)
+        if system == "faust":
+            create.append(f"{self.group}-__assignor-__leader")  # Faust's own
         command = [sys.executable, "-m", "fraudmon.tools.bench_peers", system,
                    "--bootstrap", settings.kafka.bootstrap_servers, "--source", source, "--output", output,
                    "--group", self.group, "--max-batch", str(settings.worker.max_batch),
-                   "--model", str(settings.resolve(settings.worker.model_path))]
+                   "--model", str(settings.resolve(settings.worker.model_path)),
+                   "--fetch-max-bytes", str(settings.worker.fetch_max_bytes),
+                   "--fetch-max-wait-ms", str(settings.worker.fetch_max_wait_ms)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=project_dir(), stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -525,8 +529,8 @@ def _on_this_host(bootstrap: str) -> bool:
 def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: float, out_dir: Path,
               systems: list[str] | tuple[str, ...] = SYSTEMS, max_share: float = 0.8) -> Report:
     """Pre-fill, throughput of each system in turn (the worker last), then latency at each rate (plus
-    `max_share` of the worker's measured maximum, when it ran) for the worker and the aiokafka passthrough.
-    Writes bench.json and bench.png to `out_dir`."""
+    `max_share` of the worker's measured maximum, when it ran) for the worker and the aiokafka and faust
+    passthroughs. Writes bench.json and bench.png to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"), cpu_count=os.cpu_count(),

@@ -3,6 +3,9 @@
     python -m fraudmon.tools.bench_peers PEER --bootstrap HOST:PORT --source TOPIC --output TOPIC --group GROUP
 
 - `aiokafka`: bare aiokafka consume-and-produce, each record's bytes and key out unchanged (what Faust sits on);
+- `faust`: the worker's own transport with no engine (`stream_app.transport`: Faust, the fetched batches handed
+  over whole, the worker's publisher and acks): each record's bytes and key out unchanged, its offset acked once
+  the brokers acknowledged it, as the worker does. The most a worker built this way can move here;
 - `confluent`: the same with confluent-kafka (librdkafka);
 - `quix`: a Quix Streams application doing a simple scoring pipeline's per-event work: the event gate
   (`parse_event`), the features (`vectorize`), one onnxruntime call per event, a JSON result out.
@@ -21,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PEERS = ("aiokafka", "confluent", "quix")
+PEERS = ("aiokafka", "faust", "confluent", "quix")
 LINGER_MS = 2
 
 
@@ -43,6 +46,39 @@ async def _aiokafka(args: argparse.Namespace) -> None:
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+def _faust(args: argparse.Namespace) -> None:
+    import faust
+
+    from stream_app.metrics import WorkerMetrics
+    from stream_app.publish import OutputRecord, Publisher
+    from stream_app.transport import App, BatchConsumer, ConsumerThread, transport_options
+
+    ConsumerThread.fetch_max_wait_ms = args.fetch_max_wait_ms
+    with tempfile.TemporaryDirectory(prefix="bench-faust-") as data_dir:
+        app = App(args.group, broker=f"kafka://{args.bootstrap}", datadir=data_dir, web_enabled=False,
+                  **transport_options(args.max_batch, args.fetch_max_bytes))
+        publisher: list[Publisher] = []
+
+        async def on_batch(messages, offsets) -> None:
+            if not publisher:
+                publisher.append(Publisher(app.producer.send, WorkerMetrics(),
+                                           producer=app.producer._ensure_producer()))
+            generation = app.consumer_generation_id
+            await publisher[0].publish([OutputRecord(args.output, m.key, m.value) for m in messages])
+            if app.consumer_generation_id == generation:
+                app.consumer.ack_offsets(offsets)
+
+        BatchConsumer.batch_topics = frozenset({args.source})
+        BatchConsumer.on_batch = staticmethod(on_batch)
+
+        @app.agent(app.topic(args.source, key_type=bytes, value_type=bytes))
+        async def subscribe(stream: faust.StreamT) -> None:  # holds the subscription; the records go to on_batch
+            async for _ in stream:
+                pass
+
+        faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()  # until SIGTERM
 
 
 def _confluent(args: argparse.Namespace) -> None:
@@ -114,9 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group", required=True, help="Consumer group.")
     parser.add_argument("--max-batch", type=int, default=250, help="Records taken per poll (aiokafka, confluent).")
     parser.add_argument("--model", type=Path, default=Path("models/default.onnx"), help="ONNX model (quix).")
+    parser.add_argument("--fetch-max-bytes", type=int, default=8 << 20, help="Per partition and fetch (faust).")
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=20, help="A fetch's longest wait (faust).")
     args = parser.parse_args(argv)
     if args.peer == "aiokafka":
         asyncio.run(_aiokafka(args))
+    elif args.peer == "faust":
+        _faust(args)
     elif args.peer == "confluent":
         _confluent(args)
     else:
