@@ -78,7 +78,9 @@ def _faust(args: argparse.Namespace) -> None:
             async for _ in stream:
                 pass
 
-        faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()  # until SIGTERM
+        worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+        worker.spinner = None  # a terminal animation, in the bench's log file otherwise
+        worker.execute_from_commandline()  # until SIGTERM
 
 
 def _confluent(args: argparse.Namespace) -> None:
