@@ -138,11 +138,7 @@ async def _on_fetched(messages: list[RawMessage], offsets: dict) -> None:
     if _batch_publisher is None:
         install_outage_filter()  # Faust has set up its log handlers by now
         _batch_publisher = Publisher(app.producer.send, engine.metrics, producer=app.producer._ensure_producer())
-    generation = app.consumer_generation_id
-    await _decide_and_publish(messages, _batch_publisher)
-    if app.consumer_generation_id != generation:
-        return  # a rebalance meanwhile: the partitions' new owners decide these again (the same way)
-    app.consumer.ack_offsets(offsets)
+    await app.consumer.ack_when_done(_decide_and_publish(messages, _batch_publisher), offsets)
 
 
 BatchConsumer.batch_topics = frozenset({topics.transactions})

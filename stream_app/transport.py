@@ -5,6 +5,7 @@ of the input topic handed to a callback whole (`BatchConsumer`), past Faust's pe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -41,8 +42,8 @@ class BatchConsumer(Consumer):
     time instead of one message at a time through Faust's conductor, stream and agent (whose per-message tasks
     and queues cost several times the decision itself: `fraudmon bench`, README "Performance"). Every other
     topic (verdicts, Faust's own) takes Faust's usual path. `on_batch` gets the records as `RawMessage`s and their
-    offsets per partition, and acks those (`ack_offsets`, `Consumer.ack`'s bookkeeping) only once the outcome is
-    published; Faust commits acked offsets as usual."""
+    offsets per partition, and acks those only once the outcome is published (`ack_when_done`, with
+    `Consumer.ack`'s bookkeeping); Faust commits acked offsets as usual."""
 
     batch_topics: frozenset[str] = frozenset()
     on_batch = None  # async (list of RawMessage, {tp: [offset, ...]}) -> None
@@ -101,6 +102,14 @@ class BatchConsumer(Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def ack_when_done(self, outcome_published: Awaitable[None], offsets: dict) -> None:
+        """Await `outcome_published` (deciding and publishing a fetched batch), then ack the batch's `offsets`,
+        unless a rebalance began meanwhile: the partitions' new owners take those records again."""
+        generation = self.app.consumer_generation_id
+        await outcome_published
+        if self.app.consumer_generation_id == generation:
+            self.ack_offsets(offsets)
 
     def ack_offsets(self, offsets: dict) -> None:
         """`Consumer.ack` for every offset of `offsets` ({tp: [offset, ...]}), without a message per record:

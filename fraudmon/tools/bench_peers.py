@@ -59,16 +59,14 @@ def _faust(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-faust-") as data_dir:
         app = App(args.group, broker=f"kafka://{args.bootstrap}", datadir=data_dir, web_enabled=False,
                   **transport_options(args.max_batch, args.fetch_max_bytes))
-        publisher: list[Publisher] = []
+        publisher: Publisher | None = None
 
-        async def on_batch(messages, offsets) -> None:
-            if not publisher:
-                publisher.append(Publisher(app.producer.send, WorkerMetrics(),
-                                           producer=app.producer._ensure_producer()))
-            generation = app.consumer_generation_id
-            await publisher[0].publish([OutputRecord(args.output, m.key, m.value) for m in messages])
-            if app.consumer_generation_id == generation:
-                app.consumer.ack_offsets(offsets)
+        async def on_batch(messages, offsets) -> None:  # as the worker's `_on_fetched`, with no engine
+            nonlocal publisher
+            if publisher is None:
+                publisher = Publisher(app.producer.send, WorkerMetrics(), producer=app.producer._ensure_producer())
+            records = [OutputRecord(args.output, m.key, m.value) for m in messages]
+            await app.consumer.ack_when_done(publisher.publish(records), offsets)
 
         BatchConsumer.batch_topics = frozenset({args.source})
         BatchConsumer.on_batch = staticmethod(on_batch)
