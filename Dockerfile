@@ -3,7 +3,7 @@
 #   trainer - adds TensorFlow and tf2onnx: `pip install fraud-monitor[train]`
 # Paths (config/, models/, monitoring/) resolve from the working directory, /app.
 
-FROM python:3.11.7-slim-bookworm AS base
+FROM python:3.13.0-slim-bookworm AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
 WORKDIR /app
 # Dependencies before the code, so that a code change reinstalls neither them nor TensorFlow.

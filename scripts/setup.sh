@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine, idempotently:
 # Debian packages (Java 17, Maven, Redis, Prometheus), the virtual environment and the Kafka broker jars.
+# The virtual environment uses Python 3.13 or 3.12, the first found ($PYTHON names an interpreter;
+# $PYTHON_VERSIONS narrows the versions, e.g. PYTHON_VERSIONS=3.12 VENV=.venv-3.12). Exit 3: no such Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+SUPPORTED=${PYTHON_VERSIONS:-3.13 3.12}
 
 need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
@@ -18,14 +21,58 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Prints "X.Y" when $1 is a working interpreter of a supported version (a pyenv shim for a version that is
+# installed but not selected fails here, as it does for the user).
+version_of() {
+  local v
+  v=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || return 1
+  [[ " $SUPPORTED " == *" $v "* ]] && echo "$v"
+}
+
+find_python() {
+  if [ -n "${PYTHON:-}" ]; then
+    version_of "$PYTHON" >/dev/null && { echo "$PYTHON"; return; }
+    echo "setup: PYTHON=$PYTHON is not Python ${SUPPORTED// / or }" >&2; return 1
+  fi
+  local v candidate
+  for v in $SUPPORTED; do
+    for candidate in "python$v" "/usr/bin/python$v" "/usr/local/bin/python$v" \
+        ${PYENV_ROOT:-$HOME/.pyenv}/versions/"$v".*/bin/"python$v"; do
+      if command -v "$candidate" >/dev/null 2>&1 && version_of "$candidate" >/dev/null; then
+        command -v "$candidate"; return
+      fi
+    done
+  done
+  candidate=$(command -v python3 || true)
+  if [ -n "$candidate" ] && version_of "$candidate" >/dev/null; then echo "$candidate"; return; fi
+  echo "setup: fraud-monitor needs Python ${SUPPORTED// / or }, and none was found." >&2
+  echo "setup: install one (Debian 13: apt-get install python3 python3-venv; Ubuntu 24.04: apt-get install" \
+       "python3.12-venv; or pyenv install 3.13), or point PYTHON at it, then run make setup again." >&2
+  return 1
+}
+
+# A virtual environment of another Python version can never install: rebuild it.
+if [ -e "$VENV" ] && ! version_of "$VENV/bin/python" >/dev/null; then
+  echo "setup: $VENV is not Python ${SUPPORTED// / or }; rebuilding it"
+  rm -rf "$VENV"
+fi
+
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: creating $VENV and installing Python packages (first time takes a few minutes)"
-  [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  if [ ! -x "$VENV/bin/python" ]; then
+    python=$(find_python) || exit 3
+    echo "setup: creating $VENV with $python ($(version_of "$python"))"
+    "$python" -m venv "$VENV"
+  fi
+  echo "setup: installing Python packages into $VENV (the first time takes a few minutes; log: $VENV/setup.log)"
+  if ! { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install -e ".[dev]"; } >"$VENV/setup.log" 2>&1; then
+    tail -n 25 "$VENV/setup.log" >&2
+    echo "setup: pip failed; the whole log is $VENV/setup.log" >&2
+    exit 1
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+  echo "setup: installed ($("$VENV/bin/python" --version))"
 fi
 
 "$VENV/bin/fraudmon" stack install

@@ -131,11 +131,11 @@ def test_kafka_keeps_its_log_in_the_volume():
 
 
 def test_dockerfile_builds_a_worker_without_tensorflow_and_a_trainer():
-    """python:3.11-slim; a `worker` target with the base dependencies and a `trainer` target that adds the `train`
+    """python:3.13-slim; a `worker` target with the base dependencies and a `trainer` target that adds the `train`
     extra; every path it copies present in the repo; compose builds each target for its services."""
     lines = [line.strip() for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines()]
     stages = {line.split()[-1]: line.split()[1] for line in lines if line.startswith("FROM ")}
-    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", stages["base"]), stages
+    assert re.fullmatch(r"python:3\.13(\.\d+)?-slim(-\w+)?", stages["base"]), stages
     assert stages["worker"] == "base" and stages["trainer"] == "base"
     copied = [word for line in lines if line.startswith("COPY ") and "--from" not in line
               for word in line.split()[1:-1]]
