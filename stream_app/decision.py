@@ -8,54 +8,53 @@ from collections.abc import Sequence
 from typing import Any
 
 from fraudmon.core.events import Event, format_timestamp
-from stream_app.rules import SEVERITIES, RuleHit
+from stream_app.rules import RuleHit
 
 MAX_DEAD_LETTER_RAW = 16_384  # characters of the original value a dead letter keeps (bytes when base64)
 CONTEXT_FIELDS = ("merchant_id", "merchant_category", "country", "channel", "ip", "device_id", "counterparty_id")
-"""The event fields a flagged decision repeats in `context`, so that an analyst needs no join."""
-
-
-def decide(model_flag: bool, hits: Sequence[RuleHit], flag_severity: str) -> tuple[str, list[str]]:
-    """The flag-or-pass policy: `flag` when the model's score exceeds its threshold or a rule at or above
-    `flag_severity` fired. Returns the decision and its reasons: `model` first, then the flagging rule ids."""
-    floor = SEVERITIES[flag_severity]
-    reasons = (["model"] if model_flag else []) + [hit.id for hit in hits if SEVERITIES[hit.severity] >= floor]
-    return ("flag" if reasons else "pass"), reasons
+"""The event fields a review or block decision repeats in `context`, so that an analyst needs no join."""
 
 
 def build_decision(
     event: Event,
     *,
     event_time: str,
-    decision: str,
+    action: str,
     reasons: Sequence[str],
     model_part: dict[str, Any] | None,
+    risk_score: float | None,
     hits: Sequence[RuleHit],
+    shadow_hits: Sequence[RuleHit],
+    rule_errors: Sequence[str],
     skipped: Sequence[str],
     decided_at: str,
     latency_ms: float,
     shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One decision (`event_time`: the event's `event_time`, formatted beforehand); `skipped:<cause>` is added to
-    `reasons` for each part of the check that could not run; `shadow` (the shadow model's score and flag) when one
-    is configured and could score the event; a flag carries `context`, the event's fields of `CONTEXT_FIELDS` that
-    it has."""
+    """One decision (`event_time`: the event's `event_time`, formatted beforehand). `reasons` are what chose the
+    action; `rule_error:<id>` is added for each rule that failed on this event and `skipped:<cause>` for each part
+    of the check that could not run. `shadow` (the shadow model's score and flag) when one is configured and could
+    score the event. A decision other than allow carries `context`, the event's fields of `CONTEXT_FIELDS`."""
     decision_record = {
         "transaction_id": event.transaction_id,
         "account_id": event.account_id,
         "amount": event.amount,
+        "currency": event.currency,
         "event_time": event_time,
         "decided_at": decided_at,
-        "decision": decision,
-        "reasons": [*reasons, *(f"skipped:{cause}" for cause in skipped)],
+        "action": action,
+        "decision": "pass" if action == "allow" else "flag",
+        "risk_score": risk_score,
+        "reasons": [*reasons, *(f"rule_error:{rule}" for rule in rule_errors), *(f"skipped:{cause}" for cause in skipped)],
         "model": model_part,
-        "rules": [{"id": h.id, "severity": h.severity, "detail": h.detail} for h in hits],
+        "rules": [{"id": h.id, "action": h.action, "detail": h.detail} for h in hits],
+        "shadow_rules": [{"id": h.id, "action": h.action, "detail": h.detail} for h in shadow_hits],
         "degraded": bool(skipped),
         "latency_ms": round(latency_ms, 3),
     }
     if shadow is not None:
         decision_record["shadow"] = shadow
-    if decision == "flag":
+    if action != "allow":
         decision_record["context"] = {name: value for name in CONTEXT_FIELDS
                                       if (value := getattr(event, name)) is not None}
     return decision_record

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -26,11 +26,11 @@ import numpy as np
 
 from fraudmon.core.errors import InvalidEvent, StateUnavailable
 from fraudmon.core.events import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
-from stream_app.decision import build_dead_letter, build_decision, decide
+from stream_app.decision import build_dead_letter, build_decision
 from stream_app.drift import FeatureDrift
 from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
-from stream_app.rules import AccountState, RuleSet, evaluate
+from stream_app.rules import NO_LISTS, RuleSet, decide, judge, model_action
 from stream_app.scoring import OnnxModel, Prediction
 from stream_app.state import StateFailure, StateStore
 
@@ -92,6 +92,7 @@ def _shown_score(score: float) -> float:
 
 class _Scored(NamedTuple):
     is_outlier: bool
+    risk_score: float | None
     part: dict[str, Any]  # the decision's `model`: version, score, threshold and explanation
 
 
@@ -138,10 +139,12 @@ class DecisionEngine:
         max_state_backlog: int = 100_000,
         shadow: OnnxModel | None = None,
         drift_window: int = 5_000,
+        lists: Callable[[], Mapping[str, Container[str]]] = lambda: NO_LISTS,
     ) -> None:
         self.metrics = metrics or WorkerMetrics()
         self.store = store
         self.rules = rules
+        self.lists = lists  # the current entries of the named lists, asked once per batch
         self.latency_budget_ms = latency_budget_ms
         self.retry_after_s = retry_after_s
         self.limits = limits
@@ -280,11 +283,14 @@ class DecisionEngine:
             self.drift.observe(x)
         explained = model.explain(events if len(rows) == len(events) else [events[i] for i in rows], top)
         version, threshold = model.version, model.threshold
-        for row, outlier, score, explanation in zip(rows, prediction.is_outlier.tolist(),
-                                                    prediction.instance_score.tolist(), explained, strict=True):
+        risks = model.risk_scores(prediction.instance_score)
+        risks = [None] * len(rows) if risks is None else risks.tolist()
+        for row, outlier, score, risk, explanation in zip(rows, prediction.is_outlier.tolist(),
+                                                          prediction.instance_score.tolist(), risks, explained,
+                                                          strict=True):
             if math.isfinite(score):
-                scored[row] = _Scored(bool(outlier), {"version": version, "score": _shown_score(score),
-                                                      "threshold": threshold, "top_features": explanation})
+                scored[row] = _Scored(bool(outlier), risk, {"version": version, "score": _shown_score(score),
+                                                            "threshold": threshold, "top_features": explanation})
         return scored
 
     def _shadow(self, events: list[Event]) -> list[dict | None]:
@@ -306,19 +312,25 @@ class DecisionEngine:
         return parts
 
     def _decide(self, rules: RuleSet, events: list[Event], event_times: list[str], scored: list[_Scored | None],
-                shadows: list[dict | None], states: list[AccountState | None], state_causes: list[str | None],
+                shadows: list[dict | None], states: list[tuple | None], state_causes: list[str | None],
                 started: float) -> list[dict]:
         decided_at = format_timestamp(time.time() * 1000)
         latency_ms = (time.perf_counter() - started) * 1000.0
+        current = self.lists()
+        lists = {name: current.get(name, ()) for name in rules.lists or ()}
+        bands, precedence = rules.bands, rules.precedence
         decisions = []
         for event, event_time, verdict, shadow, state, state_cause in zip(events, event_times, scored, shadows,
                                                                           states, state_causes, strict=True):
-            hits = evaluate(rules, event, state)
-            decision, reasons = decide(verdict is not None and verdict.is_outlier, hits, rules.flag_severity)
+            risk = None if verdict is None else verdict.risk_score
+            judgement = judge(rules, event, state, risk, lists)
+            asked = None if verdict is None else model_action(bands, verdict.is_outlier, risk)
+            action, reasons = decide(asked, judgement.hits, precedence)
             skipped = [cause for cause in (state_cause, None if verdict else MODEL_ERROR) if cause]
             decisions.append(build_decision(
-                event, event_time=event_time, decision=decision, reasons=reasons,
-                model_part=None if verdict is None else verdict.part, hits=hits, skipped=skipped,
+                event, event_time=event_time, action=action, reasons=reasons,
+                model_part=None if verdict is None else verdict.part, risk_score=risk, hits=judgement.hits,
+                shadow_hits=judgement.shadow_hits, rule_errors=judgement.errors, skipped=skipped,
                 decided_at=decided_at, latency_ms=latency_ms, shadow=shadow,
             ))
         self._remember(decisions)
@@ -329,7 +341,7 @@ class DecisionEngine:
         if self._store_down_until:
             return
         try:
-            self.store.remember([(d["transaction_id"], d["decision"]) for d in decisions])
+            self.store.remember([(d["transaction_id"], remembered(d)) for d in decisions])
         except Exception as exc:  # verdict bookkeeping must never cost a decision
             log.warning("decisions not kept for verdicts: %s: %s", exc.__class__.__name__, exc,
                         extra={"dependency": "redis"})
@@ -346,13 +358,13 @@ class DecisionEngine:
             self._record_backlog(rules)
             later = getattr(self.store, "observe_later", None)
             if later is None:
-                return _Observed(self._observed(events, self.store.observe(rules, events)))
-            pending = later(rules, events)
+                return _Observed(self._observed(events, self.store.observe(rules.aggregates, events)))
+            pending = later(rules.aggregates, events)
         except StateUnavailable as exc:
             return _Observed(self._unavailable(events, exc))
         return _Observed(pending=pending, answer=lambda: self._answered(events, pending))
 
-    def _answered(self, events: list[Event], pending) -> tuple[list[AccountState | None], list[str | None]]:
+    def _answered(self, events: list[Event], pending) -> tuple[list[tuple | None], list[str | None]]:
         try:
             results = pending.result()
         except StateUnavailable as exc:
@@ -371,11 +383,11 @@ class DecisionEngine:
         self._store_down_until = time.monotonic() + self._store_wait_s
         return self._store_unavailable(events)
 
-    def _observed(self, events: list[Event], results: list) -> tuple[list[AccountState | None], list[str | None]]:
+    def _observed(self, events: list[Event], results: list) -> tuple[list[tuple | None], list[str | None]]:
         if self._store_down_until:
             log.info("rule state is back; stateful rules run again (%d events to record)", len(self._backlog))
             self._store_down_until = self._store_wait_s = 0.0
-        states: list[AccountState | None] = []
+        states: list[tuple | None] = []
         causes: list[str | None] = []
         for event, result in zip(events, results, strict=True):
             if isinstance(result, StateFailure):
@@ -402,7 +414,7 @@ class DecisionEngine:
         chunk = [self._backlog.popleft() for _ in range(min(self._backlog_chunk, len(self._backlog)))]
         started = time.perf_counter()
         try:
-            self.store.observe(rules, chunk)
+            self.store.observe(rules.aggregates, chunk)
         except StateUnavailable:
             self._backlog.extendleft(reversed(chunk))
             self._backlog_chunk = max(1, len(chunk) // 2)  # the chunk's own size may have made it time out
@@ -422,23 +434,30 @@ class DecisionEngine:
         n = len(outcome.decisions)
         if not n:
             return
-        flags = model_flags = 0
+        model_flags = 0
         observe_score = metrics.model_score.observe
-        rule_hits = metrics.rule_hits
-        degraded: dict[str, int] = {}
+        actions: dict[str, int] = {}
+        hits: dict[tuple[str, str, bool], int] = {}  # (rule, action, shadow) -> hits
+        problems: dict[str, int] = {}  # skipped:<cause> and rule_error:<rule> -> decisions
         for decision in outcome.decisions:
-            flags += decision["decision"] == "flag"
+            actions[decision["action"]] = actions.get(decision["action"], 0) + 1
             model_flags += "model" in decision["reasons"]
             if decision["model"] is not None:
                 observe_score(decision["model"]["score"])
             for hit in decision["rules"]:
-                rule_hits.labels(hit["id"]).inc()
+                key = (hit["id"], hit["action"], False)
+                hits[key] = hits.get(key, 0) + 1
+            for hit in decision["shadow_rules"]:
+                key = (hit["id"], hit["action"], True)
+                hits[key] = hits.get(key, 0) + 1
             for reason in decision["reasons"]:
-                if reason.startswith("skipped:"):
-                    degraded[reason[8:]] = degraded.get(reason[8:], 0) + 1
+                if reason.startswith(("skipped:", "rule_error:")):
+                    problems[reason] = problems.get(reason, 0) + 1
         metrics.events.labels("scored").inc(n)
-        metrics.decisions.labels("flag").inc(flags)
-        metrics.decisions.labels("pass").inc(n - flags)
+        for action, count in actions.items():
+            metrics.decisions.labels("pass" if action == "allow" else "flag", action).inc(count)
+        for (rule, action, shadow), count in hits.items():
+            (metrics.shadow_rule_hits if shadow else metrics.rule_hits).labels(rule, action).inc(count)
         metrics.model_flags.inc(model_flags)
         shadow_flags = shadow_only = served_only = 0
         for decision in outcome.decisions:
@@ -452,8 +471,9 @@ class DecisionEngine:
             metrics.shadow_flags.inc(shadow_flags)
             metrics.shadow_disagreements.labels("shadow_only").inc(shadow_only)
             metrics.shadow_disagreements.labels("served_only").inc(served_only)
-        for cause, count in degraded.items():
-            metrics.degraded.labels(cause).inc(count)
+        for problem, count in problems.items():
+            kind, _, name = problem.partition(":")
+            (metrics.degraded if kind == "skipped" else metrics.rule_errors).labels(name).inc(count)
         observe_processing = metrics.processing_seconds.observe
         for _ in range(n):  # every event of the batch spent the batch's time in the worker
             observe_processing(elapsed_s)
@@ -468,12 +488,17 @@ class _Observed:
     def __init__(self, value: tuple | None = None, *, pending=None, answer=None) -> None:
         self._value, self._pending, self._answer = value, pending, answer
 
-    def result(self) -> tuple[list[AccountState | None], list[str | None]]:
+    def result(self) -> tuple[list[tuple | None], list[str | None]]:
         return self._value if self._answer is None else self._answer()
 
     def cancel(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
+
+
+def remembered(decision: dict) -> str:
+    """What the store keeps of a decision for the verdicts: `flag|rule,rule` (the live rules that fired)."""
+    return f"{decision['decision']}|{','.join(hit['id'] for hit in decision['rules'])}"
 
 
 def _where(message: RawMessage) -> tuple[str, int, int]:

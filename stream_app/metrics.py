@@ -21,9 +21,18 @@ class WorkerMetrics:
             "fraud_input_messages", "Messages consumed from the transactions topic, valid or not.", registry=r
         )
         self.events = Counter("fraud_events", "Events by outcome.", ["outcome"], registry=r)
-        self.decisions = Counter("fraud_decisions", "Decisions published.", ["decision"], registry=r)
-        self.rule_hits = Counter("fraud_rule_hits", "Rule hits by rule id.", ["rule"], registry=r)
-        self.model_flags = Counter("fraud_model_flags", "Events whose model score exceeded the threshold.", registry=r)
+        self.decisions = Counter("fraud_decisions", "Decisions published, by decision (flag = not allow) and action.",
+                                 ["decision", "action"], registry=r)
+        self.rule_hits = Counter("fraud_rule_hits", "Live rule hits by rule id and its action.", ["rule", "action"],
+                                 registry=r)
+        self.shadow_rule_hits = Counter("fraud_shadow_rule_hits", "Shadow rule hits (they never act).",
+                                        ["rule", "action"], registry=r)
+        self.rule_errors = Counter("fraud_rule_errors", "Events on which a rule's expression failed (the rule did "
+                                   "not fire; the decision says rule_error:<id>).", ["rule"], registry=r)
+        self.rule_verdicts = Counter("fraud_rule_verdicts", "Analysts' verdicts on decisions a live rule fired on.",
+                                     ["rule", "verdict"], registry=r)
+        self.model_flags = Counter("fraud_model_flags", "Events whose action the model's score band chose.",
+                                   registry=r)
         self.model_score = Histogram(
             "fraud_model_score", "Anomaly score per event.", buckets=SCORE_BUCKETS, registry=r
         )
@@ -93,8 +102,8 @@ class WorkerMetrics:
                 self.verdicts.labels(decision, verdict)
         for outcome in ("scored", "dead_letter"):
             self.events.labels(outcome)
-        for decision in ("flag", "pass"):
-            self.decisions.labels(decision)
+        for action in ("allow", "review", "block"):
+            self.decisions.labels("pass" if action == "allow" else "flag", action)
         for artifact in ("model", "rules", "shadow"):
             for result in ("ok", "refused"):
                 self.reloads.labels(artifact=artifact, result=result)

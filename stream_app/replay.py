@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from fraudmon.core.errors import ModelError
 from fraudmon.core.eventfiles import json_lines
 from fraudmon.core.events import Event, event_to_dict
 from stream_app.engine import DecisionEngine, RawMessage, fit_problem
+from stream_app.rules import NO_LISTS, RuleSet
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
 
@@ -44,6 +45,53 @@ def recall_by_scenario(decisions: Iterable[dict], truth: dict[str, tuple[int, st
             entry["frauds"] += 1
             entry["flagged"] += decided.get(tx_id) == "flag"
     return {name: {**e, "recall": e["flagged"] / e["frauds"]} for name, e in sorted(table.items())}
+
+
+@dataclass
+class RulePerformance:
+    """One rule's (or the model's) backtest: its hits, and the frauds among them (ground truth)."""
+
+    rule: str
+    action: str
+    mode: str  # live, shadow, or model
+    hits: int = 0
+    labelled_hits: int = 0
+    frauds: int = 0
+    only_catches: int = 0  # frauds that no other live rule nor the model caught
+
+    def precision(self) -> float | None:
+        return self.frauds / self.labelled_hits if self.labelled_hits else None
+
+
+def rule_performance(decisions: Iterable[dict], labels: dict[str, int]) -> list[RulePerformance]:
+    """Per rule and action (and the model's band): hits, precision, recall inputs and the frauds only it caught,
+    over decisions and ground truth (`transaction_id -> label`). Shadow rules are judged as if they acted."""
+    table: dict[tuple[str, str, str], RulePerformance] = {}
+    for decision in decisions:
+        label = labels.get(decision["transaction_id"])
+        fired = [(hit["id"], hit["action"], "live") for hit in decision["rules"]]
+        if "model" in decision["reasons"]:
+            fired.append(("model", decision["action"], "model"))
+        acting = {rule for rule, action, _ in fired if action != "allow"}
+        fired += [(hit["id"], hit["action"], "shadow") for hit in decision["shadow_rules"]]
+        for rule, action, mode in fired:
+            entry = table.setdefault((rule, action, mode), RulePerformance(rule, action, mode))
+            entry.hits += 1
+            if label is not None:
+                entry.labelled_hits += 1
+                entry.frauds += label
+                entry.only_catches += bool(label) and mode != "shadow" and acting == {rule}
+    return sorted(table.values(), key=lambda e: (e.mode == "shadow", e.rule != "model", e.rule, e.action))
+
+
+def action_counts(decisions: Iterable[dict], labels: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Per action: decisions, and the frauds among them."""
+    counts: dict[str, list[int]] = {action: [0, 0] for action in ("allow", "review", "block")}
+    for decision in decisions:
+        entry = counts[decision["action"]]
+        entry[0] += 1
+        entry[1] += labels.get(decision["transaction_id"], 0)
+    return {action: (n, frauds) for action, (n, frauds) in counts.items()}
 
 
 def flags_by_reason(decisions: Iterable[dict]) -> dict[str, int]:
@@ -89,8 +137,14 @@ def replay(
     return result
 
 
-def offline_engine(settings: Settings) -> DecisionEngine:
+def offline_engine(settings: Settings, rules: RuleSet | None = None,
+                   lists: Mapping[str, Container[str]] = NO_LISTS) -> DecisionEngine:
     """The worker's engine with in-process rule state instead of Redis, and no bound on how far a recorded or
-    simulated event's time may lie ahead of now."""
+    simulated event's time may lie ahead of now; `rules` instead of the configured rules file, `lists` as the
+    named lists' entries."""
     limits = replace(event_limits(settings), max_future_ms=None)
-    return build_engine(settings, store=InMemoryStateStore(), limits=limits)
+    engine = build_engine(settings, store=InMemoryStateStore(), limits=limits)
+    if rules is not None:
+        engine.rules = rules
+    engine.lists = lambda: lists
+    return engine

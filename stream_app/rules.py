@@ -1,314 +1,306 @@
-"""Declarative rules (SPEC: Rules): parsing `config/rules.yaml` and judging one event against its prior state.
+"""The rules file (`config/rules.yaml`, language reference: docs/rules.md): rules written as CEL expressions over
+the event, the risk score, declared aggregates and named lists, each choosing an action; and the policy that turns
+the model's score band and the rules' hits into one action.
 
-Pure and synchronous. `evaluate` sees the account's state *before* the event (`AccountState`), or `None` when
-the state store is unavailable, in which case only the stateless rules run.
+Pure and synchronous. `judge` sees the aggregates *before* the event (or `None` when the state store could not
+answer, in which case the rules that read `agg` are skipped and the decision says so).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
 
 from fraudmon.core.errors import RulesError
 from fraudmon.core.events import Event
+from stream_app.aggregates import Aggregate, aggregate_type, parse_aggregates
+from stream_app.expressions import Compiled, Declarations, EvalError, ExpressionError, compile_expression
 
-SEVERITIES = {"low": 1, "medium": 2, "high": 3}
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-DEFAULT_HISTORY_TTL_MS = 30 * UNIT_MS["d"]
-
-
-def parse_duration_ms(text: Any, where: str) -> int:
-    match = DURATION.match(str(text).strip())
-    if not match:
-        raise RulesError(f"{where}: {text!r} is not a duration (use e.g. 500ms, 60s, 10m, 1h, 1d)")
-    return int(float(match.group(1)) * UNIT_MS[match.group(2)])
-
-
-class Duration(int):
-    """A window or age written as `500ms`, `60s`, `10m`, `1h` or `1d`, held in milliseconds; `text` keeps what
-    was written, for the hit's detail."""
-
-    text: str
-
-    def __new__(cls, written: Any) -> Duration:
-        match = DURATION.match(str(written).strip())
-        if not match:
-            raise ValueError(f"{written!r} is not a duration (use e.g. 500ms, 60s, 10m, 1h, 1d)")
-        value = super().__new__(cls, int(float(match.group(1)) * UNIT_MS[match.group(2)]))
-        value.text = str(written).strip()
-        return value
-
-
-DurationField = Annotated[Duration, BeforeValidator(lambda v: v if isinstance(v, Duration) else Duration(v))]
-Count = Annotated[StrictInt, Field(ge=0)]
-Amount = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=False)]
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-
-class VelocityParams(_Params):
-    max_count: Count
-    window: DurationField
-
-
-class NewCountryParams(_Params):
-    min_history: Count
-
-
-class IpFanoutParams(_Params):
-    max_accounts: Count
-    window: DurationField
-
-
-class NewCounterpartyParams(_Params):
-    min_amount: Amount
-
-
-class NewAccountParams(_Params):
-    max_age: DurationField
-    min_amount: Amount
-
-
-class ZscoreParams(_Params):
-    z: Amount
-    min_history: Count
-
-
-class AmountOverParams(_Params):
-    limit: Amount
-
-
-class NoParams(_Params):
-    pass
+ACTIONS = ("allow", "review", "block")
+DEFAULT_PRECEDENCE = ("allow", "block", "review")
+MODES = ("live", "shadow")
+SEVERITIES = ("low", "medium", "high")
+MODEL_RULE = "model"  # the id under which the model's score band takes part in the precedence
+THRESHOLD = "threshold"  # a score band at the model card's threshold
+_TOP_KEYS = {"precedence", "model", "lists", "aggregates", "rules"}
+_RULE_KEYS = {"id", "when", "action", "mode", "severity", "description", "enabled"}
+_MODEL_KEYS = {"review_above", "block_above"}
+_LIST_KEYS = {"description"}
+NO_LISTS: Mapping[str, Container[str]] = {}
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
-    type: str
-    severity: str
-    enabled: bool
-    params: Any  # the type's parameter model
+    when: Compiled
+    action: str
+    mode: str = "live"
+    severity: str | None = None
+    description: str = ""
+
+    @cached_property
+    def reads_state(self) -> bool:
+        return any(name.startswith("agg.") for name in self.when.references)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleHit:
     id: str
-    type: str
-    severity: str
+    action: str
     detail: str
 
 
 @dataclass(frozen=True)
-class AccountState:
-    """What the rules know about an event's account and IP before the event."""
+class ScoreBands:
+    """The model's risk-score bands: above `review_above` (a risk score, or the card's threshold) the model asks for
+    review, above `block_above` (None: never) for a block."""
 
-    prior_count: int = 0
-    velocity_counts: dict[int, int] = field(default_factory=dict)  # window ms -> earlier tx in (ts - window, ts]
-    fanout_counts: dict[int, int] = field(default_factory=dict)  # window ms -> distinct accounts incl. this one
-    country_seen: bool = True
-    known_countries: tuple[str, ...] = ()
-    counterparty_seen: bool = True
-    amount_count: int = 0
-    amount_mean: float = 0.0
-    amount_std: float = 0.0
-    replayed: bool = False
-    id_reused: bool = False  # the transaction id was seen before with other content
-
-
-Check = Callable[[Any, Event, AccountState | None], str | None]
-
-
-class RuleType(NamedTuple):
-    """One rule type: its parameters, whether it needs the account's state, and its check (the hit's detail, or
-    None when it does not fire)."""
-
-    params: type[_Params]
-    stateful: bool
-    check: Check
-
-
-RULE_TYPES: dict[str, RuleType] = {}
-
-
-def rule_type(name: str, params: type[_Params], stateful: bool = True) -> Callable[[Check], Check]:
-    def register(check: Check) -> Check:
-        RULE_TYPES[name] = RuleType(params, stateful, check)
-        return check
-    return register
-
-
-@rule_type("amount_over", AmountOverParams, stateful=False)
-def _amount_over(p: AmountOverParams, event: Event, state: AccountState | None) -> str | None:
-    return f"amount {event.amount:.2f} over the limit {p.limit:.2f}" if event.amount > p.limit else None
-
-
-@rule_type("new_account_amount", NewAccountParams, stateful=False)
-def _new_account_amount(p: NewAccountParams, event: Event, state: AccountState | None) -> str | None:
-    if event.account_created_ms is None or event.amount < p.min_amount:
-        return None
-    age_ms = event.timestamp_ms - event.account_created_ms
-    if age_ms < p.max_age:
-        return f"account {age_ms / 3_600_000:.1f}h old (under {p.max_age.text}) pays {event.amount:.2f}"
-    return None
-
-
-@rule_type("velocity", VelocityParams)
-def _velocity(p: VelocityParams, event: Event, state: AccountState) -> str | None:
-    count = state.velocity_counts.get(p.window, 0) + 1
-    return f"{count} transactions in {p.window.text} (max {p.max_count})" if count > p.max_count else None
-
-
-@rule_type("new_country", NewCountryParams)
-def _new_country(p: NewCountryParams, event: Event, state: AccountState) -> str | None:
-    if event.country and not state.country_seen and state.prior_count >= p.min_history:
-        return f"first transaction from {event.country}; usual: {', '.join(state.known_countries) or 'none'}"
-    return None
-
-
-@rule_type("ip_fanout", IpFanoutParams)
-def _ip_fanout(p: IpFanoutParams, event: Event, state: AccountState) -> str | None:
-    accounts = state.fanout_counts.get(p.window, 0)
-    if event.ip and accounts > p.max_accounts:
-        return f"IP {event.ip} used by {accounts} accounts in {p.window.text} (max {p.max_accounts})"
-    return None
-
-
-@rule_type("new_counterparty_amount", NewCounterpartyParams)
-def _new_counterparty(p: NewCounterpartyParams, event: Event, state: AccountState) -> str | None:
-    if event.counterparty_id and not state.counterparty_seen and event.amount >= p.min_amount:
-        return f"{event.amount:.2f} to never-paid counterparty {event.counterparty_id}"
-    return None
-
-
-@rule_type("duplicate_transaction_id", NoParams)
-def _duplicate_id(p: NoParams, event: Event, state: AccountState) -> str | None:
-    return "transaction id seen before with other content" if state.id_reused else None
-
-
-@rule_type("amount_zscore", ZscoreParams)
-def _amount_zscore(p: ZscoreParams, event: Event, state: AccountState) -> str | None:
-    if state.amount_count < p.min_history:
-        return None
-    std = max(state.amount_std, 1e-6 + 0.01 * abs(state.amount_mean))
-    z = (event.amount - state.amount_mean) / std
-    if z > p.z:
-        return f"amount {event.amount:.2f} is {z:.1f} std above the account mean {state.amount_mean:.2f}"
-    return None
+    review_above: float | str = THRESHOLD
+    block_above: float | None = None
 
 
 @dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...]
-    flag_severity: str = "high"
-    history_ttl_ms: int = DEFAULT_HISTORY_TTL_MS
-
-    @cached_property
-    def enabled(self) -> tuple[Rule, ...]:
-        return tuple(rule for rule in self.rules if rule.enabled)
+    aggregates: tuple[Aggregate, ...] = ()
+    lists: Mapping[str, str] | None = None  # declared list name -> description
+    precedence: tuple[str, ...] = DEFAULT_PRECEDENCE
+    bands: ScoreBands = ScoreBands()
 
     @cached_property
     def stateful(self) -> bool:
-        return any(RULE_TYPES[rule.type].stateful for rule in self.enabled)
-
-    @cached_property
-    def velocity_windows_ms(self) -> tuple[int, ...]:
-        return tuple(sorted({int(r.params.window) for r in self.enabled if r.type == "velocity"}))
-
-    @cached_property
-    def fanout_windows_ms(self) -> tuple[int, ...]:
-        return tuple(sorted({int(r.params.window) for r in self.enabled if r.type == "ip_fanout"}))
+        return bool(self.aggregates)
 
 
-_RULE_KEYS = {"id", "type", "severity", "enabled", "description"}
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What the rules said about one event: live hits, shadow hits, rules that failed on it, and rules skipped
+    because the state was unavailable."""
+
+    hits: list[RuleHit]
+    shadow_hits: list[RuleHit]
+    errors: list[str]
 
 
-def _parse_rule(index: int, raw: Any) -> Rule:
-    if not isinstance(raw, dict):
-        raise RulesError(f"rules[{index}]: must be a mapping with id, type, severity and parameters")
-    where = f"rule {raw.get('id', f'#{index}')!s}"
-    for key in ("id", "type"):
-        if not isinstance(raw.get(key), str) or not raw.get(key):
-            raise RulesError(f"{where}: `{key}` is required and must be a string")
-    rule_type_ = raw["type"]
-    if rule_type_ not in RULE_TYPES:
-        raise RulesError(f"{where}: unknown type {rule_type_!r}; use one of {', '.join(RULE_TYPES)}")
-    severity = raw.get("severity", "high")
-    if severity not in SEVERITIES:
-        raise RulesError(f"{where}: severity {severity!r} must be low, medium or high")
+def judge(ruleset: RuleSet, event: Event, agg: Sequence[Any] | None, score: float | None,
+          lists: Mapping[str, Container[str]]) -> Judgement:
+    """Every rule that fires on `event`, judged against the aggregates before it (`agg` None: the rules that read
+    state are skipped); a rule that fails on this event is named in `errors` and does not fire."""
+    hits: list[RuleHit] = []
+    shadow_hits: list[RuleHit] = []
+    errors: list[str] = []
+    for rule in ruleset.rules:
+        if agg is None and rule.reads_state:
+            continue
+        try:
+            fired = rule.when(event, agg, score, lists)
+        except EvalError:
+            errors.append(rule.id)
+            continue
+        if fired:
+            hit = RuleHit(rule.id, rule.action, detail(rule.when, event, agg, score, lists))
+            (hits if rule.mode == "live" else shadow_hits).append(hit)
+    return Judgement(hits, shadow_hits, errors)
+
+
+def detail(when: Compiled, event: Event, agg: Sequence[Any] | None, score: float | None,
+           lists: Mapping[str, Container[str]]) -> str:
+    """The values that made a rule fire, e.g. `agg.payments_5m=9, event.amount=12.5`."""
+    parts = []
+    for name in when.references:
+        if name.startswith("lists."):
+            continue
+        try:
+            value = when.value_of(name, event, agg, score, lists)
+        except EvalError:
+            continue
+        parts.append(f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}")
+    return ", ".join(parts)
+
+
+def decide(model_action: str | None, hits: Sequence[RuleHit], precedence: Sequence[str]) -> tuple[str, list[str]]:
+    """The action and what chose it: the first action in `precedence` that the model's band (`model`) or a live
+    rule asked for, with the ids that asked for it (the model first); `allow` with no reasons when none did."""
+    for action in precedence:
+        chosen = ([MODEL_RULE] if model_action == action else []) + [h.id for h in hits if h.action == action]
+        if chosen:
+            return action, chosen
+    return "allow", []
+
+
+def model_action(bands: ScoreBands, is_outlier: bool, risk_score: float | None) -> str | None:
+    """The action the model's score band asks for, or None."""
+    if risk_score is not None and bands.block_above is not None and risk_score > bands.block_above:
+        return "block"
+    above = is_outlier if bands.review_above == THRESHOLD else (risk_score is not None
+                                                                and risk_score > bands.review_above)
+    return "review" if above else None
+
+
+# ---- the file -------------------------------------------------------------------------------------------------
+class _Located(dict):
+    """A YAML mapping that knows the line of each of its keys (for errors)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+    value_columns: dict[str, tuple[int, int, bool]]  # key -> (line, column) of a plain one-line value, and plain?
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> _Located:
+    located = _Located(loader.construct_mapping(node, deep=True))
+    located.line = node.start_mark.line + 1
+    located.key_lines = {}
+    located.value_columns = {}
+    for key, value in node.value:
+        if isinstance(key.value, str):
+            located.key_lines[key.value] = key.start_mark.line + 1
+            located.value_columns[key.value] = (value.start_mark.line + 1, value.start_mark.column + 1,
+                                                isinstance(value, yaml.ScalarNode) and value.style is None)
+    return located
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _line(mapping: Any, key: str | None = None) -> str:
+    if not isinstance(mapping, _Located):
+        return ""
+    return f"line {mapping.key_lines.get(key, mapping.line) if key else mapping.line}: "
+
+
+def _refuse_unknown(mapping: Mapping, allowed: set[str], where: str) -> None:
+    unknown = sorted(str(key) for key in mapping if key not in allowed)
+    if unknown:
+        raise RulesError(f"{_line(mapping, unknown[0])}{where}: unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _choice(mapping: Mapping, key: str, choices: Sequence[str], default: str | None, where: str) -> str | None:
+    value = mapping.get(key, default)
+    if value is not None and value not in choices:
+        raise RulesError(f"{_line(mapping, key)}{where}: {key} {value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def _band(mapping: Mapping, key: str, default: float | str | None) -> float | str | None:
+    value = mapping.get(key, default)
+    if value is None or value == THRESHOLD:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise RulesError(f"{_line(mapping, key)}model.{key}: {value!r} must be a risk score from 0 to 100"
+                         f"{' or `threshold`' if key == 'review_above' else ''}")
+    return float(value)
+
+
+def _parse_bands(raw: Any) -> ScoreBands:
+    if raw is None:
+        return ScoreBands()
+    if not isinstance(raw, Mapping):
+        raise RulesError(f"{_line(raw)}model: must be a mapping with review_above and block_above")
+    _refuse_unknown(raw, _MODEL_KEYS, "model")
+    review, block = _band(raw, "review_above", THRESHOLD), _band(raw, "block_above", None)
+    if isinstance(review, float) and block is not None and block < review:
+        raise RulesError(f"{_line(raw, 'block_above')}model.block_above ({block:g}) is below review_above "
+                         f"({review:g})")
+    return ScoreBands(review, block)
+
+
+def _parse_precedence(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_PRECEDENCE
+    if not isinstance(raw, list) or sorted(map(str, raw)) != sorted(ACTIONS):
+        raise RulesError(f"precedence: {raw!r} must list allow, review and block once each, the winning action "
+                         "first (default: [allow, block, review])")
+    return tuple(raw)
+
+
+def _parse_lists(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise RulesError(f"{_line(raw)}lists: must be a mapping of list name -> {{description: ...}}")
+    lists = {}
+    for name, spec in raw.items():
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, Mapping):
+            raise RulesError(f"{_line(raw, name)}list {name}: must be a mapping (description)")
+        _refuse_unknown(spec, _LIST_KEYS, f"list {name}")
+        lists[str(name)] = str(spec.get("description", ""))
+    return lists
+
+
+def _parse_rule(index: int, raw: Any, declarations: Declarations) -> Rule | None:
+    if not isinstance(raw, Mapping):
+        raise RulesError(f"{_line(raw)}rules[{index}]: must be a mapping with id, when and action")
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not rule_id.strip():
+        raise RulesError(f"{_line(raw, 'id')}rules[{index}]: `id` is required and must be a string")
+    where = f"rule {rule_id}"
+    _refuse_unknown(raw, _RULE_KEYS, where)
+    when = raw.get("when")
+    if not isinstance(when, str) or not when.strip():
+        raise RulesError(f"{_line(raw, 'when')}{where}: `when` is required: a CEL expression (docs/rules.md)")
+    if "action" not in raw:
+        raise RulesError(f"{_line(raw)}{where}: `action` is required: allow, review or block")
+    action = _choice(raw, "action", ACTIONS, None, where)
+    mode = _choice(raw, "mode", MODES, "live", where)
+    severity = _choice(raw, "severity", SEVERITIES, None, where)
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise RulesError(f"{where}: enabled must be true or false")
-    model = RULE_TYPES[rule_type_].params
-    unknown = set(raw) - set(model.model_fields) - _RULE_KEYS
-    if unknown:
-        raise RulesError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for type {rule_type_}")
+        raise RulesError(f"{_line(raw, 'enabled')}{where}: enabled must be true or false")
     try:
-        params = model.model_validate({k: v for k, v in raw.items() if k not in _RULE_KEYS})
-    except ValidationError as exc:
-        raise RulesError(f"{where}: {_param_problem(exc, rule_type_)}") from None
-    return Rule(raw["id"], rule_type_, severity, enabled, params)
+        compiled = compile_expression(when, declarations)
+    except ExpressionError as exc:
+        raise RulesError(f"{_expression_line(raw, exc)}{where}: when: {exc}") from None
+    if not enabled:
+        return None
+    return Rule(rule_id, compiled, action, mode, severity, str(raw.get("description", "")))
 
 
-def _param_problem(exc: ValidationError, rule_type_: str) -> str:
-    error = exc.errors()[0]
-    name = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "missing":
-        return f"parameter `{name}` is required for type {rule_type_}"
-    if error["type"] in ("int_type", "int_from_float"):
-        return f"`{name}` must be a whole number"
-    if error["type"] in ("greater_than_equal", "finite_number"):
-        return f"`{name}` must be a finite number >= 0"
-    return f"`{name}`: {error['msg'].removeprefix('Value error, ')}"
+def _expression_line(raw: Any, exc: ExpressionError) -> str:
+    """The file line of an expression error, when `when` is a plain scalar (else the key's line)."""
+    if not isinstance(raw, _Located) or "when" not in raw.value_columns:
+        return _line(raw, "when")
+    line, _, plain = raw.value_columns["when"]
+    return f"line {line + exc.line - 1 if plain else raw.key_lines['when']}: "
 
 
 def parse_rules(data: Any) -> RuleSet:
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
-        raise RulesError("rules file must be a mapping with a `rules:` list")
-    flag_severity = data.get("flag_severity", "high")
-    if flag_severity not in SEVERITIES:
-        raise RulesError(f"flag_severity {flag_severity!r} must be low, medium or high")
-    rules = tuple(_parse_rule(i, raw) for i, raw in enumerate(data["rules"]))
-    ids = [rule.id for rule in rules]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    """A rule set from the parsed YAML; raises `RulesError` naming the line, the rule and what to fix."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("rules"), list):
+        raise RulesError("the rules file must be a mapping with a `rules:` list (docs/rules.md)")
+    _refuse_unknown(data, _TOP_KEYS, "rules file")
+    aggregates = parse_aggregates(data.get("aggregates") or {})
+    lists = _parse_lists(data.get("lists"))
+    declarations = Declarations(tuple((a.name, aggregate_type(a.kind)) for a in aggregates), frozenset(lists))
+    rules = [_parse_rule(i, raw, declarations) for i, raw in enumerate(data["rules"])]
+    ids = [raw.get("id") for raw in data["rules"]]
+    duplicates = sorted({str(i) for i in ids if ids.count(i) > 1})
     if duplicates:
         raise RulesError(f"duplicate rule id(s): {', '.join(duplicates)}; each rule needs its own id")
-    ttl = data.get("state", {}).get("history_ttl", "30d") if isinstance(data.get("state"), dict) else "30d"
-    return RuleSet(rules, flag_severity, parse_duration_ms(ttl, "state.history_ttl"))
+    return RuleSet(tuple(rule for rule in rules if rule is not None), aggregates, lists,
+                   _parse_precedence(data.get("precedence")), _parse_bands(data.get("model")))
 
 
 def load_rules(path: str | Path) -> RuleSet:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader that records lines)
     except FileNotFoundError:
         raise RulesError(f"rules file {path} does not exist") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RulesError(f"rules file {path} is not valid YAML: {exc}") from None
     try:
         return parse_rules(data)
     except RulesError as exc:
         raise RulesError(f"{path}: {exc}") from None
-
-
-def evaluate(ruleset: RuleSet, event: Event, state: AccountState | None) -> list[RuleHit]:
-    """Every enabled rule that fires on `event`, judged against the state before it."""
-    hits = []
-    for rule in ruleset.enabled:
-        spec = RULE_TYPES[rule.type]
-        if spec.stateful and state is None:
-            continue
-        detail = spec.check(rule.params, event, state)
-        if detail is not None:
-            hits.append(RuleHit(rule.id, rule.type, rule.severity, detail))
-    return hits

@@ -100,6 +100,23 @@ class OnnxModel:
         return Prediction(scores > self.threshold, scores, errors)
 
     @cached_property
+    def _risk_knots(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The card's normal validation scores at each level (percent), each score's first level only."""
+        percentiles = self.card.score_percentiles
+        if percentiles is None:
+            return None
+        scores, first = np.unique(np.asarray(percentiles.scores, dtype=np.float64), return_index=True)
+        return scores, np.asarray(percentiles.levels, dtype=np.float64)[first]
+
+    def risk_scores(self, scores: np.ndarray) -> np.ndarray | None:
+        """The risk score 0-100 of each score: the share (percent) of the normal validation rows that scored lower,
+        interpolated between the card's percentiles; None when the card has none (trained by an older version)."""
+        knots = self._risk_knots
+        if knots is None:
+            return None
+        return np.round(np.interp(scores, knots[0], knots[1], left=0.0, right=100.0), 3)
+
+    @cached_property
     def fields(self) -> dict[str, FieldCard]:
         """The fields explanations name (from the card; derived from the feature names for an older card)."""
         if self.card.explanation is not None:

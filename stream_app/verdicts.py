@@ -1,5 +1,6 @@
 """Analysts' verdicts, counted against what the worker decided: `fraud_verdicts_total{decision, verdict}` gives
-the confirmed precision of flags and the frauds that were passed. A malformed verdict, or one about a transaction
+the confirmed precision of flags and the frauds that were passed, `fraud_rule_verdicts_total{rule, verdict}` each
+live rule's confirmed precision. A malformed verdict, or one about a transaction
 the worker has no recent decision on, is a dead letter with the reason."""
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def count_verdicts(messages: Sequence[RawMessage], store: StateStore, metrics: W
     for message in messages:
         try:
             verdict = parse_verdict(message.value, int(received_s * 1000))
-            decision = store.recall(verdict.transaction_id)
-            if decision is None:
+            remembered = store.recall(verdict.transaction_id)
+            if remembered is None:
                 raise InvalidEvent(f"transaction_id: no decision on {verdict.transaction_id!r} within the verdict "
                                    "window (worker.verdict_window_s): unknown id, or decided too long ago")
         except InvalidEvent as exc:
@@ -33,5 +34,8 @@ def count_verdicts(messages: Sequence[RawMessage], store: StateStore, metrics: W
             continue
         except StateUnavailable:
             raise
+        decision, _, rules = remembered.partition("|")
         metrics.verdicts.labels(decision, verdict.label).inc()
+        for rule in filter(None, rules.split(",")):
+            metrics.rule_verdicts.labels(rule, verdict.label).inc()
     return letters

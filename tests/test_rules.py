@@ -1,13 +1,25 @@
-"""Rules: parsing `config/rules.yaml` with clear errors, and each rule type firing only where it should."""
+"""Rules: the file's refusals (with line and rule), actions and precedence, score bands, shadow rules, rule
+errors, and the rules that read state skipped when the state is unavailable."""
 
 from __future__ import annotations
+
+import textwrap
 
 import pytest
 
 from fraudmon.core.errors import RulesError
 from fraudmon.core.events import event_from_dict
-from stream_app.decision import decide
-from stream_app.rules import SEVERITIES, AccountState, evaluate, load_rules, parse_rules
+from stream_app.rules import (
+    DEFAULT_PRECEDENCE,
+    THRESHOLD,
+    RuleHit,
+    ScoreBands,
+    decide,
+    judge,
+    load_rules,
+    model_action,
+    parse_rules,
+)
 from tests.conftest import PROJECT_ROOT
 
 T0 = 1_763_800_000_000
@@ -18,111 +30,126 @@ def event(amount: float = 50.0, **fields):
                             "country": "DE", "ip": "10.0.0.1", **fields})
 
 
-def one(rule: dict):
-    return parse_rules({"rules": [{"id": "r", **rule}]})
+def load_text(tmp_path, text: str):
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_rules(path)
 
 
-def hit_ids(rules, ev, state):
-    return [hit.id for hit in evaluate(rules, ev, state)]
-
-
-def test_shipped_rules_file_has_every_type():
+def test_shipped_rules_file_loads_with_every_action_and_a_shadow_rule():
     rules = load_rules(PROJECT_ROOT / "config" / "rules.yaml")
-    assert {r.type for r in rules.rules} == {"velocity", "new_country", "ip_fanout", "new_counterparty_amount",
-                                             "new_account_amount", "amount_zscore", "amount_over",
-                                             "duplicate_transaction_id"}
-    assert all(r.enabled and r.severity in SEVERITIES for r in rules.rules)
+    assert {rule.action for rule in rules.rules} == {"allow", "review", "block"}
+    assert [rule.id for rule in rules.rules if rule.mode == "shadow"] == ["new_country"]
+    assert rules.precedence == DEFAULT_PRECEDENCE
+    assert rules.bands.review_above == THRESHOLD and rules.bands.block_above == 99.99
+    assert {"blocked_ips", "trusted_accounts"} <= set(rules.lists)
 
 
-@pytest.mark.parametrize(("rule", "message"), [
-    ({"type": "teleport"}, "unknown type 'teleport'"),
-    ({"type": "velocity", "window": "60s"}, "`max_count` is required"),
-    ({"type": "velocity", "max_count": 3, "window": "sixty"}, "not a duration"),
-    ({"type": "velocity", "max_count": 2.5, "window": "60s"}, "whole number"),
-    ({"type": "amount_over", "limit": -1}, ">= 0"),
-    ({"type": "amount_over", "limit": 5, "colour": "red"}, "unknown key(s) colour"),
-    ({"type": "amount_over", "limit": 5, "severity": "urgent"}, "severity 'urgent'"),
+@pytest.mark.parametrize(("text", "message"), [
+    ("flag_severty: medium\nrules: []\n", "line 1: rules file: unknown key(s) flag_severty"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: review\n    colour: red\n",
+     "line 5: rule r: unknown key(s) colour"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: flag\n", "rule r: action 'flag' must be one of allow, review, block"),
+    ("rules:\n  - id: r\n    when: 'true'\n", "rule r: `action` is required"),
+    ("rules:\n  - id: r\n    action: block\n", "rule r: `when` is required"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: block\n    mode: dry\n", "mode 'dry' must be one of live, shadow"),
+    ("rules:\n  - id: r\n    when: event.amount > \n    action: block\n", "line 3: rule r: when:"),
+    ("rules:\n  - id: r\n    when: event.colour == 'red'\n    action: block\n", "line 3: rule r: when:"),
+    ("rules:\n  - id: r\n    when: agg.nothing > 3\n    action: block\n", "rule r: when:"),
+    ("rules:\n  - id: r\n    when: event.ip in lists.nowhere\n    action: block\n", "rule r: when:"),
+    ("rules:\n  - id: r\n    when: event.amount + 1\n    action: block\n", "rule r: when:"),
+    ("rules:\n  - {id: r, when: 'true', action: block}\n  - {id: r, when: 'false', action: allow}\n",
+     "duplicate rule id(s): r"),
+    ("precedence: [block, allow]\nrules: []\n", "precedence"),
+    ("model: {review_above: 120}\nrules: []\n", "model.review_above: 120 must be a risk score from 0 to 100"),
+    ("model: {review_above: 99, block_above: 50}\nrules: []\n", "model.block_above (50) is below review_above"),
+    ("model: {review_abov: 99}\nrules: []\n", "model: unknown key(s) review_abov"),
+    ("lists: {blocked: {descr: x}}\nrules: []\n", "list blocked: unknown key(s) descr"),
+    ("aggregates: {n: {kind: median, by: account_id, ttl: 1d}}\nrules: []\n", "aggregate n"),
+    ("rules: [\n", "not valid YAML"),
 ])
-def test_invalid_rules_say_what_to_fix(rule, message):
+def test_a_bad_file_is_refused_with_line_and_rule(tmp_path, text, message):
     with pytest.raises(RulesError) as error:
-        one(rule)
-    assert message in str(error.value)
+        load_text(tmp_path, text)
+    assert message in str(error.value), str(error.value)
 
 
-def test_duplicate_ids_and_missing_list_are_refused(tmp_path):
-    with pytest.raises(RulesError, match="duplicate rule id"):
-        parse_rules({"rules": [{"id": "x", "type": "amount_over", "limit": 1}] * 2})
-    with pytest.raises(RulesError, match="`rules:` list"):
-        parse_rules({"rule": []})
-    broken = tmp_path / "rules.yaml"
-    broken.write_text("rules: [unclosed")
-    with pytest.raises(RulesError, match="not valid YAML"):
-        load_rules(broken)
-    with pytest.raises(RulesError, match="does not exist"):
-        load_rules(tmp_path / "missing.yaml")
+def test_an_expression_error_names_the_line_of_a_folded_expression(tmp_path):
+    with pytest.raises(RulesError) as error:
+        load_text(tmp_path, """\
+            rules:
+              - id: r
+                when: >-
+                  event.amount > 10.0
+                  && event.nope
+                action: review
+            """)
+    assert "line 3: rule r: when:" in str(error.value) and "nope" in str(error.value)
 
 
-def test_velocity_counts_the_event_itself():
-    rules = one({"type": "velocity", "max_count": 3, "window": "60s"})
-    assert hit_ids(rules, event(), AccountState(velocity_counts={60_000: 2})) == []
-    assert hit_ids(rules, event(), AccountState(velocity_counts={60_000: 3})) == ["r"]
+def test_disabled_rules_are_checked_but_not_served(tmp_path):
+    rules = load_text(tmp_path, "rules:\n  - {id: r, when: 'true', action: block, enabled: false}\n")
+    assert rules.rules == ()
+    with pytest.raises(RulesError):
+        load_text(tmp_path, "rules:\n  - {id: r, when: 'event.nope', action: block, enabled: false}\n")
 
 
-def test_new_country_needs_history():
-    rules = one({"type": "new_country", "min_history": 3})
-    unseen = {"country_seen": False, "known_countries": ("FR",)}
-    assert hit_ids(rules, event(), AccountState(prior_count=2, **unseen)) == []
-    hits = evaluate(rules, event(), AccountState(prior_count=3, **unseen))
-    assert [h.id for h in hits] == ["r"] and "DE" in hits[0].detail and "FR" in hits[0].detail
-    assert hit_ids(rules, event(), AccountState(prior_count=30)) == []
+@pytest.mark.parametrize(("precedence", "model", "hits", "expected"), [
+    (DEFAULT_PRECEDENCE, None, [], ("allow", [])),
+    (DEFAULT_PRECEDENCE, "review", [], ("review", ["model"])),
+    (DEFAULT_PRECEDENCE, "review", [("big", "review")], ("review", ["model", "big"])),
+    (DEFAULT_PRECEDENCE, "review", [("ip", "block")], ("block", ["ip"])),
+    (DEFAULT_PRECEDENCE, "block", [("ip", "block"), ("trusted", "allow")], ("allow", ["trusted"])),
+    (("block", "allow", "review"), "review", [("ip", "block"), ("trusted", "allow")], ("block", ["ip"])),
+    (("block", "allow", "review"), "review", [("trusted", "allow")], ("allow", ["trusted"])),
+    (("block", "review", "allow"), "review", [("trusted", "allow")], ("review", ["model"])),
+])
+def test_precedence_picks_the_first_action_asked_for(precedence, model, hits, expected):
+    assert decide(model, [RuleHit(rule, action, "") for rule, action in hits], precedence) == expected
 
 
-def test_ip_fanout_and_new_counterparty():
-    fanout = one({"type": "ip_fanout", "max_accounts": 3, "window": "10m"})
-    assert hit_ids(fanout, event(), AccountState(fanout_counts={600_000: 3})) == []
-    assert hit_ids(fanout, event(), AccountState(fanout_counts={600_000: 4})) == ["r"]
-    assert hit_ids(fanout, event(ip=None), AccountState(fanout_counts={600_000: 4})) == []
-    cp = one({"type": "new_counterparty_amount", "min_amount": 1000})
-    new = AccountState(counterparty_seen=False)
-    assert hit_ids(cp, event(1000, counterparty_id="c"), new) == ["r"]
-    assert hit_ids(cp, event(999, counterparty_id="c"), new) == []
-    assert hit_ids(cp, event(5000, counterparty_id="c"), AccountState()) == []
+@pytest.mark.parametrize(("bands", "outlier", "risk", "expected"), [
+    (ScoreBands(), False, 99.0, None),
+    (ScoreBands(), True, 99.0, "review"),
+    (ScoreBands(THRESHOLD, 99.9), True, 99.95, "block"),
+    (ScoreBands(THRESHOLD, 99.9), False, 99.95, "block"),
+    (ScoreBands(90.0, 99.9), False, 95.0, "review"),
+    (ScoreBands(90.0, 99.9), True, 90.0, None),  # a band is "strictly above"
+    (ScoreBands(90.0, None), True, None, None),  # no risk score: no numeric band applies
+])
+def test_score_bands(bands, outlier, risk, expected):
+    assert model_action(bands, outlier, risk) == expected
 
 
-def test_amount_rules():
-    zscore = one({"type": "amount_zscore", "z": 4, "min_history": 5})
-    habit = AccountState(amount_count=10, amount_mean=50.0, amount_std=10.0)
-    assert hit_ids(zscore, event(89), habit) == []
-    assert hit_ids(zscore, event(91), habit) == ["r"]
-    assert hit_ids(zscore, event(1000), AccountState(amount_count=4, amount_mean=50.0, amount_std=10.0)) == []
-    over = one({"type": "amount_over", "limit": 100})
-    assert hit_ids(over, event(100), None) == [] and hit_ids(over, event(100.01), None) == ["r"]
+def test_judge_reports_live_and_shadow_hits_errors_and_skips_state_rules(tmp_path):
+    rules = load_text(tmp_path, """\
+        lists: {blocked_ips: {}}
+        aggregates:
+          n: {kind: count, by: account_id, window: 5m}
+        rules:
+          - {id: big, when: event.amount > 100, action: review}
+          - {id: busy, when: agg.n > 2, action: review}
+          - {id: blocked, when: event.ip in lists.blocked_ips, action: block}
+          - {id: risky, when: score > 50.0, action: review, mode: shadow}
+          - {id: v1, when: 'event.features["V1"] > 3.0', action: review}
+        """)
+    lists = {"blocked_ips": {"10.0.0.1"}}
+    verdict = judge(rules, event(500.0), (3,), 60.0, lists)
+    assert [(h.id, h.action) for h in verdict.hits] == [("big", "review"), ("busy", "review"), ("blocked", "block")]
+    assert [h.id for h in verdict.shadow_hits] == ["risky"]
+    assert verdict.errors == ["v1"]  # the event has no feature V1
+    assert "event.amount=500" in verdict.hits[0].detail and "agg.n=3" in verdict.hits[1].detail
+    unavailable = judge(rules, event(500.0), None, None, {"blocked_ips": set()})
+    assert [h.id for h in unavailable.hits] == ["big"]
+    assert unavailable.errors == ["risky", "v1"]  # no risk score; no feature
+    assert decide(None, verdict.hits, rules.precedence) == ("block", ["blocked"])
 
 
-def test_new_account_amount_uses_the_event_time():
-    rules = one({"type": "new_account_amount", "max_age": "1d", "min_amount": 500})
-    young = "2025-11-21T12:00:00Z"  # T0 is 2025-11-22T08:26:40Z
-    assert hit_ids(rules, event(600, account_created_at=young), None) == ["r"]
-    assert hit_ids(rules, event(400, account_created_at=young), None) == []
-    assert hit_ids(rules, event(600, account_created_at="2025-01-01T00:00:00Z"), None) == []
-
-
-def test_without_state_only_stateless_rules_run():
-    rules = parse_rules({"rules": [
-        {"id": "v", "type": "velocity", "max_count": 0, "window": "1m"},
-        {"id": "o", "type": "amount_over", "limit": 10},
-    ]})
-    assert hit_ids(rules, event(50), None) == ["o"]
-    assert hit_ids(rules, event(50), AccountState(velocity_counts={60_000: 1})) == ["v", "o"]
-
-
-def test_flag_severity_policy_and_disabled_rules():
-    rules = parse_rules({"flag_severity": "high", "rules": [
-        {"id": "low", "type": "amount_over", "limit": 10, "severity": "medium"},
-        {"id": "off", "type": "amount_over", "limit": 10, "enabled": False},
-    ]})
-    hits = evaluate(rules, event(50), None)
-    assert [h.id for h in hits] == ["low"] and decide(False, hits, rules.flag_severity) == ("pass", [])
-    strict = parse_rules({"flag_severity": "medium", "rules": [
-        {"id": "low", "type": "amount_over", "limit": 10, "severity": "medium"}]})
-    assert decide(False, evaluate(strict, event(50), None), strict.flag_severity) == ("flag", ["low"])
+def test_an_event_without_a_field_reads_it_as_empty_and_has_tells(tmp_path):
+    rules = load_text(tmp_path, """\
+        rules:
+          - {id: no_ip, when: '!has(event.ip)', action: review}
+          - {id: empty, when: event.device_id == "", action: review}
+        """)
+    assert [h.id for h in judge(rules, event(ip=None), (), None, {}).hits] == ["no_ip", "empty"]
+    assert [h.id for h in judge(rules, event(device_id="d"), (), None, {}).hits] == []
