@@ -145,14 +145,14 @@ def test_events_without_the_models_features_skip_only_the_model(monkeypatch):
 
 
 def test_a_bug_on_one_record_dead_letters_that_record_only(monkeypatch):
-    real = engine_module.evaluate
+    real = engine_module.judge
 
-    def evaluate(rules, event, state):
+    def judge(rules, event, *args):
         if event.transaction_id == "tx-3":
             raise ZeroDivisionError("bug")
-        return real(rules, event, state)
+        return real(rules, event, *args)
 
-    monkeypatch.setattr(engine_module, "evaluate", evaluate)
+    monkeypatch.setattr(engine_module, "judge", judge)
     metrics = WorkerMetrics()
     outcome = engine_with(InMemoryStateStore(), metrics=metrics).process([message(i) for i in range(8)])
     assert sorted(d["transaction_id"] for d in outcome.decisions) == [f"tx-{i}" for i in range(8) if i != 3]

@@ -18,8 +18,8 @@ from tests.conftest import PROJECT_ROOT
 
 from .test_worker import collect, metric_value, produce
 
-RULES = "rules:\n  - {id: big, type: amount_over, limit: 1000}\n"
-STRICTER = "rules:\n  - {id: big, type: amount_over, limit: 1000}\n  - {id: any, type: amount_over, limit: 1}\n"
+RULES = "rules:\n  - {id: big, when: event.amount > 1000, action: review}\n"
+STRICTER = RULES + "  - {id: any, when: event.amount > 1, action: review}\n"
 
 
 def touch_later(path) -> None:
@@ -64,10 +64,10 @@ def test_valid_rules_are_swapped_in(reloader, artifacts):
 
 
 def test_invalid_rules_are_refused_and_the_old_ones_keep_serving(reloader, artifacts):
-    (artifacts / "rules.yaml").write_text("rules:\n  - {id: x, type: amount_over}\n")
+    (artifacts / "rules.yaml").write_text("rules:\n  - {id: x, when: event.amount > 'a lot', action: review}\n")
     touch_later(artifacts / "rules.yaml")
     [outcome] = reloader.check()
-    assert outcome.startswith("rules: refused") and "`limit` is required" in outcome
+    assert outcome.startswith("rules: refused") and "line 2: rule x: when:" in outcome
     assert [h["id"] for h in decide(reloader.engine, 5000)["rules"]] == ["big"]
     assert reloader.engine.metrics.reloads.labels("rules", "refused")._value.get() == 1
 

@@ -23,15 +23,32 @@ from .conftest import free_port
 pytestmark = pytest.mark.integration
 
 TEST_RULES = """
-flag_severity: high
+aggregates:
+  n_60s: {kind: count, by: account_id, window: 60s}
+  history: {kind: count, by: account_id, ttl: 30d}
+  country_seen: {kind: seen, by: account_id, of: country, ttl: 30d}
+  accounts_on_ip: {kind: count_distinct, by: ip, of: account_id, window: 10m}
+  account_on_ip: {kind: seen, by: ip, of: account_id, window: 10m}
+  counterparty_seen: {kind: seen, by: account_id, of: counterparty_id, ttl: 30d}
+  mean: {kind: mean, by: account_id, of: amount, ttl: 30d}
+  std: {kind: std, by: account_id, of: amount, ttl: 30d}
+lists:
+  blocked_ips: {}
 rules:
-  - {id: velocity, type: velocity, enabled: true, severity: high, max_count: 10, window: 60s}
-  - {id: new_country, type: new_country, enabled: true, severity: high, min_history: 3}
-  - {id: ip_fanout, type: ip_fanout, enabled: true, severity: high, max_accounts: 8, window: 10m}
-  - {id: new_counterparty_amount, type: new_counterparty_amount, enabled: true, severity: high, min_amount: 1000}
-  - {id: new_account_amount, type: new_account_amount, enabled: true, severity: high, max_age: 1d, min_amount: 500}
-  - {id: amount_zscore, type: amount_zscore, enabled: true, severity: medium, z: 6, min_history: 5}
-  - {id: amount_over, type: amount_over, enabled: true, severity: high, limit: 10000}
+  - {id: velocity, when: "agg.n_60s + 1 > 10", action: review}
+  - {id: new_country, when: "has(event.country) && !agg.country_seen && agg.history >= 3", action: review}
+  - {id: ip_fanout, when: "has(event.ip) && agg.accounts_on_ip + (agg.account_on_ip ? 0 : 1) > 8", action: review}
+  - {id: new_counterparty_amount, when: "has(event.counterparty_id) && !agg.counterparty_seen && event.amount >= 1000",
+     action: review}
+  - id: new_account_amount
+    when: 'has(event.account_created_at) && event.amount >= 500 && event.timestamp - event.account_created_at < duration("24h")'
+    action: review
+  - id: amount_zscore
+    when: "agg.history >= 5 && event.amount - agg.mean > 6.0 * math.greatest(agg.std, 0.000001 + 0.01 * agg.mean)"
+    action: review
+    mode: shadow
+  - {id: amount_over, when: "event.amount > 10000", action: review}
+  - {id: blocked_ip, when: "event.ip in lists.blocked_ips", action: block}
 """
 
 MALFORMED = [b"not json", b"[]", b'{"transaction_id": "m1"}', b'{"transaction_id":"m2","account_id":"a",'
@@ -154,10 +171,15 @@ def test_stream_decisions_dead_letters_rules_and_metrics(kafka_bootstrap, worker
 
     for rule_id, tx_ids in traffic.expected.items():
         for tx in tx_ids:
-            hits = {hit["id"] for hit in by_tx[tx]["rules"]}
+            hits = {hit["id"] for hit in by_tx[tx]["rules"] + by_tx[tx]["shadow_rules"]}
             assert rule_id in hits, f"{rule_id} should fire on {tx}: {by_tx[tx]}"
+    shadowed = [by_tx[tx] for tx in traffic.expected["amount_zscore"]]
+    assert all("amount_zscore" not in d["reasons"] + [h["id"] for h in d["rules"]] for d in shadowed), \
+        "a shadow rule is reported, never acted on"
     normal = [d for d in decisions if d["account_id"].startswith("acc-normal")]
-    assert normal and not [d for d in normal if d["rules"]], "no rule fires on plain normal traffic"
+    assert normal and not [d for d in normal if d["rules"] or d["shadow_rules"]], \
+        "no rule fires on plain normal traffic"
+    assert all(d["action"] == ("allow" if d["decision"] == "pass" else "review") for d in decisions)
     flagged = collect(kafka_bootstrap, worker_topics["flagged"], 1, timeout_s=10)
     assert {d["transaction_id"] for d in flagged} == {tx for tx, d in by_tx.items() if d["decision"] == "flag"}
 
@@ -270,7 +292,7 @@ def test_two_workers_split_partitions_and_decide_each_event_once(
     [
         ("FRAUDMON_MODEL", None, "does not exist"),
         ("FRAUDMON_MODEL", b"this is not an onnx graph", "onnx"),
-        ("FRAUDMON_RULES", b"rules: [{id: x, type: teleport}]", "teleport"),
+        ("FRAUDMON_RULES", b"rules: [{id: x, when: 'event.teleport', action: block}]", "teleport"),
     ],
 )
 def test_startup_refuses_bad_model_or_rules_with_a_message(tmp_path, settings, env_name, content, message):
