@@ -147,7 +147,9 @@ def test_series_the_alerts_rely_on_exist_from_start() -> None:
     text = generate_latest(module.WorkerMetrics().registry).decode()
     for series in (
         'fraud_events_total{outcome="dead_letter"}', 'fraud_events_total{outcome="scored"}',
-        'fraud_decisions_total{decision="flag"}', 'fraud_decisions_total{decision="pass"}',
+        'fraud_decisions_total{action="review",decision="flag"}',
+        'fraud_decisions_total{action="block",decision="flag"}',
+        'fraud_decisions_total{action="allow",decision="pass"}',
         'fraud_reloads_total{artifact="model",result="refused"}',
         'fraud_reloads_total{artifact="rules",result="refused"}',
         'fraud_degraded_total{cause="redis_unavailable"}', "fraud_latency_budget_exceeded_total ",
@@ -271,6 +273,7 @@ def test_dashboard_is_provisioned_with_fixed_uids() -> None:
 def test_dashboard_covers_the_required_views() -> None:
     used = {n for q in panel_queries() for n in metric_names(q.expr)}
     for name in ("fraud_events_total", "fraud_decisions_total", "fraud_rule_hits_total", "fraud_model_flags_total",
+                 "fraud_shadow_rule_hits_total", "fraud_rule_errors_total", "fraud_rule_verdicts_total",
                  "fraud_end_to_end_seconds_bucket", "fraud_processing_seconds_bucket",
                  "fraud_latency_budget_exceeded_total", "fraud_degraded_total", "fraud_model_info",
                  "fraud_model_score_bucket", "fraud_consumer_lag"):
@@ -278,6 +281,51 @@ def test_dashboard_covers_the_required_views() -> None:
     heatmaps = [p for p in load_dashboard()["panels"] if p["type"] == "heatmap"]
     assert any("fraud_model_score_bucket" in t["expr"] and t.get("format") == "heatmap"
                for p in heatmaps for t in p["targets"])
+
+
+def _panel(title: str) -> list[str]:
+    """The queries of the dashboard panel titled `title`."""
+    queries = [q.expr for q in panel_queries() if q.panel == title]
+    assert queries, f"no panel {title!r}"
+    return queries
+
+
+def _grouping(expr: str) -> list[set[str]]:
+    return [{label.strip() for label in labels.split(",")} for labels in re.findall(r"\bby \(([^)]*)\)", expr)]
+
+
+def test_dashboard_shows_decisions_by_action_and_rules_by_rule_and_action() -> None:
+    """Decisions by action; live and shadow rule hits by rule and action; rule errors by rule."""
+    for title, metric, labels in [
+        ("Decisions/s by action", "fraud_decisions_total", {"action"}),
+        ("Rule hits/s by rule and action (live)", "fraud_rule_hits_total", {"rule", "action"}),
+        ("Shadow rule hits/s by rule and action", "fraud_shadow_rule_hits_total", {"rule", "action"}),
+        ("Rule errors/s by rule", "fraud_rule_errors_total", {"rule"}),
+        ("Rule hits by rule and action (last 1h)", "fraud_rule_hits_total", {"rule", "action"}),
+    ]:
+        (expr,) = _panel(title)
+        assert metric_names(expr) == {metric} and _grouping(expr) == [labels], (title, expr)
+
+
+def test_per_rule_confirmed_precision_is_fraud_over_all_verdicts_of_each_rule() -> None:
+    """The panel divides each rule's fraud verdicts by all its verdicts (a rule with only legit ones reads 0), and
+    shows how many verdicts that rests on; promtool checks the numbers (monitoring/tests/rules.yml)."""
+    precision, count = _panel("Confirmed precision per rule (analyst verdicts, last 7d)")
+    assert metric_names(precision) == metric_names(count) == {"fraud_rule_verdicts_total"}
+    assert all(by == {"rule"} for by in _grouping(precision)) and _grouping(count) == [{"rule"}]
+    assert 'verdict="fraud"' in precision and " or 0 * " in precision and 'verdict="fraud"' not in count
+    tested = {case["expr"] for path in RULE_TEST_PATHS for test in yaml.safe_load(path.read_text())["tests"]
+              for case in test.get("promql_expr_test", [])}
+    assert render(precision, instance="w1:8000") in tested, "monitoring/tests/rules.yml tests the panel's query"
+
+
+def test_the_rules_row_panels_are_tested_by_promtool() -> None:
+    """The rate panels of decisions by action, shadow hits and rule errors, as promtool evaluates them."""
+    tested = {case["expr"] for path in RULE_TEST_PATHS for test in yaml.safe_load(path.read_text())["tests"]
+              for case in test.get("promql_expr_test", [])}
+    for title in ("Decisions/s by action", "Shadow rule hits/s by rule and action", "Rule errors/s by rule"):
+        (expr,) = _panel(title)
+        assert render(expr, rate_interval="5m", instance="w1:8000") in tested, title
 
 
 def test_dashboard_variables_pick_the_prometheus_and_the_workers() -> None:

@@ -8,6 +8,10 @@ without errors, every series selector of every rule and panel must match a real 
 must be on the worker's own /metrics. An alert is made to fire for real (a refused rules reload) so the
 "Firing alerts" panel has something to show.
 
+The worker runs the shipped rules plus two probes, so that the rules panels have series: a shadow rule that fires
+often and a rule that fails on ATM withdrawals (they carry no feature V14). Analysts' verdicts go to flagged
+decisions on which a live rule fired, for the per-rule confirmed precision.
+
 One worker and one 25-second stream serve all tests of this module (about 45 s in all).
 """
 
@@ -29,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from kafka import KafkaConsumer
 
 from fraudmon.core.config import Settings
@@ -56,6 +61,11 @@ pytestmark = pytest.mark.integration
 RATE_INTERVAL = "20s"
 STREAM_S = 25
 MALFORMED = 10
+PROBE_RULES = [
+    {"id": "monitoring_shadow_probe", "when": "event.amount > 20.0", "action": "block", "mode": "shadow"},
+    {"id": "monitoring_error_probe", "when": 'event.channel == "atm" && event.features["V14"] < -10.0',
+     "action": "review"},
+]
 
 
 @dataclass
@@ -108,7 +118,8 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
     topics = {name: f"{name}-{run}" for name in ("transactions", "scores", "flagged", "dead_letter", "verdicts")}
     create_topics(kafka_bootstrap, list(topics.values()), 6)
     rules = home / "rules.yaml"
-    rules.write_text(settings.resolve(settings.worker.rules_path).read_text())
+    shipped = yaml.safe_load(settings.resolve(settings.worker.rules_path).read_text())
+    rules.write_text(yaml.safe_dump({**shipped, "rules": shipped["rules"] + PROBE_RULES}, sort_keys=False))
     group = f"monitoring-live-{run}"
     worker = WorkerProcess(settings, topics, group, worker_metrics_port,
                            {"FRAUDMON_RULES": str(rules), "FRAUDMON_WORKER__METRICS_ADDRESS": "127.0.0.1"},
@@ -131,6 +142,8 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
         wait_for(url, 'ALERTS{alertname="FraudReloadRefused", alertstate="firing"}', 60)
         wait_for(url, "instance:fraud_model_flag_share:rate15m", 30)
         wait_for(url, 'fraud_verdicts_total{decision="flag"} > 0', 60)
+        wait_for(url, "fraud_rule_verdicts_total > 0", 60)
+        wait_for(url, "fraud_rule_errors_total > 0", 30)
         wait_for(url, "fraud_feature_psi", 30)
         yield Live(url, worker, summary, worker.metrics_text())
     finally:
@@ -138,12 +151,15 @@ def live(prometheus_url: str, kafka_bootstrap: str, settings: Settings, worker_m
 
 
 def post_verdicts(settings: Settings, topics: dict[str, str]) -> None:
-    """An analyst confirms the first flag as fraud and calls the second legitimate (`fraudmon label`)."""
+    """An analyst confirms the first flag a live rule fired on as fraud and calls the second legitimate
+    (`fraudmon label`)."""
     consumer = KafkaConsumer(topics["flagged"], bootstrap_servers=settings.kafka.bootstrap_servers,
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    flagged = [json.loads(record.value)["transaction_id"] for _, record in zip(range(2), consumer, strict=False)]
+    decisions = [json.loads(record.value) for record in consumer]
     consumer.close()
-    assert len(flagged) == 2, "the simulated stream holds frauds, so the worker flags some"
+    flagged = [d["transaction_id"] for d in decisions if d["rules"]][:2]
+    assert len(flagged) == 2, (f"the simulated stream holds frauds, so live rules fire on some of the "
+                               f"{len(decisions)} flagged decisions")
     env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
            "FRAUDMON_TOPICS__VERDICTS": topics["verdicts"]}
     for tx, label in zip(flagged, ("--fraud", "--legit"), strict=True):
@@ -157,6 +173,8 @@ def test_verdicts_and_feature_drift_reach_prometheus(live: Live) -> None:
     verdicts = query(live.prometheus_url, 'sum by (verdict) (fraud_verdicts_total{decision="flag"})')
     assert {r["metric"]["verdict"]: float(r["value"][1]) for r in verdicts["data"]["result"]} == \
         {"fraud": 1.0, "legit": 1.0}
+    by_rule = query(live.prometheus_url, "sum by (verdict) (fraud_rule_verdicts_total)")["data"]["result"]
+    assert {r["metric"]["verdict"] for r in by_rule} == {"fraud", "legit"}, "each verdict counts for its rules"
     psi = query(live.prometheus_url, "fraud_feature_psi")["data"]["result"]
     assert {r["metric"]["feature"] for r in psi} >= {"amount_log", "hour_sin"}
 
@@ -248,6 +266,9 @@ def test_panels_show_what_the_stream_did(live: Live) -> None:
 
     assert labels('sum by (outcome) (fraud_events_total) > 0', "outcome") == {"scored", "dead_letter"}
     assert labels("sum by (decision) (fraud_decisions_total) > 0", "decision") == {"flag", "pass"}
+    assert labels("sum by (action) (fraud_decisions_total) > 0", "action") >= {"allow", "review"}
+    assert "monitoring_shadow_probe" in labels("sum by (rule) (fraud_shadow_rule_hits_total) > 0", "rule")
+    assert labels("sum by (rule) (fraud_rule_errors_total) > 0", "rule") == {"monitoring_error_probe"}
     assert labels("sum by (rule) (fraud_rule_hits_total) > 0", "rule"), "the fraud scenarios hit some rule"
     buckets = labels("sum by (le) (fraud_model_score_bucket) > 0", "le")
     assert len(buckets) >= 5, f"the score heatmap needs a spread of buckets: {sorted(buckets)}"
