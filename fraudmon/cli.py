@@ -258,6 +258,7 @@ def bench_command(
 # commands: each line registers one command from the module that owns it.
 from fraudmon.tools.chaos import chaos_command  # noqa: E402
 from fraudmon.tools.label import label_command  # noqa: E402
+from fraudmon.tools.lists import lists_app  # noqa: E402
 from fraudmon.tools.models import models_command, promote_command  # noqa: E402
 from fraudmon.tools.produce import produce_command  # noqa: E402
 from fraudmon.tools.watch import tail_command, topics_command  # noqa: E402
@@ -267,6 +268,7 @@ from training.simulate import simulate_command  # noqa: E402
 app.command("simulate")(simulate_command)
 app.command("chaos")(chaos_command)
 app.command("label")(label_command)
+app.add_typer(lists_app, name="lists")
 app.command("models")(models_command)
 app.command("promote")(promote_command)
 app.command("produce")(produce_command)

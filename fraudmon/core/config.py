@@ -90,6 +90,9 @@ class TopicSettings(_Section):
     scores: str = "transaction-scores"
     dead_letter: str = "transactions-dlq"
     verdicts: str = "transaction-verdicts"  # analysts' verdicts, keyed by transaction id
+    lists: str = "fraud-lists"  # live lists (`fraudmon lists`): compacted, one record per entry, followed by workers
+    lists_audit: str = "fraud-lists-audit"  # every add and remove of a list entry: who, when, what, why
+    lists_audit_retention_days: int | None = Field(None, ge=1)  # None: the audit trail is kept forever
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 

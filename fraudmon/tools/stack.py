@@ -325,11 +325,15 @@ class LocalStack:
         )
 
     def create_topics(self) -> list[str]:
-        """Create the SPEC topics with the configured partitions (existing ones are left as they are)."""
+        """Create the SPEC topics with the configured partitions, and the lists topics (compacted, and its audit
+        trail); existing ones are left as they are."""
+        from stream_app.lists import ensure_lists_topics
+
+        bootstrap = f"127.0.0.1:{self.stack.kafka_port}"
         return create_topics(
-            f"127.0.0.1:{self.stack.kafka_port}", self.settings.topics.all(),
-            self.settings.topics.partitions, self.settings.topics.replication_factor,
-        )
+            bootstrap, self.settings.topics.all(), self.settings.topics.partitions,
+            self.settings.topics.replication_factor,
+        ) + ensure_lists_topics(bootstrap, self.settings.topics)
 
     # ---- down / status -------------------------------------------------------------------------------------
     def down(self, timeout_s: float = 30.0, services: tuple[str, ...] = SERVICES, kill: bool = False) -> list[str]:
