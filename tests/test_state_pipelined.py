@@ -14,16 +14,18 @@ import redis
 
 from fraudmon.core.errors import StateUnavailable
 from fraudmon.core.events import event_from_dict
-from stream_app.rules import parse_rules
+from stream_app.aggregates import parse_aggregates
 from stream_app.state import RedisStateStore
 
 from .conftest import free_port
 
-RULES = parse_rules({"rules": [
-    {"id": "velocity", "type": "velocity", "max_count": 3, "window": "60s"},
-    {"id": "fanout", "type": "ip_fanout", "max_accounts": 2, "window": "10m"},
-    {"id": "country", "type": "new_country", "min_history": 1},
-]})
+AGGS = parse_aggregates({
+    "payments_60s": {"kind": "count", "by": "account_id", "window": "60s"},
+    "accounts_on_ip": {"kind": "count_distinct", "by": "ip", "of": "account_id", "window": "10m"},
+    "country_seen": {"kind": "seen", "by": "account_id", "of": "country", "ttl": "30d"},
+    "payments": {"kind": "count", "by": "account_id", "ttl": "30d"},
+})
+COUNT = 3
 T0 = 1_763_800_000_000
 
 
@@ -62,35 +64,43 @@ def test_answers_as_observe_does(redis_server):
     batches = [[event(f"tx{i}-{j}", account=f"acc{j % 3}", t_s=i * 10 + j, country="DE" if j % 4 else "FR")
                 for j in range(8)] for i in range(4)]
     for batch in batches:
-        assert b.observe_later(RULES, batch).result() == a.observe(RULES, batch)
-    assert b.observe_later(RULES, batches[0]).result() == a.observe(RULES, batches[0])  # redeliveries
+        assert b.observe_later(AGGS, batch).result() == a.observe(AGGS, batch)
+    assert b.observe_later(AGGS, batches[0]).result() == a.observe(AGGS, batches[0])  # redeliveries
+
+
+def test_no_aggregates_are_answered_without_redis(redis_server):
+    _, url = redis_server
+    store = store_on(url)
+    pending = store.observe_later((), [event("x"), event("y")])
+    assert pending.result() == [(), ()] and not store._in_flight
+    pending.cancel()
 
 
 def test_a_dropped_call_leaves_the_pool_usable(redis_server):
     _, url = redis_server
     store = store_on(url)
-    store.observe_later(RULES, [event("dropped")]).cancel()
-    states = store.observe_later(RULES, [event("next", t_s=1)]).result()
-    assert not states[0].replayed and store.client.ping()
+    store.observe_later(AGGS, [event("dropped")]).cancel()
+    states = store.observe_later(AGGS, [event("next", t_s=1)]).result()
+    assert states[0][COUNT] == 1 and store.client.ping()  # the dropped call ran; only its answer was dropped
 
 
 def test_a_flushed_script_is_loaded_again(redis_server):
     _, url = redis_server
     store = store_on(url)
     store.client.script_flush()
-    (state,) = store.observe_later(RULES, [event("after-flush")]).result()
-    assert state.prior_count == 0 and not state.replayed
+    (state,) = store.observe_later(AGGS, [event("after-flush")]).result()
+    assert state == (0, 0, False, 0)
 
 
 def test_redis_gone_is_unavailable(redis_server):
     server, url = redis_server
     store = store_on(url)
-    pending = store.observe_later(RULES, [event("lost")])
+    pending = store.observe_later(AGGS, [event("lost")])
     pending.result()
     server.terminate()
     server.wait(timeout=10)
     with pytest.raises(StateUnavailable):
-        store.observe_later(RULES, [event("gone", t_s=2)]).result()
+        store.observe_later(AGGS, [event("gone", t_s=2)]).result()
 
 
 def test_remembered_decisions_are_recalled_and_their_answer_read_later(redis_server):
@@ -135,20 +145,20 @@ def test_calls_in_flight_share_one_connection_and_are_answered_in_order(redis_se
     _, url = redis_server
     store, reference = store_on(url), store_on(url)
     batches = [[event(f"o{i}-{j}", account=f"acc{j % 2}", t_s=i * 4 + j) for j in range(4)] for i in range(3)]
-    pending = [store.observe_later(RULES, batch) for batch in batches]
+    pending = [store.observe_later(AGGS, batch) for batch in batches]
     assert len({p._connection for p in pending}) == 1
     answers = [p.result() for p in reversed(pending)][::-1]  # a later answer read first keeps the earlier ones
-    assert answers == [reference.observe(RULES, batch) for batch in batches]
-    assert [s.prior_count for s in answers[2]] == [4, 4, 5, 5]
+    assert answers == [reference.observe(AGGS, batch) for batch in batches]
+    assert [s[COUNT] for s in answers[2]] == [4, 4, 5, 5]
     assert len(store.client.connection_pool._in_use_connections) == 0
 
 
 def test_a_dropped_call_keeps_the_ones_sent_after_it(redis_server):
     _, url = redis_server
     store = store_on(url)
-    dropped, kept = store.observe_later(RULES, [event("d")]), store.observe_later(RULES, [event("k", t_s=1)])
+    dropped, kept = store.observe_later(AGGS, [event("d")]), store.observe_later(AGGS, [event("k", t_s=1)])
     dropped.cancel()
-    assert kept.result()[0].prior_count == 1 and store.client.ping()
+    assert kept.result()[0][COUNT] == 1 and store.client.ping()
     assert len(store.client.connection_pool._in_use_connections) == 0
 
 
@@ -157,7 +167,7 @@ def test_an_unanswered_call_fails_the_ones_sent_after_it(redis_server):
     store = RedisStateStore(redis.Redis.from_url(url, socket_timeout=0.2), key_prefix="t-pause:")
     store.connect()
     store.client.execute_command("CLIENT", "PAUSE", 1000, "ALL")
-    first, second = store.observe_later(RULES, [event("first")]), store.observe_later(RULES, [event("second")])
+    first, second = store.observe_later(AGGS, [event("first")]), store.observe_later(AGGS, [event("second")])
     for pending in (first, second):
         with pytest.raises(StateUnavailable):
             pending.result()
