@@ -22,6 +22,7 @@ from fraudmon.core.config import KafkaSettings, load_settings
 from fraudmon.core.errors import FraudMonitorError, StateUnavailable
 from fraudmon.core.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
+from stream_app.lists import ListFollower
 from stream_app.publish import OutputRecord, Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
 from stream_app.transport import App, BatchConsumer, ConsumerThread, transport_options
@@ -56,6 +57,7 @@ except FraudMonitorError as exc:
 
 worker = settings.worker
 topics = settings.topics
+lists = ListFollower(settings)  # the named lists, followed from their compacted topic into memory
 settings.resolve(worker.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
 reloader = HotReloader(engine, settings.resolve(worker.model_path), settings.resolve(worker.rules_path),
                        settings.resolve(worker.shadow_model_path) if worker.shadow_model_path else None)
@@ -90,6 +92,8 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
     try:
         wait_for_kafka(settings.kafka.bootstrap_servers, give_up_s=worker.startup_timeout_s)
         wait_for_state_store(engine.store, give_up_s=worker.startup_timeout_s)
+        lists.start().wait_loaded(worker.startup_timeout_s)  # no decision before the lists are read whole
+        engine.lists = lists.current
         engine.warm_up()
         # What start-up built (Faust, onnxruntime, numpy, the settings) lives as long as the worker: out of the
         # collector's sight, a full collection no longer walks it (a pause and CPU per event otherwise).
@@ -103,9 +107,10 @@ def _on_worker_init(app: faust.App, **_: object) -> None:
         print(f"fraud-monitor worker cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
     log.info(
-        "serving model %s (%s), %d rules, latency budget %.0f ms, metrics on :%d",
-        engine.model.name, engine.model.version, len(engine.rules.rules), worker.latency_budget_ms,
-        worker.metrics_port,
+        "serving model %s (%s)%s, %d rules, %d list entries, latency budget %.0f ms, metrics on :%d",
+        engine.model.name, engine.model.version,
+        f", shadow model {engine.shadow.name} ({engine.shadow.version})" if engine.shadow else "",
+        len(engine.rules.rules), lists.store.size(), worker.latency_budget_ms, worker.metrics_port,
     )
 
 

@@ -333,6 +333,7 @@ class DecisionEngine:
                 shadow_hits=judgement.shadow_hits, rule_errors=judgement.errors, skipped=skipped,
                 decided_at=decided_at, latency_ms=latency_ms, shadow=shadow,
             ))
+        self.metrics.model_flags.inc(sum(verdict is not None and verdict.is_outlier for verdict in scored))
         self._remember(decisions)
         return decisions
 
@@ -434,14 +435,12 @@ class DecisionEngine:
         n = len(outcome.decisions)
         if not n:
             return
-        model_flags = 0
         observe_score = metrics.model_score.observe
         actions: dict[str, int] = {}
         hits: dict[tuple[str, str, bool], int] = {}  # (rule, action, shadow) -> hits
         problems: dict[str, int] = {}  # skipped:<cause> and rule_error:<rule> -> decisions
         for decision in outcome.decisions:
             actions[decision["action"]] = actions.get(decision["action"], 0) + 1
-            model_flags += "model" in decision["reasons"]
             if decision["model"] is not None:
                 observe_score(decision["model"]["score"])
             for hit in decision["rules"]:
@@ -458,7 +457,6 @@ class DecisionEngine:
             metrics.decisions.labels("pass" if action == "allow" else "flag", action).inc(count)
         for (rule, action, shadow), count in hits.items():
             (metrics.shadow_rule_hits if shadow else metrics.rule_hits).labels(rule, action).inc(count)
-        metrics.model_flags.inc(model_flags)
         shadow_flags = shadow_only = served_only = 0
         for decision in outcome.decisions:
             shadow = decision.get("shadow")

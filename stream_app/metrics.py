@@ -31,8 +31,8 @@ class WorkerMetrics:
                                    "not fire; the decision says rule_error:<id>).", ["rule"], registry=r)
         self.rule_verdicts = Counter("fraud_rule_verdicts", "Analysts' verdicts on decisions a live rule fired on.",
                                      ["rule", "verdict"], registry=r)
-        self.model_flags = Counter("fraud_model_flags", "Events whose action the model's score band chose.",
-                                   registry=r)
+        self.model_flags = Counter("fraud_model_flags", "Events whose model score exceeded the card's threshold "
+                                   "(whatever action was chosen).", registry=r)
         self.model_score = Histogram(
             "fraud_model_score", "Anomaly score per event.", buckets=SCORE_BUCKETS, registry=r
         )

@@ -8,6 +8,7 @@ answer, in which case the rules that read `agg` are skipped and the decision say
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +33,7 @@ _RULE_KEYS = {"id", "when", "action", "mode", "severity", "description", "enable
 _MODEL_KEYS = {"review_above", "block_above"}
 _LIST_KEYS = {"description"}
 NO_LISTS: Mapping[str, Container[str]] = {}
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # rule ids and list names
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def judge(ruleset: RuleSet, event: Event, agg: Sequence[Any] | None, score: floa
         if agg is None and rule.reads_state:
             continue
         try:
-            fired = rule.when(event, agg, score, lists)
+            fired = rule.when.fn(event, agg, score, lists)
         except EvalError:
             errors.append(rule.id)
             continue
@@ -186,7 +188,7 @@ def _refuse_unknown(mapping: Mapping, allowed: set[str], where: str) -> None:
 
 def _choice(mapping: Mapping, key: str, choices: Sequence[str], default: str | None, where: str) -> str | None:
     value = mapping.get(key, default)
-    if value is not None and value not in choices:
+    if (key in mapping or value is not None) and value not in choices:
         raise RulesError(f"{_line(mapping, key)}{where}: {key} {value!r} must be one of {', '.join(choices)}")
     return value
 
@@ -230,6 +232,9 @@ def _parse_lists(raw: Any) -> dict[str, str]:
         raise RulesError(f"{_line(raw)}lists: must be a mapping of list name -> {{description: ...}}")
     lists = {}
     for name, spec in raw.items():
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise RulesError(f"{_line(raw, name)}list {name!r}: a name is lower-case letters, digits and _, "
+                             "starting with a letter (at most 64)")
         if spec is None:
             spec = {}
         if not isinstance(spec, Mapping):
@@ -243,8 +248,9 @@ def _parse_rule(index: int, raw: Any, declarations: Declarations) -> Rule | None
     if not isinstance(raw, Mapping):
         raise RulesError(f"{_line(raw)}rules[{index}]: must be a mapping with id, when and action")
     rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not rule_id.strip():
-        raise RulesError(f"{_line(raw, 'id')}rules[{index}]: `id` is required and must be a string")
+    if not isinstance(rule_id, str) or not NAME.fullmatch(rule_id) or rule_id == MODEL_RULE:
+        raise RulesError(f"{_line(raw, 'id')}rules[{index}]: `id` {rule_id!r} must be lower-case letters, digits "
+                         f"and _, starting with a letter (at most 64), and not {MODEL_RULE!r}")
     where = f"rule {rule_id}"
     _refuse_unknown(raw, _RULE_KEYS, where)
     when = raw.get("when")

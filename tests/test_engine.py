@@ -39,10 +39,10 @@ class FlakyStore(InMemoryStateStore):
         self.down = False
         self.broken_account: str | None = None
 
-    def observe(self, rules, events):
+    def observe(self, aggregates, events):
         if self.down:
             raise StateUnavailable("connection refused")
-        states = super().observe(rules, events)
+        states = super().observe(aggregates, events)
         return [StateFailure("WRONGTYPE") if e.account_id == self.broken_account else s
                 for e, s in zip(events, states, strict=True)]
 
@@ -61,7 +61,8 @@ def test_redis_down_degrades_then_the_backlog_is_recorded():
     store.down = False
     after = engine.process([message(5)]).decisions[0]
     assert not after["degraded"] and engine.state_backlog == 0
-    assert store.observe(RULES, [engine_module.parse_event(message(6).value)])[0].prior_count == 6, \
+    history = [a.name for a in RULES.aggregates].index("account_payments")
+    assert store.observe(RULES.aggregates, [engine_module.parse_event(message(6).value)])[0][history] == 6, \
         "the five events decided during the outage count in the account's history"
 
 
@@ -84,7 +85,7 @@ def test_the_store_is_tried_again_after_the_budget_then_after_doubling_waits(mon
     store = FlakyStore()
     tried = []
     real_observe = store.observe
-    store.observe = lambda rules, events: (tried.append(clock.now), real_observe(rules, events))[1]
+    store.observe = lambda aggregates, events: (tried.append(clock.now), real_observe(aggregates, events))[1]
     engine = DecisionEngine(MODEL, RULES, store, latency_budget_ms=50, retry_after_s=0.3)
     store.down = True
     for step in range(100):  # a batch every 10 ms for a second

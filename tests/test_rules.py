@@ -18,7 +18,6 @@ from stream_app.rules import (
     judge,
     load_rules,
     model_action,
-    parse_rules,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -49,10 +48,16 @@ def test_shipped_rules_file_loads_with_every_action_and_a_shadow_rule():
     ("flag_severty: medium\nrules: []\n", "line 1: rules file: unknown key(s) flag_severty"),
     ("rules:\n  - id: r\n    when: 'true'\n    action: review\n    colour: red\n",
      "line 5: rule r: unknown key(s) colour"),
-    ("rules:\n  - id: r\n    when: 'true'\n    action: flag\n", "rule r: action 'flag' must be one of allow, review, block"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: flag\n",
+     "rule r: action 'flag' must be one of allow, review, block"),
     ("rules:\n  - id: r\n    when: 'true'\n", "rule r: `action` is required"),
     ("rules:\n  - id: r\n    action: block\n", "rule r: `when` is required"),
-    ("rules:\n  - id: r\n    when: 'true'\n    action: block\n    mode: dry\n", "mode 'dry' must be one of live, shadow"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: block\n    mode: dry\n",
+     "mode 'dry' must be one of live, shadow"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action:\n", "rule r: action None must be one of"),
+    ("rules:\n  - id: r\n    when: 'true'\n    action: block\n    mode:\n", "rule r: mode None must be one of"),
+    ("rules:\n  - {id: model, when: 'true', action: block}\n", "must be lower-case letters"),
+    ("rules:\n  - {id: 'a,b', when: 'true', action: block}\n", "must be lower-case letters"),
     ("rules:\n  - id: r\n    when: event.amount > \n    action: block\n", "line 3: rule r: when:"),
     ("rules:\n  - id: r\n    when: event.colour == 'red'\n    action: block\n", "line 3: rule r: when:"),
     ("rules:\n  - id: r\n    when: agg.nothing > 3\n    action: block\n", "rule r: when:"),

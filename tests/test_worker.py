@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,7 +42,9 @@ rules:
   - {id: new_counterparty_amount, when: "has(event.counterparty_id) && !agg.counterparty_seen && event.amount >= 1000",
      action: review}
   - id: new_account_amount
-    when: 'has(event.account_created_at) && event.amount >= 500 && event.timestamp - event.account_created_at < duration("24h")'
+    when: >-
+      has(event.account_created_at) && event.amount >= 500
+      && event.timestamp - event.account_created_at < duration("24h")
     action: review
   - id: amount_zscore
     when: "agg.history >= 5 && event.amount - agg.mean > 6.0 * math.greatest(agg.std, 0.000001 + 0.01 * agg.mean)"
@@ -188,8 +191,9 @@ def test_stream_decisions_dead_letters_rules_and_metrics(kafka_bootstrap, worker
     assert metric_value(text, "fraud_events_total", 'outcome="scored"') == len(traffic.events)
     assert metric_value(text, "fraud_events_total", 'outcome="dead_letter"') == len(MALFORMED)
     flags = sum(1 for d in decisions if d["decision"] == "flag")
-    assert metric_value(text, "fraud_decisions_total", 'decision="flag"') == flags
-    assert metric_value(text, "fraud_rule_hits_total", 'rule="amount_over"') == 1
+    assert metric_value(text, "fraud_decisions_total", 'action="review",decision="flag"') == flags
+    assert metric_value(text, "fraud_decisions_total", 'action="allow",decision="pass"') == len(decisions) - flags
+    assert metric_value(text, "fraud_rule_hits_total", 'action="review",rule="amount_over"') == 1
     assert metric_value(text, "fraud_end_to_end_seconds_count") == len(traffic.events)
 
 
@@ -489,3 +493,41 @@ def test_worker_processes_share_the_partitions_and_stop_together(settings, kafka
             import urllib.request
 
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_a_list_entry_reaches_a_running_worker_within_two_seconds(kafka_bootstrap, worker_topics, start_worker,
+                                                                   rules_file, settings):
+    """`fraudmon lists add blocked_ips 203.0.113.7` on a running worker: an event from that IP sent 2 s later is
+    blocked; after `lists remove`, the next one 2 s later is not."""
+    from fraudmon.tools import lists as lists_tool
+
+    run = uuid.uuid4().hex[:8]
+    topics = settings.topics.model_copy(update={"lists": f"lists-{run}", "lists_audit": f"lists-audit-{run}"})
+    list_settings = settings.model_copy(update={"topics": topics})
+    worker = start_worker(worker_topics, env={"FRAUDMON_RULES": str(rules_file),
+                                              "FRAUDMON_TOPICS__LISTS": topics.lists,
+                                              "FRAUDMON_TOPICS__LISTS_AUDIT": topics.lists_audit})
+    now_ms = int(time.time() * 1000)
+
+    def send(tag: str) -> None:
+        produce(kafka_bootstrap, worker_topics["transactions"], [{
+            "transaction_id": f"list-{tag}", "account_id": f"acc-list-{tag}", "amount": 12.0,
+            "timestamp": now_ms, "ip": "203.0.113.7"}])
+
+    send("before")
+    collect(kafka_bootstrap, worker_topics["scores"], 1)
+    lists_tool.add(list_settings, "blocked_ips", "203.0.113.7", ttl="1h", reason="card testing", author="test")
+    time.sleep(2.0)
+    send("added")
+    collect(kafka_bootstrap, worker_topics["scores"], 2)
+    lists_tool.remove(list_settings, "blocked_ips", "203.0.113.7", reason="false alarm", author="test")
+    time.sleep(2.0)
+    send("removed")
+    decisions = {d["transaction_id"]: d for d in collect(kafka_bootstrap, worker_topics["scores"], 3)}
+    assert decisions["list-before"]["action"] != "block"
+    assert decisions["list-added"]["action"] == "block" and decisions["list-added"]["reasons"] == ["blocked_ip"]
+    assert decisions["list-added"]["decision"] == "flag" and decisions["list-added"]["context"]["ip"] == "203.0.113.7"
+    assert decisions["list-removed"]["action"] != "block"
+    text = worker.metrics_text()
+    assert metric_value(text, "fraud_rule_hits_total", 'action="block",rule="blocked_ip"') == 1
+    assert metric_value(text, "fraud_decisions_total", 'action="block",decision="flag"') == 1
