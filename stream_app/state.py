@@ -179,9 +179,22 @@ class _Plan:
                 *[value or "" for value in self.field_values(event)])
 
 
+_LAST_PLAN: tuple[Any, Any] = (None, None)  # the last declarations asked for (the same object batch after batch)
+
+
+def plan_for(aggregates: Sequence[Aggregate]) -> _Plan:
+    """How the declarations are kept: the groups, and the plan text the script reads. Cached; the rule set's
+    declarations (the same tuple every batch) are found without hashing them."""
+    global _LAST_PLAN
+    last, plan = _LAST_PLAN
+    if aggregates is not last:
+        plan = _plan(tuple(aggregates))
+        _LAST_PLAN = (aggregates, plan)
+    return plan
+
+
 @lru_cache(maxsize=16)
-def plan_for(aggregates: tuple[Aggregate, ...]) -> _Plan:
-    """How the declarations are kept: the groups, and the plan text the script reads."""
+def _plan(aggregates: tuple[Aggregate, ...]) -> _Plan:
     fields: list[str] = []
 
     def use(name: str) -> int:  # the field's index in the script's row (Lua counts from 1)
@@ -308,7 +321,7 @@ class InMemoryStateStore:
     def observe(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> list[StateResult]:
         if not aggregates:
             return [()] * len(events)
-        plan = plan_for(tuple(aggregates))
+        plan = plan_for(aggregates)
         record_ttl_ms = max(self.dedupe_ttl_s * 1000, plan.tx_count_ttl_ms)
         results: list[StateResult] = []
         for event in events:
@@ -490,7 +503,7 @@ class RedisStateStore:
     def observe(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> list[StateResult]:
         if not aggregates:
             return [()] * len(events)
-        plan = plan_for(tuple(aggregates))
+        plan = plan_for(aggregates)
         try:
             snapshots = orjson.loads(self._script(args=self._args(plan, events)))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -601,7 +614,7 @@ class PendingObserve:
 
     def __init__(self, store: RedisStateStore, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> None:
         self._store, self._aggregates, self._events, self._reply = store, aggregates, events, _UNREAD
-        self._plan = plan_for(tuple(aggregates)) if aggregates else None
+        self._plan = plan_for(aggregates) if aggregates else None
         if self._plan is None:  # nothing to keep: answered without Redis
             self._reply = []
             return
