@@ -12,8 +12,8 @@ from fraudmon.core.config import Settings, load_settings
 from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CREDITCARD = Path("/work/shared/data/creditcard_head.csv")
-"""The team's sample of the public card-holder data (not in the repository)."""
+CREDITCARD = PROJECT_ROOT / "data" / "creditcard_sample.csv.gz"
+"""The sample of the public card-holder data shipped in the repository (data/README.md)."""
 needs_creditcard = pytest.mark.skipif(not CREDITCARD.exists(), reason=f"{CREDITCARD} is not here")
 
 

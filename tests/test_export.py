@@ -18,12 +18,13 @@ N_ROWS = 1500
 
 
 def tiny_model(directory: Path, n_features: int = 5):
-    """Train a 2-epoch autoencoder on random events with V features, export and publish it with a card.
+    """Fit a 2-epoch detector on random events with V features, export and publish it with a card.
 
-    Returns (trained Keras model, feature matrix, onnx path, card).
+    Returns (the detector, feature matrix, onnx path, card).
     """
-    from training.export import build_card, explanation_card, export_onnx, publish
-    from training.model import AutoencoderConfig, train_autoencoder
+    from training.detector import FraudDetector
+    from training.export import build_card, explanation_card, publish
+    from training.model import AutoencoderConfig
 
     rng = np.random.default_rng(5)
     names = [*(f"V{i}" for i in range(1, n_features)), "amount_log"]
@@ -31,18 +32,26 @@ def tiny_model(directory: Path, n_features: int = 5):
                     features={n: float(v) for n, v in zip(names[:-1], rng.normal(0, 1, n_features - 1), strict=True)})
               for i in range(N_ROWS)]
     x = vectorize(events, names)
-    trained = train_autoencoder(x[:1000], x[1000:1200], AutoencoderConfig(hidden=(8, 4), epochs=2, batch_size=64),
-                                verbose=0)
+    detector = FraudDetector(AutoencoderConfig(hidden=(8, 4), epochs=2, batch_size=64), val_fraction=1 / 6,
+                             threshold_method="percentile", threshold_param=99).fit(x[:1200])
     onnx_path = directory / "tiny.onnx"
-    partial, sha, parity = export_onnx(trained.model, onnx_path, x)
-    scores = trained.score(x[1000:1200])[0]
-    card = build_card(name="tiny", onnx_sha256=sha, feature_names=names, x_train=x[:1000],
-                      threshold={"value": float(np.quantile(scores, 0.99)), "method": "percentile", "parameter": 99},
-                      val_normal_scores=scores, training={"rows": N_ROWS}, metrics={}, parity=parity,
-                      created=datetime(2026, 11, 22, tzinfo=UTC),
+    exported = detector.to_onnx(onnx_path.with_name("tiny.onnx.partial"), x)
+    card = build_card(name="tiny", onnx_sha256=exported.sha256, feature_names=names, x_train=x[:1000],
+                      threshold=detector.threshold_.to_dict(), expected_alert_rate=detector.expected_alert_rate_,
+                      normal_scores=detector.normal_scores_, training={"rows": N_ROWS}, metrics={},
+                      parity=exported.parity, created=datetime(2026, 11, 22, tzinfo=UTC),
                       explanation=explanation_card(events[:1000], names))
-    publish(partial, onnx_path, card, onnx_path.with_suffix(".json"))
-    return trained, x, onnx_path, card
+    publish(exported.path, onnx_path, card, onnx_path.with_suffix(".json"))
+    return detector, x, onnx_path, card
+
+
+def initializer_of(graph, op_type: str, index: int = 0):
+    """The constant input of the `index`-th node of type `op_type` in graph order (found by its role, not by the
+    name the converter gave it)."""
+    constants = {t.name: t for t in graph.initializer}
+    node = [n for n in graph.node if n.op_type == op_type][index]
+    (name,) = [i for i in node.input if i in constants]
+    return constants[name]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +79,9 @@ def test_graph_has_the_contract_names_shapes_and_opset(exported):
 def test_parity_holds_on_every_export(exported):
     from training.export import check_parity
 
-    trained, x, onnx_path, card = exported
+    detector, x, onnx_path, card = exported
     assert card["parity"]["rows"] == N_ROWS and card["parity"]["max_abs_diff"] <= 1e-4
-    assert check_parity(trained.model, onnx_path, x)["max_abs_diff"] <= 1e-4
+    assert check_parity(detector.score, onnx_path, x)["max_abs_diff"] <= 1e-4
 
 
 def test_parity_catches_a_broken_graph_and_removes_it(exported, tmp_path):
@@ -81,23 +90,25 @@ def test_parity_catches_a_broken_graph_and_removes_it(exported, tmp_path):
 
     from training.export import check_parity
 
-    trained, x, onnx_path, _ = exported
+    detector, x, onnx_path, _ = exported
     proto = onnx.load(onnx_path)
-    weights = next(t for t in proto.graph.initializer if "encoder_0/MatMul" in t.name)
+    weights = initializer_of(proto.graph, "MatMul")  # the first encoder layer's weights
+    assert list(weights.dims) == [5, 8]
     weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) + np.float32(0.05), weights.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, broken)
     with pytest.raises(ModelError, match=r"ONNX export differs from Keras on row \d+.*broken.onnx removed"):
-        check_parity(trained.model, broken, x)
+        check_parity(detector.score, broken, x)
     assert not broken.exists()
     with pytest.raises(ModelError, match="at least 1000 rows"):
-        check_parity(trained.model, onnx_path, x[:999])
+        check_parity(detector.score, onnx_path, x[:999])
 
 
 def test_model_card_schema(exported):
+    from fraudmon.core.modelcard import SCORE_PERCENTILE_LEVELS
     from training.export import library_versions
 
-    _, _, onnx_path, card = exported
+    detector, _, onnx_path, card = exported
     on_disk = json.loads(onnx_path.with_suffix(".json").read_text())
     assert on_disk == card
     assert card["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
@@ -107,6 +118,12 @@ def test_model_card_schema(exported):
     assert set(card["threshold"]) == {"value", "method", "parameter"}
     assert card["expected_alert_rate"] == pytest.approx(0.01, abs=0.006)
     assert list(card["score_quantiles"]) == ["p50", "p90", "p99", "p999"]
+    percentiles = card["score_percentiles"]
+    assert percentiles["levels"] == list(SCORE_PERCENTILE_LEVELS) and len(percentiles["levels"]) == 128
+    assert percentiles["levels"][99:102] == [99, 99.1, 99.2] and percentiles["levels"][-2:] == [99.999, 100]
+    assert percentiles["scores"] == sorted(percentiles["scores"])
+    assert percentiles["scores"][50] == pytest.approx(card["score_quantiles"]["p50"], rel=1e-9)
+    assert percentiles["scores"][-1] == pytest.approx(detector.normal_scores_.max(), rel=1e-6)
     assert card["score_quantiles"]["p50"] <= card["score_quantiles"]["p99"] <= card["score_quantiles"]["p999"]
     assert set(library_versions()) >= {"tensorflow", "tf2onnx", "onnx", "onnxruntime"}
     assert card["versions"] == library_versions()
@@ -123,3 +140,20 @@ def test_publishing_replaces_the_graph_before_the_card(exported, tmp_path):
     publish(partial, tmp_path / "m.onnx", card, tmp_path / "m.json")
     assert not partial.exists() and (tmp_path / "m.onnx").exists()
     assert json.loads((tmp_path / "m.json").read_text())["onnx_sha256"] == card["onnx_sha256"]
+
+
+def test_score_percentiles_are_required_in_new_cards_and_optional_in_old_ones(exported, tmp_path):
+    from fraudmon.core.modelcard import ModelCard, read_card
+    from training.export import publish
+
+    _, _, onnx_path, card = exported
+    old = {k: v for k, v in card.items() if k != "score_percentiles"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert read_card(tmp_path / "old.json").score_percentiles is None
+    shutil.copy(onnx_path, tmp_path / "m.onnx.partial")
+    with pytest.raises(ValueError, match="a new card needs score_percentiles"):
+        publish(tmp_path / "m.onnx.partial", tmp_path / "m.onnx", old, tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+    falling = {**card, "score_percentiles": {"levels": [0, 50, 100], "scores": [1.0, 0.5, 2.0]}}
+    with pytest.raises(ValueError, match="never decrease"):
+        ModelCard.model_validate(falling)

@@ -144,7 +144,8 @@ def trained(tmp_path_factory):
 
 
 def test_normal_only_training_really_excludes_frauds(trained):
-    """The scaling learned inside the graph equals the statistics of the normal training rows alone."""
+    """The autoencoder learns from normal rows only: the evaluated fit's scaling is the statistics of the normal
+    training rows, the served graph's those of every normal row (frauds of every period left out)."""
     import onnx
     from onnx import numpy_helper
 
@@ -157,21 +158,43 @@ def test_normal_only_training_really_excludes_frauds(trained):
     in_period = np.flatnonzero(dataset.timestamps < dataset.timestamps[split.val].min())
     assert dataset.labels[in_period].sum() > 0, "the test needs frauds inside the training period"
     assert set(split.train) == set(in_period[dataset.labels[in_period] == 0])
+    np.testing.assert_allclose(result.evaluated.scaler_.mean, x[split.train].mean(axis=0), atol=1e-9)
     graph = onnx.load(result.onnx_path).graph
-    (mean,) = [numpy_helper.to_array(t).reshape(-1) for t in graph.initializer if "scale/sub" in t.name]
-    np.testing.assert_allclose(mean, x[split.train].mean(axis=0), atol=1e-5,
-                               err_msg="the graph's scaling mean is not the mean of the normal training rows")
-    with_frauds = x[in_period].mean(axis=0)
-    assert not np.allclose(mean, with_frauds, atol=1e-5)
+    constants = {t.name: t for t in graph.initializer}
+    sub = next(n for n in graph.node if n.op_type == "Sub" and "features" in n.input)  # (features - mean) / std
+    (mean,) = [numpy_helper.to_array(constants[name]).reshape(-1) for name in sub.input if name in constants]
+    normal = dataset.labels == 0
+    np.testing.assert_allclose(mean, x[normal].mean(axis=0), atol=1e-5,
+                               err_msg="the served graph's scaling mean is not the mean of every normal row")
+    assert not np.allclose(mean, x.mean(axis=0), atol=1e-5)
     assert result.card["training"]["normal_only"] is True
     assert result.card["training"]["split"]["train"]["frauds"] == 0
+
+
+def test_card_says_what_the_served_model_learned_from(trained):
+    """The served model is refitted on every row with the settings the split chose; the card says so, and that
+    its figures come from the fit on the training part and validation slice."""
+    root, result = trained
+    dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
+    served, evaluated = result.served, result.evaluated
+    assert served.fitted_on_ == {"rows": 4000, "frauds": int(dataset.labels.sum()),
+                                 "autoencoder_rows": int((dataset.labels == 0).sum())}
+    assert evaluated.fitted_on_["rows"] == 4000 - len(split_dataset(dataset).test)
+    card = result.card["training"]["served"]
+    assert card["learned_from"].startswith(f"every row of the data: 4,000 rows, {int(dataset.labels.sum())} frauds")
+    assert card["settings_from_split"]["epochs"] == evaluated.autoencoder_.best_epoch == served.config.epochs
+    assert card["settings_from_split"]["head_C"] == evaluated.head_.c_ == served.head_.c_
+    assert card["settings_from_split"]["alpha"] == evaluated.combination_.alpha_ == served.combination_.alpha_
+    assert card["figures"].startswith("metrics: the held-out part scored by the detector fitted on the training part")
+    assert result.card["parts"]["head"]["fitted_on"]["rows"] == 4000
+    assert result.card["expected_alert_rate"] == evaluated.expected_alert_rate_
+    assert "served model: refitted on every row of the data" in result.report_path.read_text()
 
 
 def test_report_files_exist_and_match_a_recomputation(trained):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from stream_app.features import vectorize
-    from stream_app.scoring import load_model
 
     root, result = trained
     report_dir = result.report_path.parent
@@ -180,14 +203,15 @@ def test_report_files_exist_and_match_a_recomputation(trained):
     metrics = json.loads((report_dir / "metrics.json").read_text())["metrics"]
     assert metrics == result.card["metrics"]
 
-    model = load_model(result.onnx_path)
     dataset = load_dataset(root / "events.jsonl", root / "truth.csv")
     test = split_dataset(dataset).test
-    scores, _ = model.score(vectorize([dataset.events[i] for i in test], model.feature_names))
+    evaluated = result.evaluated  # the held-out figures are of the fit that never saw the held-out part
+    scores = evaluated.score_samples(vectorize([dataset.events[i] for i in test], result.card["feature_names"]))
     labels = dataset.labels[test]
     assert metrics["model"]["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert metrics["model"]["pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
-    flagged = scores > model.threshold
+    assert metrics["threshold"] == evaluated.threshold_.to_dict()
+    flagged = scores > evaluated.threshold_.value
     at = metrics["model"]["at_threshold"]
     assert (at["tp"], at["fp"]) == (int((flagged & (labels == 1)).sum()), int((flagged & (labels == 0)).sum()))
     assert at["recall"] == pytest.approx(at["tp"] / labels.sum())
@@ -205,21 +229,34 @@ def test_report_files_exist_and_match_a_recomputation(trained):
         assert f"({image})" in report
 
 
-def test_evaluate_reruns_the_same_numbers_with_onnxruntime_only(trained):
+def test_evaluate_reruns_the_split_with_onnxruntime_only_and_says_the_served_model_saw_it(trained):
     from training.evaluate import evaluate_file
 
     root, result = trained
     document, assessment = evaluate_file(result.onnx_path, root / "events.jsonl", root / "truth.csv")
-    assert document["about"]["evaluated part"] == "holdout"
+    about = document["about"]
+    assert about["evaluated part"] == "holdout" and about["scored with"] == "onnxruntime"
+    assert about["in-sample"].startswith("the served model learned from every row of this file (every row of the data")
     rerun, original = document["metrics"], result.card["metrics"]
+    assert rerun["model"]["rows"] == original["model"]["rows"] and rerun["threshold"] == result.card["threshold"]
     for key in ("roc_auc", "pr_auc"):
-        assert rerun["model"][key] == pytest.approx(original["model"][key], abs=1e-6)
         for name in ("isolation_forest", "pca", "kmeans"):
             assert rerun["baselines"][name][key] == pytest.approx(original["baselines"][name][key], abs=1e-9)
-    assert rerun["model"]["at_threshold"]["tp"] == original["model"]["at_threshold"]["tp"]
-    assert rerun["parts"]["autoencoder"][key] == pytest.approx(original["parts"]["autoencoder"][key], abs=1e-5)
+    assert set(rerun["parts"]) == {"autoencoder"}
     whole, _ = evaluate_file(result.onnx_path, root / "events.jsonl", root / "truth.csv", part="all")
     assert whole["metrics"]["model"]["rows"] == 4000
+
+
+def test_ranking_metrics_equal_scikit_learns():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from training.evaluate import ranking
+
+    rng = np.random.default_rng(2)
+    labels = (rng.random(3000) < 0.05).astype(int)
+    scores = np.round(rng.normal(labels * 1.5, 1.0), 1)  # rounded: many ties
+    assert ranking(scores, labels) == pytest.approx(
+        {"roc_auc": roc_auc_score(labels, scores), "pr_auc": average_precision_score(labels, scores)}, abs=1e-12)
 
 
 def test_cli_evaluate_prints_the_table_and_train_reports_bad_data(trained, tmp_path):
@@ -273,3 +310,41 @@ def test_cli_train_on_card_holder_data_writes_model_card_and_report(tmp_path):
     assert card["training"]["hyper_parameters"]["hidden"] == [16, 8]
     assert card["feature_names"][-1] == "amount_log" and card["n_features"] == 29
     assert (tmp_path / "models" / "cc-report" / "report.md").exists()
+
+
+BASE_INSTALL = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from fraudmon.cli import main
+sys.argv[0] = "fraudmon"
+main()
+"""
+"""`fraudmon` as on a base install: the `train` extra's packages cannot be imported."""
+
+
+def test_a_base_install_says_what_train_needs_and_evaluates_with_onnxruntime_alone(trained, tmp_path):
+    import subprocess
+    import sys
+
+    root, result = trained
+
+    def fraudmon(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", BASE_INSTALL, *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    train = fraudmon("train", "--simulate", "2000", "--quiet")
+    assert train.returncode == 2 and "Traceback" not in train.stdout + train.stderr
+    assert train.stderr == "error: fraudmon train needs the trainer: pip install 'fraud-monitor[train]'\n"
+    evaluate = fraudmon("evaluate", "--model", str(result.onnx_path), "--data", str(root / "events.jsonl"),
+                        "--truth", str(root / "truth.csv"), "--report-dir", str(tmp_path / "eval"))
+    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
+    assert "baselines: left out: IsolationForest, PCA and k-means need scikit-learn: pip install " \
+           "'fraud-monitor[train]'" in evaluate.stdout
+    assert "(served)" in evaluate.stdout and "IsolationForest" not in evaluate.stdout.split("scikit-learn")[-1]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert "baselines" not in metrics and metrics["model"]["roc_auc"] > 0.5
+    assert (tmp_path / "eval" / "roc.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """The `fraudmon train` and `fraudmon evaluate` commands. TensorFlow is imported only inside `train`, so
-`fraudmon --help`, `fraudmon evaluate` and the worker stay light."""
+`fraudmon --help`, `fraudmon evaluate` and the worker stay light; on a base install (no `train` extra) `train`
+says what to install and `evaluate` scores with onnxruntime alone."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 FORMAT_HELP = (f"{', '.join(DATA_FORMATS)} (auto tells events from the card-holder CSV by the file's name and "
                "header; table: any CSV of numeric features, with --label-column).")
+TRAINER_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn")
+"""What the `train` extra installs and a base install lacks."""
 CANDIDATES = "candidates"
 """Where under the served model's directory `fraudmon train` writes candidates (`fraudmon promote` reads them)."""
 # The feature-table options, shared by train, evaluate, produce and replay.
@@ -127,7 +130,12 @@ def train_command(
               fraudmon train --data table.csv --format table --label-column label --fraud-value 0
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
-    from training.train import TrainRequest, train
+    try:
+        from training.train import TrainRequest, train
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINER_MODULES:
+            raise
+        raise _fail("fraudmon train needs the trainer: pip install 'fraud-monitor[train]'") from None
 
     overrides = {k: v for k, v in {
         "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
@@ -187,6 +195,11 @@ def evaluate_command(
         raise _fail(str(exc)) from None
     report_dir = report_dir or Path("runs") / f"{model.stem}-evaluation"
     path = write_report(report_dir, document, assessment.scores, assessment.labels)
-    typer.echo(f"{document['title']} ({document['about']['evaluated part']})\n")
+    about = document["about"]
+    typer.echo(f"{document['title']} ({about['evaluated part']})")
+    for key in ("in-sample", "baselines"):
+        if key in about:
+            typer.secho(f"{key}: {about[key]}", fg=typer.colors.YELLOW)
+    typer.echo("")
     typer.echo(format_summary(document["metrics"]))
     typer.echo(f"\nreport: {path}")

@@ -31,12 +31,27 @@ from fraudmon.core.events import Event
 MIN_VARIANCE = 1e-6
 
 
-def scaling_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and variance of the training rows (float64); constant columns get variance 1, so they keep
-    their raw deviations. The autoencoder's graph and the baselines scale with these."""
-    x = np.asarray(x, dtype=np.float64)
-    mean, variance = x.mean(axis=0), x.var(axis=0)
-    return mean, np.where(variance < MIN_VARIANCE, 1.0, variance)
+@dataclass
+class StandardScaler:
+    """Column scaling fitted on training rows (float64); constant columns get standard deviation 1, so they keep
+    their raw deviations. The autoencoder's graph and the baselines scale with it."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> StandardScaler:
+        x = np.asarray(x, dtype=np.float64)
+        variance = x.var(axis=0)
+        return cls(x.mean(axis=0), np.sqrt(np.where(variance < MIN_VARIANCE, 1.0, variance)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.std
+
+
+def split_point(n: int, fraction: float) -> int:
+    """Where the last `fraction` of `n` ordered rows begins: the validation slice of a fit, the held-out part."""
+    return n - int(round(n * fraction))
 
 MIN_NORMAL_TRAIN_ROWS = 500
 VERDICT_SCENARIO = "verdict"
@@ -207,10 +222,10 @@ def split_dataset(
     mode = dataset.split_mode
     order = np.random.default_rng(seed).permutation(len(dataset)) if mode == "random" else \
         np.argsort(dataset.timestamps, kind="stable")
-    n_test = int(round(len(order) * test_fraction))
-    past, test = order[: len(order) - n_test], order[len(order) - n_test :]
-    n_val = int(round(len(past) * val_fraction))
-    train, val = past[: len(past) - n_val], past[len(past) - n_val :]
+    cut = split_point(len(order), test_fraction)
+    past, test = order[:cut], order[cut:]
+    cut = split_point(len(past), val_fraction)
+    train, val = past[:cut], past[cut:]
     period = train
     normal_only = dataset.labels is not None and normal_only is not False
     if normal_only:

@@ -1,6 +1,7 @@
 """Held-out evaluation: ranking metrics, recall at fixed alert rates, the confusion matrix at a threshold, a
 threshold table, per-scenario recall, the served model's parts alone (autoencoder, supervised head) and three
-baselines fitted on the same training rows (numpy and scikit-learn only, no TensorFlow)."""
+baselines fitted on the same training rows. numpy only (no TensorFlow); the baselines need scikit-learn, and
+without it `evaluate_file` leaves them out and says so."""
 
 from __future__ import annotations
 
@@ -9,14 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudmon.core.eventfiles import Format, TableSpec
 from training import threshold as thr
-from training.data import scaling_stats
+from training.data import StandardScaler
 
 STD_MULTIPLES = (1.0, 2.0, 3.0)
 ALERT_RATES = (0.001, 0.005, 0.01, 0.02)
@@ -24,14 +21,38 @@ RECALL_RATES = (0.001, 0.005, 0.01)
 """Alert rates at which each model's held-out recall is reported (its top 0.1%, 0.5%, 1% of rows flagged)."""
 BASELINES = ("isolation_forest", "pca", "kmeans")
 KMEANS_CLUSTERS = 8
+NO_BASELINES = "left out: IsolationForest, PCA and k-means need scikit-learn: pip install 'fraud-monitor[train]'"
+
+
+def binary_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positives when flagging `score >= t`, for each distinct score t from the highest down,
+    and those t (the points scikit-learn's ROC and precision-recall curves are made of)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, fraud = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(ordered)), ordered.size - 1]
+    tps = np.cumsum(fraud)[last]
+    return last + 1 - tps, tps, ordered[last]
 
 
 def ranking(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
-    """ROC-AUC and PR-AUC (average precision); None when only one class is present."""
+    """ROC-AUC and PR-AUC (average precision, as scikit-learn defines it); None when only one class is present."""
     labels = np.asarray(labels).astype(int)
     if labels.min(initial=0) == labels.max(initial=0):
         return {"roc_auc": None, "pr_auc": None}
-    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores))}
+    fps, tps, _ = binary_curve(labels, scores)
+    roc_auc = np.trapezoid(np.r_[0, tps / tps[-1]], np.r_[0, fps / fps[-1]])
+    pr_auc = np.sum(np.diff(np.r_[0, tps / tps[-1]]) * tps / (tps + fps))
+    return {"roc_auc": float(roc_auc), "pr_auc": float(pr_auc)}
+
+
+def have_sklearn() -> bool:
+    """Whether scikit-learn (the `train` extra) can be imported."""
+    try:
+        import sklearn  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
 
 
 def recall_at_rates(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
@@ -103,25 +124,13 @@ def per_scenario(
     return out
 
 
-@dataclass
-class StandardScaler:
-    """Column scaling as the autoencoder's graph does it (constant columns keep variance 1)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> StandardScaler:
-        mean, variance = scaling_stats(x)
-        return cls(mean, np.sqrt(variance))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
-
-
 def fit_baselines(x_train: np.ndarray, seed: int, n_components: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """IsolationForest (raw features), PCA reconstruction error and the distance to the nearest k-means centroid
     (both on scaled features), all fitted on `x_train`."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import IsolationForest
+
     x_train = np.asarray(x_train, dtype=np.float64)
     forest = IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(x_train)
     scale = StandardScaler.fit(x_train)
@@ -211,22 +220,23 @@ def assess(
     seed: int = 42,
     n_components: int = 8,
     parts: dict[str, np.ndarray] | None = None,
+    baselines: bool = True,
 ) -> Assessment:
     """Evaluate the model's `scores` (all rows) on `rows`; with `baseline_rows` = (train, val) indices also fit
-    the baselines on the training rows, compare the model's `parts` (their scores on all rows), and report
-    validation ranking metrics (the ones tuning may look at)."""
+    the baselines on the training rows (unless `baselines` is False), compare the model's `parts` (their scores
+    on all rows), and report validation ranking metrics (the ones tuning may look at)."""
     test_labels = None if labels is None else labels[rows]
     test_scenarios = None if scenarios is None else [scenarios[i] for i in rows]
-    baselines = val_labels = split_parts = None
+    fitted = val_labels = split_parts = None
     if baseline_rows is not None:
         train, val = baseline_rows
-        baselines = baseline_scores(x, train, val, rows, seed, n_components)
+        fitted = baseline_scores(x, train, val, rows, seed, n_components) if baselines else {}
         split_parts = {name: (values[val], values[rows]) for name, values in (parts or {}).items()}
         val_labels = None if labels is None else labels[val]
-    metrics = evaluate(scores[rows], test_labels, threshold, references, test_scenarios, baselines, val_labels,
+    metrics = evaluate(scores[rows], test_labels, threshold, references, test_scenarios, fitted, val_labels,
                        split_parts)
-    others = {**(split_parts or {}), **(baselines or {})}
-    if baselines and val_labels is not None:
+    others = {**(split_parts or {}), **(fitted or {})}
+    if baseline_rows is not None and val_labels is not None:
         metrics["validation"] = {"model": ranking(scores[baseline_rows[1]], val_labels),
                                  **{name: ranking(v, val_labels) for name, (v, _) in others.items()}}
     curves = {"model": scores[rows], **{name: t for name, (_, t) in others.items()}}
@@ -241,7 +251,9 @@ def evaluate_file(
 
     `part`: `holdout` repeats the training split (test rows, baselines refitted on the training rows), `all`
     scores every row; `auto` picks `holdout` when `data` is the file the card was trained on. A model with a
-    supervised head is also compared with its autoencoder alone (the mean of its `feature_errors`).
+    supervised head is also compared with its autoencoder alone (the mean of its `feature_errors`). A served
+    model refitted on every row of `data` (the card's `training.served`) has seen the held-out part: `about`
+    says so.
     """
     from stream_app.features import vectorize
     from stream_app.scoring import load_model
@@ -266,14 +278,17 @@ def evaluate_file(
                               normal_only=training.get("normal_only"), seed=seed)
         pca = training.get("baselines", {}).get("pca", {})
         assessment = assess(x, scores, dataset.labels, dataset.scenarios, split.test, threshold, references,
-                            (split.train, split.val), seed, pca.get("n_components", 8), parts)
+                            (split.train, split.val), seed, pca.get("n_components", 8), parts, have_sklearn())
     else:
         assessment = assess(x, scores, dataset.labels, dataset.scenarios, np.arange(len(dataset)), threshold,
                             references)
-    document = {
-        "title": f"{model.name} {model.version} on {Path(data).name}",
-        "about": {"model": str(model_path), "data": f"{data} ({dataset.source['format']}, {len(dataset)} rows)",
-                  "evaluated part": part, "scored with": "onnxruntime"},
-        "metrics": assessment.metrics,
-    }
-    return document, assessment
+    about = {"model": str(model_path), "data": f"{data} ({dataset.source['format']}, {len(dataset)} rows)",
+             "evaluated part": part, "scored with": "onnxruntime"}
+    if part == "holdout" and not have_sklearn():
+        about["baselines"] = NO_BASELINES
+    served = training.get("served")
+    if served and dataset.source["sha256"] == training.get("data", {}).get("sha256"):
+        about["in-sample"] = (f"the served model learned from every row of this file ({served['learned_from']}), "
+                              "so these figures flatter it; the card's metrics are the held-out figures")
+    return {"title": f"{model.name} {model.version} on {Path(data).name}", "about": about,
+            "metrics": assessment.metrics}, assessment

@@ -1,13 +1,14 @@
-"""Export to ONNX (tf2onnx, opset 17) with a Keras-vs-onnxruntime parity check, and the model card.
+"""Conversion to ONNX (tf2onnx, opset 17), the Keras-vs-onnxruntime parity check, and the model card.
 
-The ONNX file is written next to its final name, checked, then renamed into place; the card is written last
-so a watching worker never pairs a new graph with an old card for longer than a moment.
+`FraudDetector.to_onnx` writes a checked graph next to its final name; `publish` renames it into place and
+writes the card last, so a watching worker never pairs a new graph with an old card for longer than a moment.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,17 @@ import tf2onnx
 
 from fraudmon.core.errors import ModelError
 from fraudmon.core.events import Event
-from fraudmon.core.modelcard import ONNX_FEATURE_ERRORS, ONNX_INPUT, ONNX_OUTPUTS, ONNX_SCORE, ModelCard
+from fraudmon.core.modelcard import (
+    ONNX_FEATURE_ERRORS,
+    ONNX_INPUT,
+    ONNX_OUTPUTS,
+    ONNX_SCORE,
+    SCORE_PERCENTILE_LEVELS,
+    WRITING,
+    ModelCard,
+)
 from stream_app.drift import decile_bins
 from stream_app.features import NORMAL_COVERAGE, normal_ranges
-from training.model import predict
 
 OPSET = 17
 PARITY_MIN_ROWS = 1000
@@ -36,7 +44,7 @@ the sum is ~4e-6 and the head's inputs reach the hundreds). 0.1% is allowed: far
 far above rounding, and a conversion bug (a wrong op) is off by orders of magnitude."""
 
 
-def to_onnx(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
+def convert(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
     """Convert the serving model; input `features` `[batch, n]`, outputs `score` `[batch]` and
     `feature_errors` `[batch, n]`, renamed if tf2onnx named them otherwise."""
     spec = (tf.TensorSpec((None, n_features), tf.float32, name=ONNX_INPUT),)
@@ -62,9 +70,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def check_parity(
-    model: tf.keras.Model, onnx_path: Path, x: np.ndarray, atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL
+    keras_score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], onnx_path: Path, x: np.ndarray,
+    atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL,
 ) -> dict[str, float | int]:
-    """Compare Keras and onnxruntime scores on `x` (>= 1,000 rows); on failure delete `onnx_path` and raise."""
+    """Compare the Keras scores (`keras_score(x)`: scores, feature errors) with onnxruntime's on `x` (>= 1,000
+    rows); on failure delete `onnx_path` and raise."""
     if len(x) < PARITY_MIN_ROWS:
         raise ModelError(f"parity check needs at least {PARITY_MIN_ROWS} rows, got {len(x)}")
     x = np.asarray(x, dtype=np.float32)
@@ -74,7 +84,7 @@ def check_parity(
     except Exception as exc:
         onnx_path.unlink(missing_ok=True)
         raise ModelError(f"exported graph {onnx_path} does not run in onnxruntime: {exc}") from exc
-    keras_scores, keras_errors = predict(model, x)
+    keras_scores, keras_errors = keras_score(x)
     diff = np.abs(onnx_scores.astype(np.float64) - keras_scores)
     allowed = atol + rtol * np.abs(keras_scores.astype(np.float64))
     worst = int(np.argmax(diff - allowed)) if diff.size else 0
@@ -85,32 +95,15 @@ def check_parity(
             f"{float(keras_scores[worst]):.6g} (max abs diff {float(diff.max()):.3g}, allowed {atol:g} + "
             f"{rtol:g}*|score|); {onnx_path} removed"
         )
-    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()),
+    relative = diff / np.maximum(np.abs(keras_scores.astype(np.float64)), np.finfo(np.float32).tiny)
+    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()), "max_rel_diff": float(relative.max()),
             "max_feature_error_diff": float(np.abs(onnx_errors - keras_errors).max())}
-
-
-def onnx_scores(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    """Scores of `x` computed by onnxruntime from the file (what the worker will compute)."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run([ONNX_SCORE], {ONNX_INPUT: np.asarray(x, dtype=np.float32)})[0]
-
-
-def export_onnx(model: tf.keras.Model, path: Path, x_parity: np.ndarray) -> tuple[Path, str, dict]:
-    """Convert the serving model and check parity into `<path>.partial`; return (that file, its sha256, the
-    parity result). `publish` moves it into place once the card is ready.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_onnx(model, int(model.input_shape[-1])).SerializeToString()
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    parity = check_parity(model, partial, x_parity)
-    return partial, sha256_bytes(data), parity
 
 
 def publish(partial_onnx: Path, onnx_path: Path, card: dict[str, Any], card_path: Path) -> None:
     """Check the card against `ModelCard`, rename the checked graph into place, then write the card (atomically,
     last)."""
-    document = ModelCard.model_validate(card).to_json()
+    document = ModelCard.model_validate(card, context=WRITING).to_json()
     os.replace(partial_onnx, onnx_path)
     partial = card_path.with_name(card_path.name + ".partial")
     partial.write_text(document)
@@ -147,14 +140,21 @@ def model_version(onnx_sha256: str, when: datetime) -> str:
     return f"{when:%Y%m%d}-{onnx_sha256[:6]}"
 
 
+def score_percentiles(normal_scores: np.ndarray) -> dict[str, list[float]]:
+    """The card's `score_percentiles`: the normal validation scores at `SCORE_PERCENTILE_LEVELS`."""
+    levels = [float(level) for level in SCORE_PERCENTILE_LEVELS]
+    return {"levels": levels, "scores": [float(v) for v in np.percentile(normal_scores, levels)]}
+
+
 def build_card(
     *,
     name: str,
     onnx_sha256: str,
     feature_names: list[str],
     threshold: dict[str, Any],
+    expected_alert_rate: float,
+    normal_scores: np.ndarray,
     x_train: np.ndarray,
-    val_normal_scores: np.ndarray,
     training: dict[str, Any],
     metrics: dict[str, Any],
     parity: dict[str, Any],
@@ -162,11 +162,12 @@ def build_card(
     parts: dict[str, Any] | None = None,
     explanation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card (docs/contracts.md "The model card"); `score_stats` lets evaluation rebuild the threshold
-    table; `expected_alert_rate` is the share of normal validation rows above the threshold, whatever the
-    method that chose it."""
+    """The model card (docs/contracts.md "The model card"). `normal_scores` are the normal validation rows'
+    scores (`FraudDetector.normal_scores_`): `score_quantiles`, `score_stats` (which lets evaluation rebuild the
+    threshold table) and `score_percentiles` come from them; `expected_alert_rate` is their share above the
+    threshold (`FraudDetector.expected_alert_rate_`), whatever the method that chose it."""
     created = created or datetime.now(UTC)
-    scores = np.asarray(val_normal_scores, dtype=np.float64)
+    scores = np.asarray(normal_scores, dtype=np.float64)
     n = len(feature_names)
     return {
         "name": name,
@@ -175,10 +176,11 @@ def build_card(
         "feature_names": list(feature_names),
         "n_features": n,
         "threshold": threshold,
-        "expected_alert_rate": float((scores > threshold["value"]).mean()),
+        "expected_alert_rate": float(expected_alert_rate),
         "score_quantiles": {f"p{q:g}".replace(".", ""): float(np.quantile(scores, q / 100))
                             for q in (50, 90, 99, 99.9)},
         "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()), "rows": int(scores.size)},
+        "score_percentiles": score_percentiles(scores),
         "feature_quantiles": feature_deciles(x_train, feature_names),
         "parts": parts,
         "explanation": explanation,

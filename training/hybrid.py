@@ -139,6 +139,14 @@ class SupervisedHead:
         self.fitted_on_ = {"rows": int(len(labels) + len(val_labels)), "frauds": int(labels.sum() + val_labels.sum())}
         return self
 
+    def refit(self, inputs: np.ndarray, labels: np.ndarray) -> SupervisedHead:
+        """A head with this one's C (and the record of how it was chosen) fitted on `inputs`, with no choice made."""
+        head = SupervisedHead(self.c_grid, self.folds, self.seed)
+        head.c_, head.validation_pr_auc_ = self.c_, self.validation_pr_auc_
+        head.coef_, head.intercept_ = _logistic(self.c_, np.asarray(inputs, np.float64), np.asarray(labels), self.seed)
+        head.fitted_on_ = {"rows": int(len(labels)), "frauds": int(np.sum(labels))}
+        return head
+
     def score(self, inputs: np.ndarray) -> np.ndarray:
         """The head's logit per row (clipped to +-`LOGIT_LIMIT`)."""
         return _logits(inputs, self.coef_, self.intercept_)
@@ -166,10 +174,23 @@ class Combination:
         for alpha in self.alpha_grid:
             self.validation_pr_auc_[alpha] = _pr_auc(labels, alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a)
         best = max(self.validation_pr_auc_.values())
-        self.alpha_ = max(alpha for alpha, auc in self.validation_pr_auc_.items() if auc == best)
-        self.beta_ = (1 - self.alpha_) * sd_a / sd_h
-        self.gamma_ = (1 - self.alpha_) * (mu_a - sd_a * mu_h / sd_h)
+        self._set(max(alpha for alpha, auc in self.validation_pr_auc_.items() if auc == best), mu_a, sd_a, mu_h, sd_h)
         return self
+
+    def refit(self, ae_scores: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Combination:
+        """A combination with this one's alpha (and the record of how it was chosen), its scales from the normal
+        rows given."""
+        a, h = np.log(np.asarray(ae_scores, np.float64) + SCORE_EPSILON), np.asarray(logits, np.float64)
+        normal = np.asarray(labels) == 0
+        combination = Combination(self.alpha_grid)
+        combination.validation_pr_auc_ = self.validation_pr_auc_
+        combination._set(self.alpha_, *_robust(a[normal]), *_robust(h[normal]))
+        return combination
+
+    def _set(self, alpha: float, mu_a: float, sd_a: float, mu_h: float, sd_h: float) -> None:
+        self.alpha_ = alpha
+        self.beta_ = (1 - alpha) * sd_a / sd_h
+        self.gamma_ = (1 - alpha) * (mu_a - sd_a * mu_h / sd_h)
 
     def score(self, ae_scores: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """The combined score, as the graph computes it."""

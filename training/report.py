@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from training.evaluate import binary_curve  # noqa: E402
 
 LABELS = {"autoencoder": "autoencoder alone", "head": "head alone", "isolation_forest": "IsolationForest",
           "pca": "PCA reconstruction", "kmeans": "k-means distance"}
@@ -99,11 +100,10 @@ def plot_curves(
     fig_roc, ax_roc = plt.subplots(figsize=(5.5, 5))
     fig_pr, ax_pr = plt.subplots(figsize=(5.5, 5))
     for key, label, summary in model_rows(metrics):
-        values = scores[key]
-        fpr, tpr, _ = roc_curve(labels, values)
-        precision, recall, _ = precision_recall_curve(labels, values)
-        ax_roc.plot(fpr, tpr, label=f"{label} (AUC {summary['roc_auc']:.3f})")
-        ax_pr.step(recall, precision, where="post", label=f"{label} (AP {summary['pr_auc']:.3f})")
+        fps, tps, _ = binary_curve(labels, scores[key])
+        ax_roc.plot(np.r_[0, fps / fps[-1]], np.r_[0, tps / tps[-1]], label=f"{label} (AUC {summary['roc_auc']:.3f})")
+        ax_pr.step(np.r_[0, tps / tps[-1]], np.r_[1, tps / (tps + fps)], where="pre",
+                   label=f"{label} (AP {summary['pr_auc']:.3f})")
     ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (held-out)")
     ax_pr.axhline(labels.mean(), color="grey", linestyle=":", label=f"fraud rate {labels.mean():.3%}")

@@ -1,6 +1,7 @@
-"""`fraudmon train`: data (+ analysts' verdicts) → features → split → autoencoder on normal rows → supervised
-head when labels allow one → one ONNX graph (parity-checked) → threshold → held-out evaluation next to the parts
-alone and the baselines → a candidate (model card and report) that `fraudmon promote` can serve."""
+"""`fraudmon train`: the I/O around `FraudDetector`. Data (+ analysts' verdicts) → features → split → a detector
+fitted on the training part and validation slice → held-out evaluation next to its parts alone and the
+baselines → the served detector refitted on every row with the settings that fit chose → one ONNX graph
+(parity-checked) → a candidate (model card and report) that `fraudmon promote` can serve."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ from fraudmon.core.events import format_timestamp
 from stream_app.features import BUILTIN, default_feature_names, vectorize
 from training import evaluate as ev
 from training.data import Dataset, Split, load_dataset, split_dataset
-from training.export import build_card, explanation_card, export_onnx, model_version, onnx_scores, publish
-from training.hybrid import LABEL_MODES, Combination, SupervisedHead, head_inputs, head_problem
-from training.model import AutoencoderConfig, TrainedAutoencoder, train_autoencoder, with_head
+from training.detector import FraudDetector
+from training.export import build_card, explanation_card, model_version, publish
+from training.hybrid import LABEL_MODES, head_problem
+from training.model import AutoencoderConfig
 from training.report import few_frauds_caveat, write_report
-from training.threshold import choose_threshold
 
-PARITY_MAX_ROWS = 20_000
 FEATURES_SHOWN = 10
 MAX_SERVED_FEATURES = 256
 """The worker's default `events.max_features`: an event carrying more precomputed features is a dead letter."""
@@ -108,15 +108,10 @@ class TrainResult:
     card: dict[str, Any]
     candidate: bool = False
     """True when written to the candidates directory (promote it with `fraudmon promote <directory name>`)."""
-
-
-@dataclass
-class HybridParts:
-    """The served graph and its parts' scores on every row (for the side-by-side report)."""
-
-    serving: Any
-    scores: dict[str, np.ndarray]
-    card: dict[str, Any]
+    evaluated: FraudDetector | None = None
+    """The detector fitted on the training part and validation slice, whose held-out figures the card reports."""
+    served: FraudDetector | None = None
+    """The detector refitted on every row: the exported graph."""
 
 
 def simulated_data(n_events: int, directory: Path) -> tuple[Path, Path]:
@@ -225,15 +220,6 @@ def _when(epoch_ms: int) -> str:
     return format_timestamp(int(epoch_ms))[:19].replace("T", " ")
 
 
-def parity_rows(x: np.ndarray, seed: int) -> np.ndarray:
-    """Up to 20,000 rows spread over the data; small data is resampled with jitter to reach 1,000."""
-    if len(x) >= 1000:
-        return x[np.linspace(0, len(x) - 1, min(len(x), PARITY_MAX_ROWS)).astype(int)]
-    rng = np.random.default_rng(seed)
-    extra = x[rng.integers(0, len(x), 1000 - len(x))]
-    return np.concatenate([x, extra + rng.normal(0, 0.05, extra.shape).astype(np.float32)])
-
-
 def feature_names_of(dataset: Dataset) -> list[str]:
     """A table's numeric columns, or the default features of events (`default_feature_names`)."""
     columns = dataset.source.get("features")
@@ -244,19 +230,6 @@ def feature_names_of(dataset: Dataset) -> list[str]:
         raise InputDataError(f"columns {', '.join(clashing)} have the names of built-in features, which are "
                              "computed from an event instead of read from it; rename them in the table")
     return list(columns)
-
-
-def fit_hybrid(trained: TrainedAutoencoder, x: np.ndarray, labels: np.ndarray, split: Split, seed: int,
-               ae_scores: np.ndarray, errors: np.ndarray) -> HybridParts:
-    """Fit the supervised head on the training part and the validation slice, and the combination on the
-    validation slice's out-of-fold logits; the served graph holds the autoencoder, the head and the combination."""
-    inputs = head_inputs(trained.scaled(x), errors)
-    head = SupervisedHead(seed=seed).fit(inputs[split.past], labels[split.past], inputs[split.val], labels[split.val])
-    combination = Combination().fit(ae_scores[split.val], head.validation_logits_, labels[split.val])
-    card = {"head": head.to_dict(), "combination": combination.describe(),
-            "combination_weights": combination.to_dict()}
-    return HybridParts(with_head(trained.model, head, combination), {"autoencoder": ae_scores,
-                                                                     "head": head.score(inputs)}, card)
 
 
 def train(request: TrainRequest) -> TrainResult:
@@ -280,77 +253,94 @@ def train(request: TrainRequest) -> TrainResult:
     no_head = head_problem(labels, split.past, split.val, request.labels)
     summary = summarize_data(dataset, split, names, preset)
     summary.lines.append("supervised head: " + (f"none, the autoencoder alone ({no_head})" if no_head else
-                                                "yes, fitted on the labels of the training and validation parts "
-                                                "(its choices on out-of-fold validation scores)"))
+                                                "yes, its choices on out-of-fold scores of the validation slice"))
+    summary.lines.append(f"served model: refitted on all {len(dataset):,} rows with the settings chosen on the "
+                         "split; the held-out figures are those of the fit before it")
     if request.on_data:
         request.on_data(summary)
     if not no_head and preset.head_threshold and not request.threshold_method:
         method, param = preset.head_threshold
         preset = replace(preset, threshold_method=method, threshold_param=param if request.threshold_param is None
                          else request.threshold_param)
-    val_normal = split.val if labels is None else split.val[labels[split.val] == 0]
-    trained = train_autoencoder(x[split.train], x[val_normal], config, verbose=request.verbose)
-    ae_scores, errors = trained.score(x)
-    parts: dict[str, Any] = {"autoencoder": {"hidden": list(config.hidden), "trained_on": "normal training rows",
-                                             "score": "mean squared reconstruction error of the scaled features"}}
-    serving, part_scores = trained.model, None
-    if no_head:
-        parts.update(head_skipped=no_head, combination="score = autoencoder score (no head)")
-    else:
-        hybrid = fit_hybrid(trained, x, labels, split, config.seed, ae_scores, errors)
-        serving, part_scores = hybrid.serving, hybrid.scores
-        parts.update(hybrid.card)
+    past = np.concatenate([split.past, split.val])
+    everything = np.concatenate([past, split.test])
+    detector = FraudDetector(config, labels=request.labels, val_fraction=request.val_fraction,
+                             threshold_method=preset.threshold_method, threshold_param=preset.threshold_param,
+                             verbose=request.verbose).fit(x[past], None if labels is None else labels[past])
+    assessment = ev.assess(x, detector.score_samples(x), labels, dataset.scenarios, split.test, detector.threshold_,
+                           ev.reference_thresholds(detector.normal_scores_), (split.train, split.val), config.seed,
+                           preset.pca_components, detector.score_parts(x) or None)
+    served = detector.refit(x[everything], None if labels is None else labels[everything])
 
     created = datetime.now(UTC)
     staging = request.out_dir or request.candidates_dir
-    partial, sha, parity = export_onnx(serving, staging / f"{request.name}.onnx", parity_rows(x, config.seed))
-    directory = request.out_dir or staging / f"{request.name}-{model_version(sha, created)}"
+    exported = served.to_onnx(staging / f"{request.name}.onnx.partial")
+    directory = request.out_dir or staging / f"{request.name}-{model_version(exported.sha256, created)}"
     onnx_path = directory / f"{request.name}.onnx"
     card_path = onnx_path.with_suffix(".json")
     try:
-        scores = onnx_scores(partial, x)
-        val_labels = None if labels is None else labels[split.val]
-        threshold = choose_threshold(preset.threshold_method, scores[val_normal], preset.threshold_param,
-                                     scores[split.val], val_labels)
-        references = ev.reference_thresholds(scores[val_normal])
-        n_components = preset.pca_components
-        assessment = ev.assess(x, scores, labels, dataset.scenarios, split.test, threshold, references,
-                               (split.train, split.val), config.seed, n_components, part_scores)
-        ts = dataset.timestamps
-        training = {
-            "command": request.command,
-            "data": dataset.source,
-            "preset": preset_name,
-            "rows": len(dataset),
-            "time_range": [format_timestamp(int(ts.min())), format_timestamp(int(ts.max()))],
-            "normal_only": split.normal_only,
-            "split": {"test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
-                      **split.summary(dataset)},
-            "labels": request.labels,
-            "hyper_parameters": config.to_dict(),
-            "seed": config.seed,
-            "epochs_run": len(trained.history.get("loss", [])),
-            "best_epoch": trained.best_epoch,
-            "fit_seconds": round(trained.seconds, 2),
-            "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": n_components},
-                          "kmeans": {"n_clusters": ev.KMEANS_CLUSTERS, "distance": "to the nearest centroid"}},
-        }
-        explanation = explanation_card([dataset.events[i] for i in split.train], names)
-        card = build_card(name=request.name, onnx_sha256=sha, feature_names=names, threshold=threshold.to_dict(),
-                          x_train=x[split.train], val_normal_scores=scores[val_normal], training=training,
-                          metrics=assessment.metrics, parity=parity, created=created, parts=parts,
-                          explanation=explanation)
+        learned = np.sort(everything if labels is None else everything[labels[everything] == 0])
+        training = _training_summary(request, dataset, split, preset_name, preset, detector, served, everything)
+        card = build_card(name=request.name, onnx_sha256=exported.sha256, feature_names=names,
+                          threshold=served.threshold_.to_dict(), expected_alert_rate=served.expected_alert_rate_,
+                          normal_scores=served.normal_scores_, x_train=x[learned], training=training,
+                          metrics=assessment.metrics, parity=exported.parity, created=created, parts=served.parts(),
+                          explanation=explanation_card([dataset.events[i] for i in learned], names))
         training["duration_seconds"] = round(time.perf_counter() - started, 2)
         report_dir = request.report_dir or directory / f"{request.name}-report"
         document = {"title": f"{card['name']} {card['version']}", "about": _about(card), "metrics": card["metrics"]}
-        report_path = write_report(report_dir, document, assessment.scores, assessment.labels, trained.history,
-                                   trained.best_epoch)
+        report_path = write_report(report_dir, document, assessment.scores, assessment.labels,
+                                   detector.autoencoder_.history, detector.autoencoder_.best_epoch)
         card["training"]["report"] = str(report_path)
         directory.mkdir(parents=True, exist_ok=True)
-        publish(partial, onnx_path, card, card_path)
+        publish(exported.path, onnx_path, card, card_path)
     finally:
-        partial.unlink(missing_ok=True)
-    return TrainResult(onnx_path, card_path, report_path, card, candidate=request.out_dir is None)
+        exported.path.unlink(missing_ok=True)
+    return TrainResult(onnx_path, card_path, report_path, card, request.out_dir is None, detector, served)
+
+
+def _training_summary(request: TrainRequest, dataset: Dataset, split: Split, preset_name: str, preset: Preset,
+                      detector: FraudDetector, served: FraudDetector, everything: np.ndarray) -> dict[str, Any]:
+    """The card's `training`: data, split, settings, how the evaluated fit went, and what the served model
+    learned from and where the card's figures come from (`served`)."""
+    ts = dataset.timestamps
+    config = detector.config
+    rows = served.fitted_on_
+    frauds = "" if rows["frauds"] is None else f", {rows['frauds']:,} frauds"
+    settings = {"epochs": served.config.epochs, "threshold": f"{served.threshold_.method} "
+                f"{served.threshold_.parameter:g}, carried over at the same rank among the normal rows each fit "
+                "learned from"}
+    if served.head_ is not None:
+        settings.update(head_C=served.head_.c_, alpha=served.combination_.alpha_)
+    return {
+        "command": request.command,
+        "data": dataset.source,
+        "preset": preset_name,
+        "rows": len(dataset),
+        "time_range": [format_timestamp(int(ts.min())), format_timestamp(int(ts.max()))],
+        "normal_only": split.normal_only,
+        "split": {"test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
+                  **split.summary(dataset)},
+        "labels": request.labels,
+        "hyper_parameters": config.to_dict(),
+        "seed": config.seed,
+        "epochs_run": len(detector.autoencoder_.history.get("loss", [])),
+        "best_epoch": detector.autoencoder_.best_epoch,
+        "fit_seconds": round(detector.autoencoder_.seconds, 2),
+        "baselines": {"isolation_forest": {"n_estimators": 200}, "pca": {"n_components": preset.pca_components},
+                      "kmeans": {"n_clusters": ev.KMEANS_CLUSTERS, "distance": "to the nearest centroid"}},
+        "served": {
+            "learned_from": f"every row of the data: {rows['rows']:,} rows{frauds} ({rows['autoencoder_rows']:,} "
+                            f"normal rows for the autoencoder), {format_timestamp(int(ts[everything].min()))} to "
+                            f"{format_timestamp(int(ts[everything].max()))}",
+            "settings_from_split": settings,
+            "refit_seconds": round(served.autoencoder_.seconds, 2),
+            "figures": "metrics: the held-out part scored by the detector fitted on the training part and the "
+                       "validation slice only (same settings); threshold, expected_alert_rate and score "
+                       "percentiles: that detector's normal validation scores, carried into the served model's "
+                       "units by rank among the normal rows each learned from",
+        },
+    }
 
 
 def _about(card: dict[str, Any]) -> dict[str, str]:
@@ -369,5 +359,7 @@ def _about(card: dict[str, Any]) -> dict[str, str]:
         "parts": "autoencoder + supervised head" if parts.get("head") else
                  f"autoencoder alone (no head: {parts['head_skipped']})",
         "combination": parts["combination"],
+        "served model": f"refitted on {t['served']['learned_from']}; the figures below are the held-out part's, "
+                        "scored by the fit on the training part and validation slice",
         "command": t["command"] or "(library call)",
     }

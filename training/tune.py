@@ -13,8 +13,9 @@ import numpy as np
 
 from stream_app.features import default_feature_names, vectorize
 from training.data import load_dataset, split_dataset
+from training.detector import FraudDetector
 from training.evaluate import fit_baselines, ranking
-from training.model import AutoencoderConfig, train_autoencoder
+from training.model import AutoencoderConfig
 
 GRIDS = {
     "broad": {"hidden": [(16, 8, 4), (32, 16, 8), (64, 32, 16), (64, 32)], "epochs": [20, 40, 80],
@@ -35,7 +36,7 @@ def tune(data: Path, truth: Path | None, base: AutoencoderConfig, grid: dict[str
     x = vectorize(dataset.events, default_feature_names(dataset.events))
     split = split_dataset(dataset)
     val_labels = dataset.labels[split.val]
-    val_normal = split.val[val_labels == 0]
+    past = np.concatenate([split.past, split.val])
     rows = []
     for name, score in fit_baselines(x[split.train], base.seed, base.hidden[-1]).items():
         if name == "isolation_forest":
@@ -48,8 +49,8 @@ def tune(data: Path, truth: Path | None, base: AutoencoderConfig, grid: dict[str
         config = replace(base, patience=max(base.patience, 10), **dict(zip(keys, values, strict=True)))
         results, started = [], time.perf_counter()
         for seed in SEEDS:
-            trained = train_autoencoder(x[split.train], x[val_normal], replace(config, seed=seed), verbose=0)
-            results.append(ranking(trained.score(x[split.val])[0], val_labels))
+            detector = FraudDetector(replace(config, seed=seed), labels="off").fit(x[past], dataset.labels[past])
+            results.append(ranking(detector.score_samples(x[split.val]), val_labels))
         rows.append({
             "model": "autoencoder " + ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)),
             "roc_auc": float(np.mean([r["roc_auc"] for r in results])),

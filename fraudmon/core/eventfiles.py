@@ -27,6 +27,8 @@ a file is refused when it has no data rows, when a column holds no number in any
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import math
 import zlib
@@ -207,11 +209,17 @@ def _check_policy(on_nonfinite: str) -> None:
 # ------------------------------------------------------------------------------------------- plumbing
 
 
+def _binary(path: Path) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing it when its name ends in `.gz`."""
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
 @contextmanager
 def _text(path: Path) -> Iterator[IO[str]]:
-    """Open a text file for reading (UTF-8, an optional byte order mark); decoding and CSV errors name the file."""
+    """Open a text file (gzipped when named `.gz`) for reading (UTF-8, an optional byte order mark); decoding and
+    CSV errors name the file."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as source:
+        with io.TextIOWrapper(_binary(path), encoding="utf-8-sig", newline="") as source:
             yield source
     except UnicodeDecodeError as exc:
         raise InputDataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8") from None
@@ -221,7 +229,7 @@ def _text(path: Path) -> Iterator[IO[str]]:
 
 def _is_blank(path: Path) -> bool:
     """Zero bytes or only whitespace (read until the first other byte, so a big file costs one block)."""
-    with path.open("rb") as handle:
+    with _binary(path) as handle:
         return not any(block.strip() for block in iter(lambda: handle.read(1 << 16), b""))
 
 
@@ -249,7 +257,7 @@ def is_json_lines(path: str | Path) -> bool:
 
 def json_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """The non-blank lines of a JSON-lines file as raw bytes with their line numbers (replay sends them as is)."""
-    with Path(path).open("rb") as lines:
+    with _binary(Path(path)) as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 yield number, line.rstrip(b"\r\n")

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from fraudmon.core.errors import ModelError
 
@@ -17,6 +17,16 @@ ONNX_INPUT = "features"  # float32 [batch, n_features], raw features (scaling li
 ONNX_SCORE = "score"  # float32 [batch]: the anomaly score the threshold applies to
 ONNX_FEATURE_ERRORS = "feature_errors"  # float32 [batch, n_features]: per-feature reconstruction error
 ONNX_OUTPUTS = (ONNX_SCORE, ONNX_FEATURE_ERRORS)
+SCORE_PERCENTILE_LEVELS = (
+    *range(100),
+    *(round(99 + i / 10, 1) for i in range(1, 10)),
+    *(round(99.9 + i / 100, 2) for i in range(1, 10)),
+    *(round(99.99 + i / 1000, 3) for i in range(1, 10)),
+    100,
+)
+"""The levels of `score_percentiles`: 0, 1, ..., 99, 99.1, ..., 99.9, 99.91, ..., 99.99, 99.991, ..., 99.999, 100."""
+WRITING = {"writing": True}
+"""Validation context of a card being written: fields that old cards may lack are required in new ones."""
 
 
 class ThresholdCard(BaseModel):
@@ -60,8 +70,35 @@ class PartsCard(BaseModel):
     combination: str
 
 
+class ScorePercentilesCard(BaseModel):
+    """The scores of the normal validation rows at each level (in percent, linear interpolation; 100 is their
+    maximum): a score's risk on 0-100 is the share of those rows scoring lower, interpolated between levels."""
+
+    model_config = ConfigDict(frozen=True)
+
+    levels: tuple[float, ...] = Field(min_length=2)
+    scores: tuple[float, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _monotone(self) -> ScorePercentilesCard:
+        levels, scores = self.levels, self.scores
+        if len(levels) != len(scores):
+            raise ValueError(f"{len(levels)} levels but {len(scores)} scores")
+        if levels[0] != 0 or levels[-1] != 100 or any(a >= b for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError("levels must rise strictly from 0 to 100")
+        if not all(map(math.isfinite, scores)) or any(a > b for a, b in zip(scores, scores[1:], strict=False)):
+            raise ValueError("scores must be finite and never decrease")
+        return self
+
+
 class ModelCard(BaseModel):
-    """Metadata of one exported model; unknown keys (training summary, metrics, parity, ...) are kept as they are."""
+    """Metadata of one exported model; unknown keys (training summary, metrics, parity, ...) are kept as they are.
+
+    `score_percentiles` (`{"levels": [0, 1, ..., 99, 99.1, ..., 99.999, 100], "scores": [...]}`, levels
+    `SCORE_PERCENTILE_LEVELS`) holds the normal validation rows' score at each level, so that a score maps to a
+    risk of 0-100 (the share of those rows scoring lower). Cards written since it exists carry it (validate them
+    with `context=WRITING`); older cards lack it and load with None.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
@@ -75,9 +112,12 @@ class ModelCard(BaseModel):
     created_at: str | None = None
     parts: PartsCard | None = None
     explanation: ExplanationCard | None = None
+    score_percentiles: ScorePercentilesCard | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> ModelCard:
+    def _consistent(self, info: ValidationInfo) -> ModelCard:
+        if self.score_percentiles is None and (info.context or {}).get("writing"):
+            raise ValueError("a new card needs score_percentiles")
         if self.n_features != len(self.feature_names):
             raise ValueError(f"n_features is {self.n_features} but feature_names lists {len(self.feature_names)}")
         if not 0.0 <= self.expected_alert_rate <= 1.0 or math.isnan(self.expected_alert_rate):
