@@ -119,9 +119,9 @@ def fingerprint(event: Event) -> str:
 # The plan: the declarations grouped by the keys that hold them (one group per key kind and entity field).
 KIND_CODES = {"count": 1, "sum": 2, "mean": 3, "std": 4, "count_distinct": 5, "seen": 6, "first_seen_age": 7,
               "since_last": 8}  # as in lua/aggregates.lua
-STAT_FIELDS = {"count": ("n",), "mean": ("n", "m", "q"), "std": ("n", "m", "q"), "sum": ("s",),
+STAT_FIELDS = {"count": ("n",), "mean": ("n", "k", "m", "q"), "std": ("n", "k", "m", "q"), "sum": ("s",),
                "first_seen_age": ("f",), "since_last": ("l",)}
-STAT_ORDER = ("n", "m", "q", "s", "f", "l")
+STAT_ORDER = ("n", "k", "m", "q", "s", "f", "l")
 OF_CODES = {"account_id": "a", "ip": "i", "device_id": "d", "merchant_id": "mi", "counterparty_id": "p",
             "transaction_id": "t", "country": "c", "channel": "ch", "currency": "cu", "merchant_category": "mc"}
 """Short names of the fields in hash fields and key names: <code>:<value> marks a value seen, #<code> counts them."""
@@ -366,26 +366,29 @@ class InMemoryStateStore:
         key = (g.by, entity, g.ttl_ms)
         st = self._hashes.get(key)
         if st is None or ts - st["touched"] > g.ttl_ms:  # expired: ttl after the entity's last event
-            st = {"n": 0, "m": 0.0, "q": 0.0, "s": 0.0, "f": None, "l": None, "touched": ts, "v": {}}
-        n, m, q, s, f, last = st["n"], st["m"], st["q"], st["s"], st["f"], st["l"]
+            st = {"touched": ts, "v": {}}  # and the statistics once written, as in the script's hash
+        n, s, f, last, m = st.get("n", 0), st.get("s", 0.0), st.get("f"), st.get("l"), st.get("m")
+        # Welford's count is n, or k once they differ (a mean declared after the count starts from nothing)
+        m, q, k = (0.0, 0.0, 0) if m is None else (m, st["q"], st.get("k", n))
         marks = [value is not None and value in st["v"].get(of, ()) for (of, _), value in
                  zip(g.ofs, present, strict=True)]
-        for position, kind, k in g.aggs:
+        distinct = [st.get(f"#{of}", len(st["v"].get(of, ()))) for of, _ in g.ofs]
+        for position, kind, i in g.aggs:
             if kind == "count":
                 values[position] = n
             elif kind == "mean":
                 values[position] = m
             elif kind == "std":
-                if n > 0:
-                    values[position] = math.sqrt(q / n)
+                if k > 0:
+                    values[position] = math.sqrt(q / k)
             elif kind == "sum":
                 values[position] = s
             elif kind == "seen":
-                if present[k] is not None:
-                    values[position] = marks[k]
+                if present[i] is not None:
+                    values[position] = marks[i]
             elif kind == "count_distinct":
-                if present[k] is not None:
-                    values[position] = st.get(f"#{g.ofs[k][0]}", 0)
+                if present[i] is not None:
+                    values[position] = distinct[i]
             elif kind == "first_seen_age":
                 if f is not None:
                     values[position] = max(0, ts - f)
@@ -399,20 +402,22 @@ class InMemoryStateStore:
         if "n" in stats:
             st["n"] = n + 1
         if "m" in stats:
-            _, mean, m2 = _welford(n, m, q, event.amount)
+            k, mean, m2 = _welford(k, m, q, event.amount)
             if _finite(mean, m2):
                 st["m"], st["q"] = mean, m2
+                if "k" in st or k != n + 1:
+                    st["k"] = k
         if "s" in stats and _finite(s + event.amount):
             st["s"] = s + event.amount
         if "f" in stats and not (f is not None and f <= ts):
             st["f"] = ts
         if "l" in stats and not (last is not None and last >= ts):
             st["l"] = ts
-        for (of, distinct), value, mark in zip(g.ofs, present, marks, strict=True):
+        for (of, counted), value, mark, count in zip(g.ofs, present, marks, distinct, strict=True):
             if value is not None and not mark:
                 st["v"].setdefault(of, set()).add(value)
-                if distinct:
-                    st[f"#{of}"] = st.get(f"#{of}", 0) + 1
+            if value is not None and counted:
+                st[f"#{of}"] = count + (not mark)
 
     def _stream(self, g: _StreamGroup, event: Event, content: str, ts: int, values: list, record: bool) -> None:
         entity = getattr(event, g.by)

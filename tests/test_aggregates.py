@@ -277,6 +277,22 @@ def test_a_redelivery_after_the_declarations_changed_reads_the_state_now_and_is_
     assert store.observe(other, [event("c3", "a", 2)]) == [(2, 0)]
 
 
+def test_an_aggregate_declared_later_starts_from_the_events_after_it(store):
+    """A mean declared after the count it shares its hash with starts from nothing (not from the count); a
+    count_distinct declared after a seen of its field counts the values that seen marked."""
+    before = {"n": {"kind": "count", "by": "account_id", "ttl": "1d"},
+              "seen": {"kind": "seen", "by": "account_id", "of": "country", "ttl": "1d"}}
+    after = parse_aggregates({**before, "mean": {"kind": "mean", "by": "account_id", "of": "amount", "ttl": "1d"},
+                              "std": {"kind": "std", "by": "account_id", "of": "amount", "ttl": "1d"},
+                              "countries": {"kind": "count_distinct", "by": "account_id", "of": "country",
+                                            "ttl": "1d"}})
+    store.observe(parse_aggregates(before), [event("l1", "a", 0, 100, country="DE"),
+                                             event("l2", "a", 1, 200, country="FR")])
+    states = store.observe(after, [event("l3", "a", 2, 10, country="DE"), event("l4", "a", 3, 20, country="IT"),
+                                   event("l5", "a", 4, 30, country="IT")])
+    assert states == [(2, True, 0.0, 0.0, 2), (3, False, 10.0, 0.0, 2), (4, True, 15.0, 5.0, 3)]
+
+
 def test_no_aggregates_no_state(store):
     assert store.observe((), [event("z1"), event("z2")]) == [(), ()]
 

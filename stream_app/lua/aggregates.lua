@@ -42,8 +42,10 @@ for _, g in ipairs(streams) do g.tag = '{' .. g[2] .. ':' end
 for _, g in ipairs(distincts) do g.tag, g.suffix = '{' .. g[2] .. ':', '}:d:' .. g[4] end
 
 -- A hash per entity and ttl: g = [by, by name, ttl_ms, statistic fields, [[of, of code, counts distinct], ...],
--- [[out, kind, of position], ...]]. Statistics: n (events), m and q (Welford's mean and m2 of the amount), s (sum),
--- f and l (first and last event time), #<code> (distinct values of an `of`); <code>:<value> marks a value seen.
+-- [[out, kind, of position], ...]]. Statistics: n (events), m and q (Welford's mean and m2 of the amount; k its
+-- count where not n), s (sum), f and l (first and last event time), #<code> (distinct values of an `of`);
+-- <code>:<value> marks a value seen. An aggregate declared later starts from the events after it, except
+-- count_distinct, which counts the values its field's `seen` marked before.
 -- What was read is kept in the group's own tables (g.st, g.present, g.marks) until the event is recorded.
 local function hash_read(g, row, ts, vals)
   local value = row[g[1]]
@@ -64,21 +66,35 @@ local function hash_read(g, row, ts, vals)
   local got = call('HMGET', key, unpack(names, 1, count))
   local st, marks, fresh = g.st, g.marks, true
   for i = 1, count do
-    if got[i] then fresh = false; break end
+    if got[i] then fresh = false; break end  -- a new key: its expiry is set without asking for it
   end
-  local n, m, q = tonumber(got[g.at_n]) or 0, tonumber(got[g.at_m]) or 0, tonumber(got[g.at_q]) or 0
-  if not (finite(n) and finite(m) and finite(q)) or n < 0 or q < 0 then
-    n, m, q = 0, 0, 0  -- unreadable statistics (a corrupt or older key): start them again
+  -- Welford's count is n, or k once they differ (a mean declared after the count: it starts from nothing)
+  local n, m, q, wn = tonumber(got[g.at_n]) or 0, tonumber(got[g.at_m]), tonumber(got[g.at_q]) or 0, nil
+  st.has_k = got[g.at_k] or false
+  if m then wn = tonumber(st.has_k) or n else m, wn = 0, 0 end
+  if not (finite(n) and finite(m) and finite(q) and finite(wn)) or n < 0 or q < 0 or wn < 0 then
+    n, m, q, wn = 0, 0, 0, 0  -- unreadable statistics (a corrupt or older key): start them again
   end
   local s, f, l = tonumber(got[g.at_s]) or 0, tonumber(got[g.at_f]), tonumber(got[g.at_l])
   if not finite(s) then s = 0 end
-  st.key, st.fresh, st.n, st.m, st.q, st.s, st.f, st.l = key, fresh, n, m, q, s, f, l
+  st.key, st.fresh, st.n, st.m, st.q, st.wn, st.s, st.f, st.l = key, fresh, n, m, q, wn, s, f, l
   local at = g.nstats
   for k = 1, #ofs do
     if present[k] then
       at = at + 1
       marks[k] = got[at]
-      st[k] = ofs[k][3] and (tonumber(got[g.at_d[k]]) or 0)
+      if ofs[k][3] then  -- how many distinct values: #<code>, or counted once (declared after their seen)
+        local count = tonumber(got[g.at_d[k]])
+        st.repair[k] = not count
+        if not count then
+          count = 0
+          local mark = ofs[k][2] .. ':'
+          for _, field in ipairs(call('HKEYS', key)) do
+            if string.sub(field, 1, #mark) == mark then count = count + 1 end
+          end
+        end
+        st[k] = count
+      end
     end
   end
   local aggs = g[6]
@@ -88,7 +104,7 @@ local function hash_read(g, row, ts, vals)
     if kind == COUNT then vals[out] = format('%d', n)
     elseif kind == MEAN then vals[out] = dbl(m)
     elseif kind == STD then
-      if n > 0 then vals[out] = dbl(math.sqrt(q / n)) end
+      if wn > 0 then vals[out] = dbl(math.sqrt(q / wn)) end
     elseif kind == SEEN then
       if present[k] then vals[out] = marks[k] and 'true' or 'false' end
     elseif kind == SUM then vals[out] = dbl(s)
@@ -108,12 +124,13 @@ local function hash_write(g, ts, amount)
     update[1] = 'n'; update[2] = format('%d', st.n + 1); u = 2
   end
   if has.m then
-    local n = st.n + 1
+    local wn = st.wn + 1
     local delta = amount - st.m
-    local m = st.m + delta / n
+    local m = st.m + delta / wn
     local q = st.q + delta * (amount - m)
     if finite(m) and finite(q) then
       update[u + 1] = 'm'; update[u + 2] = dbl(m); update[u + 3] = 'q'; update[u + 4] = dbl(q); u = u + 4
+      if st.has_k or wn ~= st.n + 1 then update[u + 1] = 'k'; update[u + 2] = format('%d', wn); u = u + 2 end
     end
   end
   if has.s then
@@ -127,6 +144,8 @@ local function hash_write(g, ts, amount)
     if present[k] and not marks[k] then
       update[u + 1] = present[k]; update[u + 2] = '1'; u = u + 2
       if ofs[k][3] then update[u + 1] = '#' .. ofs[k][2]; update[u + 2] = format('%d', st[k] + 1); u = u + 2 end
+    elseif present[k] and ofs[k][3] and st.repair[k] then
+      update[u + 1] = '#' .. ofs[k][2]; update[u + 2] = format('%d', st[k]); u = u + 2
     end
   end
   if u > 0 then call('HSET', st.key, unpack(update, 1, u)) end
@@ -220,7 +239,7 @@ local function distinct_write(g, row, ts)
 end
 
 for _, g in ipairs(hashes) do
-  g.has, g.names, g.nstats, g.st, g.present, g.marks, g.update, g.at_d = {}, {}, #g[4], {}, {}, {}, {}, {}
+  g.has, g.names, g.nstats, g.st, g.present, g.marks, g.update, g.at_d = {}, {}, #g[4], {repair = {}}, {}, {}, {}, {}
   for i, name in ipairs(g[4]) do
     g.has[name] = true
     g.names[i] = name
@@ -237,15 +256,12 @@ local vals, read = {}, {}
 -- any write), what each group read into `read`; `variants`: the contents recorded before under the id.
 local function aggregate(row, variants)
   local ts = row[3]
-  for i = 1, n_values do vals[i] = false end
+  for i = 1, n_values do vals[i] = defaults[i] end
   for i = 1, #tx_counts do vals[tx_counts[i]] = format('%d', variants) end
   for i = 1, n_hashes do read[i] = hash_read(hashes[i], row, ts, vals) end
   for i = 1, n_streams do read[n_hashes + i] = stream_read(streams[i], row, ts, vals) end
   local after = n_hashes + n_streams
   for i = 1, n_distincts do read[after + i] = distinct_read(distincts[i], row, ts, vals) end
-  for i = 1, n_values do
-    if not vals[i] then vals[i] = defaults[i] end
-  end
   return '[' .. table.concat(vals, ',', 1, n_values) .. ']'
 end
 
