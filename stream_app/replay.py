@@ -143,8 +143,6 @@ def offline_engine(settings: Settings, rules: RuleSet | None = None,
     simulated event's time may lie ahead of now; `rules` instead of the configured rules file, `lists` as the
     named lists' entries."""
     limits = replace(event_limits(settings), max_future_ms=None)
-    engine = build_engine(settings, store=InMemoryStateStore(), limits=limits)
-    if rules is not None:
-        engine.rules = rules
+    engine = build_engine(settings, store=InMemoryStateStore(settings.redis.dedupe_ttl_s), limits=limits, rules=rules)
     engine.lists = lambda: lists
     return engine

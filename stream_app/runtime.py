@@ -13,7 +13,7 @@ from fraudmon.core.errors import ConfigError, FraudMonitorError, ModelError, Sta
 from fraudmon.core.events import EventLimits
 from stream_app.engine import DecisionEngine
 from stream_app.metrics import WorkerMetrics
-from stream_app.rules import load_rules
+from stream_app.rules import RuleSet, load_rules
 from stream_app.scoring import load_model
 from stream_app.state import StateStore, make_state_store
 
@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 def build_engine(
     settings: Settings, metrics: WorkerMetrics | None = None, store: StateStore | None = None,
-    limits: EventLimits | None = None,
+    limits: EventLimits | None = None, rules: RuleSet | None = None,
 ) -> DecisionEngine:
-    """Load and check the model, its card and the rules; raise a `FraudMonitorError` saying what to fix."""
+    """Load and check the model, its card and the rules (`rules`, or the configured file); raise a
+    `FraudMonitorError` saying what to fix."""
     model = load_model(settings.resolve(settings.worker.model_path))
-    rules = load_rules(settings.resolve(settings.worker.rules_path))
+    rules = rules if rules is not None else load_rules(settings.resolve(settings.worker.rules_path))
     shadow_path = settings.worker.shadow_model_path
     shadow = load_model(settings.resolve(shadow_path)) if shadow_path else None
     return DecisionEngine(

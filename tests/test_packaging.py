@@ -25,7 +25,7 @@ def test_a_non_editable_install_serves_from_its_working_directory(tmp_path):
         shutil.copytree(PROJECT_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(site), str(source)], check=True, capture_output=True, timeout=300)
-    assert (site / "stream_app" / "lua" / "observe.lua").is_file()
+    assert (site / "stream_app" / "lua" / "aggregates.lua").is_file()
     assert (site / "fraudmon" / "tools" / "kafka-pom.xml").is_file()
     home = tmp_path / "home"
     shutil.copytree(PROJECT_ROOT / "config", home / "config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -51,7 +52,7 @@ def _small_events(n: int = 200, seed: int = 1):
 
 def _bad_creditcard(tmp_path: Path, row: int, column: str, value: str) -> Path:
     """A copy of the first rows of the card-holder file with one cell replaced (row is 1-based)."""
-    lines = CREDITCARD.read_text().splitlines()[:20]
+    lines = gzip.decompress(CREDITCARD.read_bytes()).decode().splitlines()[:20]
     header = lines[0].split(",")
     cells = lines[row].split(",")
     cells[header.index(column)] = value
@@ -85,7 +86,7 @@ def test_creditcard_rows_become_events_with_features_and_labels(tmp_path: Path) 
 
 @needs_creditcard
 def test_creditcard_missing_column_names_the_column(tmp_path: Path) -> None:
-    lines = CREDITCARD.read_text().splitlines()[:5]
+    lines = gzip.decompress(CREDITCARD.read_bytes()).decode().splitlines()[:5]
     path = tmp_path / "no_v7.csv"
     path.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != 7) for line in lines))
     with pytest.raises(InputDataError, match=r"column V7 is missing from the header \(line 1\)"):

@@ -40,7 +40,7 @@ def test_shipped_rules_file_loads_with_every_action_and_a_shadow_rule():
     assert {rule.action for rule in rules.rules} == {"allow", "review", "block"}
     assert [rule.id for rule in rules.rules if rule.mode == "shadow"] == ["new_country"]
     assert rules.precedence == DEFAULT_PRECEDENCE
-    assert rules.bands.review_above == THRESHOLD and rules.bands.block_above == 99.99
+    assert rules.bands.review_above == THRESHOLD and rules.bands.block_above is None
     assert {"blocked_ips", "trusted_accounts"} <= set(rules.lists)
 
 

@@ -121,7 +121,7 @@ def test_replay_decides_each_table_row_with_ground_truth(table, table_model, tmp
     result = CliRunner().invoke(app, ["replay", str(table), *TABLE_OPTIONS, "--out", str(out)],
                                 env={"FRAUDMON_MODEL": str(onnx_path)})
     assert result.exit_code == 0, result.output
-    assert "decisions: 2400" in result.output and "recall label=0" in result.output
+    assert "decisions 2400" in result.output and "recall label=0" in result.output
     decisions = [json.loads(line) for line in out.read_text().splitlines()]
     assert decisions[0]["transaction_id"] == "row-1"
     assert all(item["field"] in COLUMNS for d in decisions for item in d["model"]["top_features"])

@@ -37,7 +37,8 @@ def decision(i: int, account: str, flag: bool = False) -> dict:
     return {
         "transaction_id": f"tx-{i}", "account_id": account, "amount": 10.0 * i + 0.5,
         "event_time": f"2026-11-01T10:00:{i:02d}.000Z", "decided_at": f"2026-11-01T10:00:{i:02d}.010Z",
-        "decision": "flag" if flag else "pass", "reasons": ["model", "amount_over_limit"] if flag else [],
+        "action": "review" if flag else "allow", "decision": "flag" if flag else "pass",
+        "risk_score": 99.5 if flag else 12.0, "reasons": ["model", "amount_over_limit"] if flag else [],
         "model": {"version": "v1", "score": 0.9, "threshold": 0.5,
                   "top_features": [{"name": "amount_log", "error": 3.2}, {"field": "hour_sin", "error": 1.1}]},
         "rules": [], "degraded": False, "latency_ms": 1.5,
@@ -91,10 +92,10 @@ def test_tail_shows_the_last_records_across_partitions_oldest_first(make_topic, 
     out = lines(run("tail", topic, "--last", "3"))
 
     assert len(out) == 3
-    assert out[0] == ("2026-11-01T10:00:10.000Z  acc-1      100.50  PASS  reasons: -  top: amount_log, hour_sin"
-                      "  (tx-10)")
-    assert out[1] == ("2026-11-01T10:00:11.000Z  acc-2      110.50  FLAG  reasons: model,amount_over_limit"
-                      "  top: amount_log, hour_sin  (tx-11)")
+    assert out[0] == ("2026-11-01T10:00:10.000Z  acc-1      100.50  ALLOW   reasons: -  risk 12.000"
+                      "  top: amount_log, hour_sin  (tx-10)")
+    assert out[1] == ("2026-11-01T10:00:11.000Z  acc-2      110.50  REVIEW  reasons: model,amount_over_limit"
+                      "  risk 99.500  top: amount_log, hour_sin  (tx-11)")
     assert out[2].startswith("acc-9  (not JSON) ") and "this is not JSON" in out[2]
     assert len(lines(run("tail", topic))) == 13  # --last defaults to 20
 

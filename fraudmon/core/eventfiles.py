@@ -98,6 +98,7 @@ class GroundTruth(NamedTuple):
 def write_ground_truth(path: str | Path, truth: Iterable[GroundTruth]) -> int:
     """Write labels as CSV `transaction_id,label,scenario`; return the count."""
     count = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with Path(path).open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(TRUTH_COLUMNS)
@@ -337,6 +338,7 @@ def write_events(path: str | Path, events: Iterable[Event]) -> int:
     """Write events as JSON lines, or as event CSV when the name ends in `.csv`; return the count."""
     path = Path(path)
     count = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as out:
         if path.suffix.lower() == ".csv":
             events = list(events)  # the header names every feature any event carries

@@ -38,7 +38,7 @@ def summarise(
     collector: OutputReader, truth: dict[str, tuple[int, str]], produced: int, malformed: int,
     started_s: float,
 ) -> dict:
-    """Counts, flag reasons, precision/recall (overall and per scenario), dead letters and latency."""
+    """Counts, actions, flag reasons, precision/recall (overall and per scenario), dead letters and latency."""
     first = collector.first_decisions()
     decisions = [value for value, _ in first]
     # event time (stamped when the demo sent it) to the decision record's timestamp (when the worker published it)
@@ -54,6 +54,7 @@ def summarise(
         "decisions": len(decisions),
         "duplicate_decisions": collector.duplicates,
         "flags": len(flagged),
+        "actions": dict(Counter(d["action"] for d in decisions)),
         "flagged_topic_messages": len(collector.flagged),
         "flags_by_reason": flags_by_reason(decisions),
         "precision": tp / len(flagged) if flagged else 0.0,
@@ -72,7 +73,9 @@ def print_summary(summary: dict, out_dir: Path, alerts_url: str) -> None:
     print("\n=== fraud-monitor demo summary ===")
     print(f"events produced      {summary['produced_valid']} valid + {summary['produced_malformed']} malformed")
     print(f"decisions            {summary['decisions']} (duplicates {summary['duplicate_decisions']})")
-    print(f"flags                {summary['flags']} (on flagged-transactions: {summary['flagged_topic_messages']})")
+    actions = summary["actions"]
+    print(f"actions              allow {actions.get('allow', 0)}, review {actions.get('review', 0)}, block "
+          f"{actions.get('block', 0)} (review and block on flagged-transactions: {summary['flagged_topic_messages']})")
     for reason, count in summary["flags_by_reason"].items():
         print(f"  {reason:<26} {count}")
     print(f"precision / recall   {summary['precision']:.3f} / {summary['recall']:.3f}")

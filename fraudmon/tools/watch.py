@@ -135,8 +135,10 @@ def _format_decision(entry: Entry, value: dict) -> str:
     reasons = ",".join(value.get("reasons") or []) or "-"
     model = value.get("model") if isinstance(value.get("model"), dict) else {}
     top = [f.get("field") or f.get("name") for f in model.get("top_features") or [] if isinstance(f, dict)]
+    risk = value.get("risk_score")
+    reasons += f"  risk {risk:.3f}" if isinstance(risk, int | float) else ""
     line = (f"{value.get('event_time') or _record_time(entry)}  {value.get('account_id', entry.key)}  "
-            f"{amount_text}  {str(value['decision']).upper():<4}  reasons: {reasons}")
+            f"{amount_text}  {str(value.get('action') or value['decision']).upper():<6}  reasons: {reasons}")
     if top:
         line += f"  top: {', '.join(str(name) for name in top)}"
     return line + f"  ({value.get('transaction_id', '?')})"
