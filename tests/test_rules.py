@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fraudmon.core.errors import RulesError
 from fraudmon.core.events import event_from_dict
@@ -18,6 +20,7 @@ from stream_app.rules import (
     judge,
     load_rules,
     model_action,
+    parse_rules,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -158,3 +161,35 @@ def test_an_event_without_a_field_reads_it_as_empty_and_has_tells(tmp_path):
         """)
     assert [h.id for h in judge(rules, event(ip=None), (), None, {}).hits] == ["no_ip", "empty"]
     assert [h.id for h in judge(rules, event(device_id="d"), (), None, {}).hits] == []
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                     st.text(max_size=30), st.sampled_from(["event.amount > 5", "agg.n > 1", "true", "review",
+                                                            "block", "allow", "shadow", "count", "account_id", "5m"]))
+_keys = st.one_of(st.text(max_size=12), st.sampled_from(["rules", "id", "when", "action", "mode", "aggregates",
+                                                         "lists", "model", "precedence", "kind", "by", "of",
+                                                         "window", "ttl", "review_above", "block_above", "n"]))
+_documents = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner,
+                                                                                                  max_size=5),
+                          max_leaves=25)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=st.dictionaries(_keys, _documents, max_size=6))
+def test_no_rules_document_raises_anything_but_a_rules_error(document):
+    """Whatever the YAML holds, the file is either a rule set or refused with a RulesError (never a crash)."""
+    try:
+        parse_rules(document)
+    except RulesError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300))
+def test_no_rules_file_text_raises_anything_but_a_rules_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "rules.yaml"
+    path.write_text(text)
+    try:
+        load_rules(path)
+    except RulesError:
+        pass
