@@ -143,7 +143,7 @@ class DecisionEngine:
     ) -> None:
         self.metrics = metrics or WorkerMetrics()
         self.store = store
-        self.rules = rules
+        self.rules = rules  # (a property: declares the rules' series on the metrics)
         self.lists = lists  # the current entries of the named lists, asked once per batch
         self.latency_budget_ms = latency_budget_ms
         self.retry_after_s = retry_after_s
@@ -158,6 +158,15 @@ class DecisionEngine:
         self.set_shadow(shadow)
         self.metrics.latency_budget_seconds.set(latency_budget_ms / 1000.0)
         self.set_model(model)
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        self._rules = rules
+        self.metrics.declare_rules(rules)
 
     def set_model(self, model: OnnxModel) -> None:
         self.model = model

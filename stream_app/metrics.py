@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stream_app.rules import RuleSet
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Reconstruction errors span decades: the default model's normal median is ~1e-4 and its threshold ~7e-3, the
 # card-holder model's threshold ~2. Two buckets per decade keep both readable on the heatmap.
@@ -109,6 +111,16 @@ class WorkerMetrics:
                 self.reloads.labels(artifact=artifact, result=result)
         for cause in ("redis_unavailable", "state_error", "model_error"):
             self.degraded.labels(cause)
+
+    def declare_rules(self, rules: RuleSet) -> None:
+        """Start each rule's series at 0 (hits, errors, verdicts), so that `increase()` and `rate()` see a rule's
+        first hit or verdict; series of rules no longer in the file stay until the worker restarts."""
+        for rule in rules.rules:
+            (self.rule_hits if rule.mode == "live" else self.shadow_rule_hits).labels(rule.id, rule.action)
+            self.rule_errors.labels(rule.id)
+            if rule.mode == "live":
+                for verdict in ("fraud", "legit"):
+                    self.rule_verdicts.labels(rule.id, verdict)
 
     def set_model(self, name: str, version: str, threshold: float, expected_alert_rate: float) -> None:
         self.model_info.clear()

@@ -402,7 +402,7 @@ def test_creditcard_replay_arrives_with_truth_file(
 ) -> None:
     topic = make_topic(partitions=6)
     truth = tmp_path / "truth.csv"
-    data = tmp_path / "creditcard.csv"
+    data = tmp_path / "creditcard.csv.gz"
     shutil.copy(CREDITCARD, data)
     result = CliRunner().invoke(_cli(), [
         "--file", str(data), "--topic", topic, "--bootstrap", kafka_bootstrap, "--rate", "5000",

@@ -239,7 +239,7 @@ def test_redis_outage_degrades_then_recovers(kafka_bootstrap, worker_topics, sta
         velocity_tx = next(tx + "-after" for tx in after.expected["velocity"])
         assert "velocity" in {h["id"] for h in recovered[velocity_tx]["rules"]}, "state-based rules work again"
         client = redis.Redis.from_url(redis_url)
-        assert all(client.exists(f"fm:tx:{e['transaction_id']}") for e in outage), \
+        assert all(client.exists(f"fm:{{transaction_id:{e['transaction_id']}}}:dd") for e in outage), \
             "events decided during the outage are recorded in rule state once Redis is back"
         assert "fraud_state_backlog_events 0.0" in worker.metrics_text()
     finally:

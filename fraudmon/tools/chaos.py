@@ -139,11 +139,14 @@ class Rig:
         return OutputReader(self.settings, [self.topics["scores"]], self.topics["dlq"], from_beginning=True).start()
 
     def account_counts(self) -> dict[str, int]:
-        """How many events Redis' rule state recorded per account (`n` of each account hash)."""
+        """How many events Redis' rule state recorded per account (`n` of the account's history hashes, one per
+        ttl of the aggregates by account_id: `<prefix>{account_id:<account>}:h<ttl_ms>`)."""
         client = redis.Redis.from_url(self.settings.redis.url)
-        counts = {}
-        for key in client.scan_iter(f"{self.prefix}acct:*", count=1000):
-            counts[key.decode()[len(self.prefix) + 5:]] = int(client.hget(key, "n") or 0)
+        counts: dict[str, int] = {}
+        head = f"{self.prefix}{{account_id:"
+        for key in client.scan_iter(f"{head}*}}:h*", count=1000):
+            account = key.decode()[len(head):].rpartition("}:h")[0]
+            counts[account] = max(counts.get(account, 0), int(client.hget(key, "n") or 0))
         return counts
 
     def down(self) -> None:
