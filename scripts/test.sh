@@ -20,4 +20,4 @@ PYTHON_VERSIONS=$other VENV=".venv-$other" scripts/setup.sh
 setup_status=$?
 if [ "$setup_status" -eq 3 ]; then echo "test: no Python $other here; skipped"; exit 0; fi
 [ "$setup_status" -ne 0 ] && exit "$setup_status"
-exec ".venv-$other/bin/pytest" -q -m "not integration" -p no:cacheprovider
+FRAUDMON_FUZZ_SCALE=0.25 exec ".venv-$other/bin/pytest" -q -m "not integration" -p no:cacheprovider

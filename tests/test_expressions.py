@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 
 import celpy
@@ -40,6 +41,12 @@ EVENT = Event("tx-1", "acct-1", 2500.0, T0 + 3 * 3_600_000 + 61_500, currency="E
 AGG = (8, 100.0, False, 90_000, 3)
 LISTS = {"blocked_ips": {"203.0.113.7"}, "trusted_accounts": set()}
 COUNTS: dict[str, int] = {}  # examples run per property (printed at the end with -s)
+
+
+def examples(count: int) -> int:
+    """`count` hypothesis examples, scaled by $FRAUDMON_FUZZ_SCALE (the second Python's run of `make test` uses
+    fewer; a deeper run more)."""
+    return max(10, int(count * float(os.environ.get("FRAUDMON_FUZZ_SCALE", "1"))))
 
 
 def run(text: str, event: Event = EVENT, agg=AGG, score: float | None = 42.0, lists=LISTS, expect=CelType.BOOL):
@@ -435,7 +442,7 @@ CELPY_DEPARTURES = {
 }
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=typed_expressions(), event=EVENTS, agg=AGGS, score=SCORES)
 def test_differential_against_celpy(text, event, agg, score):
     COUNTS["differential celpy"] = COUNTS.get("differential celpy", 0) + 1
@@ -474,7 +481,7 @@ CONSTANT_INTS = st.recursive(
         lambda t: f"({t[0]} {t[1]} {t[2]})"), max_leaves=5)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(left=CONSTANT_INTS, op=st.sampled_from(["<", "==", ">="]), right=CONSTANT_INTS)
 def test_differential_against_cel_rust_on_int_arithmetic(left, op, right):
     COUNTS["differential cel"] = COUNTS.get("differential cel", 0) + 1
@@ -502,7 +509,7 @@ TOKENS = st.sampled_from([
 ])
 
 
-@settings(max_examples=4000, deadline=None)
+@settings(max_examples=examples(4000), deadline=None)
 @given(text=st.one_of(st.text(max_size=200), st.lists(TOKENS, max_size=40).map("".join)))
 def test_fuzz_compile_raises_only_expression_error(text):
     COUNTS["fuzz compile"] = COUNTS.get("fuzz compile", 0) + 1
@@ -540,7 +547,7 @@ RULES = [
 ]
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.one_of(st.sampled_from(RULES), typed_expressions()), event=ODD_EVENTS, agg=ODD_AGGS,
        score=st.one_of(st.none(), st.floats(allow_nan=False), st.integers()), lists=ODD_LISTS)
 def test_fuzz_evaluation_raises_only_eval_error(text, event, agg, score, lists):
