@@ -124,3 +124,67 @@ def test_metrics_address_defaults_to_every_interface_and_must_be_an_ip_address()
 def test_missing_explicit_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_a_log_level_outside_the_known_ones_is_refused_naming_them():
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"FRAUDMON_LOGGING__LEVEL": "LOUD"})
+    assert str(raised.value) == ("invalid configuration: logging.level: 'LOUD' is not a log level: use one of DEBUG, "
+                                 "INFO, WARNING, ERROR, CRITICAL (set by environment variable "
+                                 "FRAUDMON_LOGGING__LEVEL)")
+    assert load_settings(environ={"FRAUDMON_LOG_LEVEL": "debug"}).logging.level == "DEBUG"
+
+
+@pytest.mark.parametrize("order", [("FRAUDMON_LOGGING__LEVEL", "FRAUDMON_LOG_LEVEL"),
+                                   ("FRAUDMON_LOG_LEVEL", "FRAUDMON_LOGGING__LEVEL")])
+def test_a_bad_value_is_refused_even_when_another_variable_sets_the_same_setting(order):
+    """`fraudmon worker` sets FRAUDMON_LOG_LEVEL from --log-level; a LOUD FRAUDMON_LOGGING__LEVEL must not hide."""
+    values = {"FRAUDMON_LOGGING__LEVEL": "LOUD", "FRAUDMON_LOG_LEVEL": "INFO"}
+    with pytest.raises(ConfigError, match=r"logging\.level: 'LOUD' is not a log level: use one of DEBUG, .* "
+                                          r"\(set by environment variable FRAUDMON_LOGGING__LEVEL\)"):
+        load_settings(environ={name: values[name] for name in order})
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("FRAUDMON_LATENCY_BUDGET", "did you mean FRAUDMON_LATENCY_BUDGET_MS or FRAUDMON_WORKER__LATENCY_BUDGET_MS?"),
+        ("FRAUDMON_MAX_BATCH", "did you mean FRAUDMON_WORKER__MAX_BATCH"),
+        ("FRAUDMON_CONFIGS", "did you mean FRAUDMON_CONFIG?"),
+        ("FRAUDMON_XYZZY", "settings are FRAUDMON_<SECTION>__<KEY> (e.g. FRAUDMON_WORKER__MAX_BATCH) or one of "
+                           "FRAUDMON_KAFKA_BOOTSTRAP, "),
+    ],
+)
+def test_a_variable_that_sets_nothing_is_refused_with_the_closest_names(name, suggested):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={name: "10"})
+    message = str(raised.value)
+    assert message.startswith(f"invalid configuration: {name}: unknown environment variable; ")
+    assert suggested in message and message.endswith("(set in the environment: rename or unset it)")
+
+
+def test_variables_that_are_not_settings_are_left_alone():
+    settings = load_settings(environ={"FRAUDMON_HOME": "/tmp", "FRAUDMON_FUZZ_SCALE": "0.25",
+                                      "FRAUDMON_OTHER_PYTHON": "0", "OTHER_TOOL_LATENCY": "1"})
+    assert settings.worker.latency_budget_ms == 50
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_stack_ports_are_validated_with_the_range(port):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"FRAUDMON_STACK__REDIS_PORT": port})
+    assert str(raised.value) == (f"invalid configuration: stack.redis_port: {port} is not a port: use 1 to 65535 "
+                                 "(set by environment variable FRAUDMON_STACK__REDIS_PORT)")
+    assert load_settings(environ={"FRAUDMON_STACK__REDIS_PORT": "65535"}).stack.redis_port == 65535
+
+
+def test_stack_status_with_a_port_out_of_range_says_so_in_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fraudmon.cli import app
+
+    monkeypatch.setenv("FRAUDMON_STACK__REDIS_PORT", "70000")
+    result = CliRunner().invoke(app, ["stack", "status"])
+    assert result.exit_code == 2 and result.exception.__class__ is SystemExit
+    assert result.output == ("error: invalid configuration: stack.redis_port: 70000 is not a port: use 1 to 65535 "
+                             "(set by environment variable FRAUDMON_STACK__REDIS_PORT)\n")

@@ -1,7 +1,9 @@
 """Configuration: one typed object read from `config/monitor.yaml`, then overridden by environment variables.
 
 Environment overrides: the short names below (`FRAUDMON_KAFKA_BOOTSTRAP`, `FRAUDMON_REDIS_URL`, ...) and, for any
-setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDGET_MS=30`).
+setting, `FRAUDMON_<SECTION>__<KEY>` (for example `FRAUDMON_WORKER__LATENCY_BUDGET_MS=30`). Any other `FRAUDMON_`
+variable is an error naming the closest known names: a misspelled override would otherwise leave its setting at
+the file's value without a word, exactly as an unknown key in the file is refused.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import ipaddress
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fraudmon.core.errors import ConfigError
 
@@ -44,6 +46,25 @@ SHORT_ENV_NAMES = {
     "FRAUDMON_LOG_JSON": ("logging", "json_logs"),
     "FRAUDMON_LOG_LEVEL": ("logging", "level"),
 }
+
+OTHER_ENV_NAMES = {
+    HOME_ENV: "where relative paths resolve",
+    "FRAUDMON_CONFIG": "the config file",
+    "FRAUDMON_FUZZ_SCALE": "the test suite's share of generated examples",
+    "FRAUDMON_OTHER_PYTHON": "scripts/test.sh: 0 skips the second Python's run",
+}
+"""`FRAUDMON_` variables that are not settings, read elsewhere."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError(f"{value} is not a port: use 1 to 65535")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
 
 
 class _Section(BaseModel):
@@ -178,10 +199,10 @@ class WorkerSettings(_Section):
 class StackSettings(_Section):
     data_dir: str = ".stack"
     cache_dir: str = ".cache"
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    redis_port: int = 6379
-    prometheus_port: int = 9090
+    kafka_port: Port = 9092
+    kafka_controller_port: Port = 9093
+    redis_port: Port = 6379
+    prometheus_port: Port = 9090
     kafka_heap: str = "768m"
     # When Redis fsyncs its append-only file: "everysec" loses at most the last second or two of rule state to a
     # crash (Redis postpones writes while a slow fsync runs); "always" loses nothing, at a disk flush per write.
@@ -189,8 +210,15 @@ class StackSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: str = "INFO"
+    level: str = "INFO"  # one of LOG_LEVELS, in any case
     json_logs: bool = False
+
+    @field_validator("level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
 
 
 class Settings(_Section):
@@ -214,16 +242,20 @@ def env_name(section: str, key: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
 
 
-def _apply_env(data: dict[str, Any], environ: dict[str, str], origins: dict[tuple[str, ...], str]) -> None:
-    """Write the overrides of `environ` into `data`, noting in `origins` which variable set each value."""
+def _apply_env(data: dict[str, Any], environ: dict[str, str], origins: dict[tuple[str, ...], str]) -> list[str]:
+    """Write the overrides of `environ` into `data`, noting in `origins` which variable set each value. Returns the
+    problems no validation of `data` shows: variables that set nothing, and invalid values of variables that
+    another variable for the same setting overrode (`FRAUDMON_LOGGING__LEVEL` and `FRAUDMON_LOG_LEVEL`)."""
+    problems = []
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV_NAMES:
             continue
         if name in SHORT_ENV_NAMES:
             section, key = SHORT_ENV_NAMES[name]
         elif "__" in name:
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         else:
+            problems.append(f"{name}: {_unknown_variable(name)} (set in the environment: rename or unset it)")
             continue
         origin = f"set by environment variable {name}"
         if section not in data:
@@ -231,8 +263,40 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str], origins: dict[tupl
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: must be a mapping of settings, not {data[section]!r} "
                               f"({origins[(section,)]}), so {name} cannot set {section}.{key}")
+        overridden = origins.get((section, key), "")
+        if overridden.startswith("set by environment variable") and data[section][key] != value:
+            problems += _problems_alone(section, key, data[section][key], overridden)
         data[section][key] = value
         origins[(section, key)] = origin
+    return problems
+
+
+def _problems_alone(section: str, key: str, value: Any, origin: str) -> list[str]:
+    """The problems of one setting's value on its own."""
+    try:
+        Settings.model_validate({section: {key: value}})
+    except ValidationError as exc:
+        return [_problem(error, {(section, key): origin}) for error in exc.errors()]
+    return []
+
+
+def _unknown_variable(name: str) -> str:
+    """A `FRAUDMON_` variable that sets nothing, with the closest names that do: the short names, and
+    `FRAUDMON_<SECTION>__<KEY>` matched whole or by its key alone (`FRAUDMON_MAX_BATCH`)."""
+    aliases: dict[str, list[str]] = {}
+    for short in (*SHORT_ENV_NAMES, *OTHER_ENV_NAMES):
+        aliases.setdefault(short.removeprefix(ENV_PREFIX), []).append(short)
+    for section, field in Settings.model_fields.items():
+        for key in field.annotation.model_fields:
+            full = env_name(section, key)
+            aliases.setdefault(full.removeprefix(ENV_PREFIX), []).append(full)
+            aliases.setdefault(key.upper(), []).append(full)
+    close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(aliases), n=3)
+    names = list(dict.fromkeys(known for alias in close for known in aliases[alias]))[:3]
+    if not names:
+        return (f"unknown environment variable; settings are {ENV_PREFIX}<SECTION>__<KEY> (e.g. "
+                f"{env_name('worker', 'max_batch')}) or one of {', '.join(SHORT_ENV_NAMES)}")
+    return f"unknown environment variable; did you mean {' or '.join(names)}?"
 
 
 def _unknown(loc: tuple[str, ...], origin: str) -> str:
@@ -285,10 +349,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
                 origins[(str(section), str(key))] = f"set in {config_path}"
     elif explicit:
         raise ConfigError(f"config file {config_path} does not exist")
-    _apply_env(data, environ, origins)
+    problems = _apply_env(data, environ, origins)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(error, origins) for error in exc.errors()]
+        problems += [_problem(error, origins) for error in exc.errors()]
+    if problems:
         listed = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  {problem}" for problem in problems)
-        raise ConfigError(f"invalid configuration:{listed}") from exc
+        raise ConfigError(f"invalid configuration:{listed}")
+    return settings
