@@ -58,19 +58,77 @@ def test_a_worse_candidate_is_refused_with_the_table(home):
     assert served_version(home) == "served-1"
 
 
-def test_an_equal_candidate_is_promoted_then_rolled_back(home):
-    result = run("promote", "twin", "--data", str(home["data"]), "--truth", str(home["truth"]),
-                 "--config", str(home["config"]))
+def served_files(home: dict[str, Path]) -> tuple[bytes, bytes]:
+    return home["served"].read_bytes(), home["served"].with_suffix(".json").read_bytes()
+
+
+def listing(home: dict[str, Path]) -> dict[str, list[str]]:
+    """`fraudmon models` as role -> the versions listed in that role."""
+    result = run("models", "--config", str(home["config"]))
+    assert result.exit_code == 0, result.output
+    roles: dict[str, list[str]] = {}
+    for line in result.output.splitlines():
+        role, _, rest = line.partition(" ")
+        roles.setdefault(role, []).append(rest.split()[1])
+    return roles
+
+
+def promote_twin(home: dict[str, Path]):
+    return run("promote", "twin", "--data", str(home["data"]), "--truth", str(home["truth"]),
+               "--config", str(home["config"]))
+
+
+def test_an_equal_candidate_is_promoted_then_rolled_back_to_the_same_files(home):
+    before = served_files(home)
+    result = promote_twin(home)
     assert result.exit_code == 0, result.output
     card = json.loads(home["served"].with_suffix(".json").read_text())
     assert card["version"] == "twin-2" and card["promotion"]["replaced"] == "served-1"
     assert not card["promotion"]["forced"]
     assert not list(home["served"].parent.glob("*.partial")), "no partial files left behind"
-    listing = run("models", "--config", str(home["config"])).output
-    assert "served" in listing and "twin-2" in listing and "previous" in listing and "blind-1" in listing
+    assert listing(home) == {"served": ["twin-2"], "previous": ["served-1"], "candidate": ["blind-1"]}, \
+        "the served model is not also listed as a candidate"
     back = run("promote", "--rollback", "--config", str(home["config"]))
-    assert back.exit_code == 0 and "served-1 is served again" in back.output
+    assert back.exit_code == 0, back.output
+    assert "served-1 is served again; twin-2 is not" in back.output
+    assert served_files(home) == before, "the model rolled back to is restored byte for byte (a tracked default " \
+                                         "stays as checked in)"
+    assert listing(home) == {"served": ["served-1"], "candidate": ["twin-2", "blind-1"]}
+    history = [json.loads(line) for line in (home["served"].parent / "history.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["served"]) for e in history] == [("promote", "twin-2"), ("rollback", "served-1")]
+
+
+def test_a_second_rollback_is_refused_and_says_how_to_serve_the_candidate_again(home):
+    assert promote_twin(home).exit_code == 0
+    assert run("promote", "--rollback", "--config", str(home["config"])).exit_code == 0
+    again = run("promote", "--rollback", "--config", str(home["config"]))
+    assert again.exit_code == 2 and again.output.count("\n") == 1, again.output
+    assert again.output.startswith("error: nothing to roll back to: served-1 is served again since ")
+    assert "when twin-2 was rolled back; to serve twin-2 again, promote it through the gate: `fraudmon promote " \
+           "twin-2 --data <labelled recent events>`" in again.output
     assert served_version(home) == "served-1"
+
+
+def test_a_broken_served_model_is_rolled_back(home):
+    before = served_files(home)
+    assert promote_twin(home).exit_code == 0
+    home["served"].write_bytes(b"not a graph")
+    back = run("promote", "--rollback", "--config", str(home["config"]))
+    assert back.exit_code == 0 and "served-1 is served again; twin-2 is not" in back.output, back.output
+    assert served_files(home) == before
+
+
+def test_a_rollback_with_nothing_promoted_is_refused(home):
+    result = run("promote", "--rollback", "--config", str(home["config"]))
+    assert result.exit_code == 2
+    assert result.output.startswith("error: nothing to roll back to: served-1 is served and no promotion replaced")
+
+
+def test_promoting_the_served_model_again_is_refused_and_keeps_the_previous(home):
+    assert promote_twin(home).exit_code == 0
+    again = promote_twin(home)
+    assert again.exit_code == 2 and "twin-2 is already the served model" in again.output
+    assert listing(home)["previous"] == ["served-1"], "the model to roll back to is kept"
 
 
 def test_force_promotes_a_refused_candidate_and_the_card_says_so(home):

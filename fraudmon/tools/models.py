@@ -5,7 +5,9 @@
 decision code (offline replay, same rules) on labelled data, refuses a candidate that catches less fraud or
 flags much more, and otherwise switches atomically: both files are written beside the target and renamed into
 place, the card last, so running workers pick it up through hot reload. The served model it replaced is kept in
-`models/previous/`, which `promote --rollback` returns to.
+`models/previous/`, which `promote --rollback` returns to, once: the rolled-back model goes back through the gate.
+Rollback restores the earlier files byte for byte (a shipped default is left as checked in); what happened is
+appended to `models/history.jsonl` (untracked, as everything under models/ but the default).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from stream_app.scoring import OnnxModel, load_model
 
 CANDIDATES_DIR = "candidates"
 PREVIOUS_DIR = "previous"
+HISTORY_FILE = "history.jsonl"  # one line per promotion and rollback, next to the served model
 
 
 @dataclass(frozen=True)
@@ -114,24 +117,50 @@ def table(served: Backtest, candidate: Backtest) -> str:
 
 def install(source_onnx: Path, target_onnx: Path, card_changes: dict | None = None) -> None:
     """Put a model in place atomically: both files written beside the target, the graph renamed first and the
-    card last, so a watching worker never pairs a new graph with an old card for longer than a moment."""
-    card = json.loads(source_onnx.with_suffix(".json").read_text())
-    card.update(card_changes or {})
+    card last, so a watching worker never pairs a new graph with an old card for longer than a moment. Without
+    `card_changes` the card is copied byte for byte."""
     target_card = target_onnx.with_suffix(".json")
     partial_onnx = target_onnx.with_name(target_onnx.name + ".partial")
     partial_card = target_card.with_name(target_card.name + ".partial")
     shutil.copyfile(source_onnx, partial_onnx)
-    partial_card.write_text(json.dumps(card, indent=2) + "\n")
+    if card_changes:
+        card = json.loads(source_onnx.with_suffix(".json").read_text())
+        partial_card.write_text(json.dumps({**card, **card_changes}, indent=2) + "\n")
+    else:
+        shutil.copyfile(source_onnx.with_suffix(".json"), partial_card)
     os.replace(partial_onnx, target_onnx)
     os.replace(partial_card, target_card)
 
 
+def previous_path(served_onnx: Path) -> Path:
+    """Where the model the last promotion replaced is kept (what --rollback returns to)."""
+    return served_onnx.parent / PREVIOUS_DIR / served_onnx.name
+
+
 def keep_previous(served_onnx: Path) -> Path:
-    """Copy the served model to models/previous/ (what --rollback returns to)."""
-    previous = served_onnx.parent / PREVIOUS_DIR / served_onnx.name
+    """Copy the served model to models/previous/."""
+    previous = previous_path(served_onnx)
     previous.parent.mkdir(parents=True, exist_ok=True)
     install(served_onnx, previous)
     return previous
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record(served_onnx: Path, entry: dict) -> None:
+    """Append a promotion or rollback to the history next to the served model."""
+    with (served_onnx.parent / HISTORY_FILE).open("a") as handle:
+        handle.write(json.dumps({"at": _now(), "served_path": str(served_onnx), **entry}) + "\n")
+
+
+def last_record(served_onnx: Path) -> dict | None:
+    """The latest history entry about this served model, or None."""
+    history = served_onnx.parent / HISTORY_FILE
+    lines = history.read_text().splitlines() if history.is_file() else []
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return next((e for e in reversed(entries) if e.get("served_path") == str(served_onnx)), None)
 
 
 def promote(settings: Settings, candidate_onnx: Path, messages: list[RawMessage], labels: dict[str, int], *,
@@ -143,34 +172,63 @@ def promote(settings: Settings, candidate_onnx: Path, messages: list[RawMessage]
     if not any(labels.values()):
         raise ModelError("the backtest data holds no fraud label: pass labelled recent data (--truth) to compare "
                          "recall")
+    if candidate_model.version == served_model.version:
+        raise ModelError(f"{candidate_model.version} is already the served model ({served_onnx}): nothing to "
+                         "promote")
     served = backtest(settings, served_model, messages, labels)
     candidate = backtest(settings, candidate_model, messages, labels)
     problems = gate(served, candidate, max_recall_drop, max_alert_rate_rise)
     if problems and not force:
         return served, candidate, problems
     keep_previous(served_onnx)
-    install(candidate_onnx, served_onnx, {"promotion": {
-        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "replaced": served_model.version,
-        "forced": bool(problems), "gate": problems, "from": str(candidate_onnx),
-        "backtest": {"served": asdict(served), "candidate": asdict(candidate)},
-    }})
+    promotion = {"at": _now(), "replaced": served_model.version, "forced": bool(problems), "gate": problems,
+                 "from": str(candidate_onnx), "backtest": {"served": asdict(served), "candidate": asdict(candidate)}}
+    install(candidate_onnx, served_onnx, {"promotion": promotion})
+    record(served_onnx, {"action": "promote", "served": candidate_model.version, "replaced": served_model.version,
+                         "forced": bool(problems), "from": str(candidate_onnx)})
     return served, candidate, problems
 
 
-def rollback(settings: Settings) -> str:
-    """Swap the served model and the previous one; return the version now served."""
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Serve the model the last promotion replaced again, as it was, and forget it as previous: a second rollback
+    is refused, since the model rolled back must pass the gate again. Returns the versions now served and rolled
+    back."""
     served_onnx = settings.resolve(settings.worker.model_path)
-    previous = served_onnx.parent / PREVIOUS_DIR / served_onnx.name
+    previous = previous_path(served_onnx)
     if not previous.is_file():
-        raise ModelError(f"no previous model at {previous}: nothing was promoted over this one")
-    returning = load_model(previous)
-    swap = previous.with_name(previous.stem + ".swap.onnx")
-    install(served_onnx, swap)
-    install(previous, served_onnx, {"rolled_back_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    install(swap, previous)
-    swap.unlink()
-    swap.with_suffix(".json").unlink()
-    return returning.version
+        raise ModelError(_nothing_to_roll_back(served_onnx, previous))
+    returning = load_model(previous)  # checked before it is served
+    leaving = _card(served_onnx)  # only read, if it can be: a broken served model is what a rollback is for
+    leaving_version = leaving.get("version") or str(served_onnx)
+    install(previous, served_onnx)
+    previous.unlink()
+    previous.with_suffix(".json").unlink()
+    record(served_onnx, {"action": "rollback", "served": returning.version, "rolled_back": leaving_version,
+                         "rolled_back_from": (leaving.get("promotion") or {}).get("from")})
+    return returning.version, leaving_version
+
+
+def _card(model_path: Path) -> dict:
+    """A model's card as written, without loading the graph or checking the card ({}: none readable)."""
+    try:
+        card = json.loads(model_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _nothing_to_roll_back(served_onnx: Path, previous: Path) -> str:
+    """Why --rollback has nothing to return to, what is served, and what to do instead."""
+    served = f"{_card(served_onnx).get('version') or served_onnx} is served"
+    last = last_record(served_onnx)
+    if last and last["action"] == "rollback":
+        source = Path(last.get("rolled_back_from") or last["rolled_back"])
+        name = source.parent.name if source.parent.parent.name == CANDIDATES_DIR else source
+        return (f"nothing to roll back to: {served} again since {last['at']}, when {last['rolled_back']} was rolled "
+                f"back; to serve {last['rolled_back']} again, promote it through the gate: `fraudmon promote "
+                f"{name} --data <labelled recent events>`")
+    return (f"nothing to roll back to: {served} and no promotion replaced an earlier model ({previous} does not "
+            "exist); `fraudmon promote <candidate> --data <labelled recent events>` serves another")
 
 
 def describe(model_path: Path) -> str:
@@ -187,21 +245,24 @@ def describe(model_path: Path) -> str:
 
 
 def models_command(config: Path | None = typer.Option(None, "--config", "-c", help="YAML config.")) -> None:
-    """List the served model, the one it replaced, and the candidates, with their key metrics.
+    """List the served model, the one it replaced, and the candidates not served, with their key metrics.
 
     Example: fraudmon models
     """
     settings = settings_or_fail(config)
     served = settings.resolve(settings.worker.model_path)
     typer.echo(f"served     {describe(served)}")
-    previous = served.parent / PREVIOUS_DIR / served.name
+    previous = previous_path(served)
     if previous.is_file():
         typer.echo(f"previous   {describe(previous)}")
-    found = candidates(settings)
+    served_version = _card(served).get("version")
+    every = candidates(settings)
+    found = [path for path in every if _card(path).get("version") != served_version]
     for path in found:
         typer.echo(f"candidate  {describe(path)}")
     if not found:
-        typer.echo("candidates none: `fraudmon train ...` writes one to models/candidates/")
+        typer.echo(f"candidates none{' but the served one' if every else ''}: `fraudmon train ...` writes one to "
+                   "models/candidates/")
 
 
 def promote_command(
@@ -233,7 +294,9 @@ def promote_command(
     settings = settings_or_fail(config)
     try:
         if rollback_:
-            typer.echo(f"rolled back: {rollback(settings)} is served again")
+            served, left = rollback(settings)
+            typer.echo(f"rolled back: {served} is served again; {left} is not (to serve it again, promote it through "
+                       "the gate)")
             return
         if candidate is None or data is None:
             fail("name a candidate and pass --data (labelled recent events), or use --rollback")
