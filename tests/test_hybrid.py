@@ -125,6 +125,7 @@ def test_report_puts_parts_and_baselines_side_by_side(hybrid):
     assert f"| {metrics['model']['pr_auc']:.4f} |" in row
 
 
+@pytest.mark.slow
 def test_expected_alert_rate_is_measured_on_unseen_normal_rows_for_every_threshold_method(data, hybrid, tmp_path):
     """The card's expected alert rate is the share of normal validation rows above the threshold of the fit that
     never saw them, max_f1 too; the served model's threshold is that one carried into its units."""
@@ -146,6 +147,7 @@ def test_expected_alert_rate_is_measured_on_unseen_normal_rows_for_every_thresho
     assert "feature_quantiles" in hybrid.card and len(hybrid.card["feature_quantiles"]) == hybrid.card["n_features"]
 
 
+@pytest.mark.slow
 def test_the_served_threshold_keeps_its_alert_rate_on_a_later_slice(tmp_path):
     """Trained on the first 80% of the events, the served model (refitted on all of them) flags about the card's
     expected alert rate of the later 20%'s normal rows: within three binomial standard errors of the later
@@ -203,6 +205,7 @@ def test_train_writes_a_candidate_that_promote_finds(data, tmp_path):
     assert resolve_candidate(settings, candidate.name) == candidate / "mymodel.onnx"
 
 
+@pytest.mark.slow
 @needs_creditcard
 def test_defaults_on_the_card_holder_sample_train_a_hybrid_that_serves(tmp_path):
     """`fraudmon train --data data/creditcard_sample.csv.gz` with defaults: 12 frauds before the held-out part
