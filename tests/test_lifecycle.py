@@ -68,12 +68,21 @@ def test_shadow_scores_verdicts_count_and_drift_shows(kafka_bootstrap, worker_to
     flagged = next(tx for tx, d in decisions.items() if d["decision"] == "flag")
     passed = next(tx for tx, d in decisions.items() if d["decision"] == "pass")
 
-    env_cli = {"FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_TOPICS__VERDICTS": verdicts_topic}
-    for tx, label in ((flagged, "--fraud"), (passed, "--fraud"), (passed, "--legit")):
-        result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "label", tx, label, "--reviewer", "ana"],
-                                cwd=PROJECT_ROOT, env={**_environ(), **env_cli}, capture_output=True, text=True,
-                                timeout=60)
+    env_cli = {"FRAUDMON_KAFKA_BOOTSTRAP": kafka_bootstrap, "FRAUDMON_REDIS_URL": settings.redis.url,
+               "FRAUDMON_TOPICS__VERDICTS": verdicts_topic}
+
+    def label(tx: str, verdict: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fraudmon.cli", "label", tx, verdict, "--reviewer", "ana"],
+                              cwd=PROJECT_ROOT, env={**_environ(), **env_cli}, capture_output=True, text=True,
+                              timeout=60)
+
+    for tx, verdict in ((flagged, "--fraud"), (passed, "--fraud"), (passed, "--legit")):
+        result = label(tx, verdict)
         assert result.returncode == 0, result.stderr
+        assert f"the worker's decision: {decisions[tx]['decision']}" in result.stdout, result.stdout
+    refused = label("never-decided", "--fraud")
+    assert refused.returncode == 1 and "the worker has no decision on 'never-decided'" in refused.stderr, \
+        "the worker's decision store is asked first: an unknown id is refused, not posted"
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     producer.send(verdicts_topic, key=b"x", value=b'{"transaction_id": "never-seen", "label": "fraud"}')
     producer.send(verdicts_topic, key=b"y", value=b'{"transaction_id": "t", "label": "maybe"}')
