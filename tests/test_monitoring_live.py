@@ -161,7 +161,7 @@ def post_verdicts(settings: Settings, topics: dict[str, str]) -> None:
     assert len(flagged) == 2, (f"the simulated stream holds frauds, so live rules fire on some of the "
                                f"{len(decisions)} flagged decisions")
     env = {**os.environ, "FRAUDMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers,
-           "FRAUDMON_TOPICS__VERDICTS": topics["verdicts"]}
+           "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_TOPICS__VERDICTS": topics["verdicts"]}
     for tx, label in zip(flagged, ("--fraud", "--legit"), strict=True):
         result = subprocess.run([sys.executable, "-m", "fraudmon.cli", "label", tx, label], env=env,
                                 capture_output=True, text=True, timeout=60)
