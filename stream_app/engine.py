@@ -6,10 +6,13 @@ letter. A failure that is not the message's fault is isolated by splitting the b
 fails is found; that record becomes a dead letter whose `error` names the exception.
 
 Degraded decisions say why in `reasons` (`skipped:<cause>`) and in `fraud_degraded_total{cause}`:
-`redis_unavailable` (the store did not answer: stateless rules only, retried after a wait that starts at
-the latency budget and doubles up to `retry_after_s`),
-`state_error` (the store answered but could not judge this event) and `model_error` (no model score).
-Events decided while the store was unavailable are kept in a bounded backlog and recorded when it is back.
+`redis_unavailable` (the store is down: it refused or dropped the connection, or gave no answer within its
+patience, `redis.unavailable_after_s`; stateless rules only, and the store is tried again after `retry_after_s`),
+`state_error` (the store answered but could not judge this event) and `model_error` (no model score). A store
+that is only busy is waited for: the batch is decided late, never without its state, and the consumer falls
+behind meanwhile. Events decided while the store was unavailable are kept in a bounded backlog and recorded
+when it is back. The latency budget decides nothing: it is what `fraud_latency_budget_exceeded_total` counts
+against, and it paces the recording of that backlog.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ from stream_app.features import BUILTIN, vectorize
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import NO_LISTS, RuleSet, decide, judge, model_action
 from stream_app.scoring import OnnxModel, Prediction
-from stream_app.state import StateFailure, StateStore
+from stream_app.state import PendingState, StateFailure, StateStore
 
 log = logging.getLogger(__name__)
 
 REDIS_UNAVAILABLE, STATE_ERROR, MODEL_ERROR = "redis_unavailable", "state_error", "model_error"
 BACKLOG_CHUNK = 1000  # at most this many backlog events recorded per batch once the store is back
 BACKLOG_FIRST_CHUNK = 250  # the first chunk; it doubles while recording one takes under 1/8 of the latency budget
-# and halves over 1/4 of it or when it timed out (the store's timeout is half the budget: a chunk of 1,000 takes
-# about 19 ms of the local Redis and more under load, so a fixed chunk of 1,000 could time out again and again)
+# and halves over 1/4 of it or when the store failed meanwhile (a chunk of 1,000 takes about 19 ms of the local
+# Redis and more under load: a batch that follows an outage is not made later than the budget by much)
 RECENT_EVENTS = 200  # kept to check a new model against before it replaces the served one
 
 
@@ -149,8 +152,7 @@ class DecisionEngine:
         self.retry_after_s = retry_after_s
         self.limits = limits
         self.max_state_backlog = max_state_backlog
-        self._store_down_until = 0.0
-        self._store_wait_s = 0.0  # the wait after the last failure of the store: doubles while it keeps failing
+        self._store_down_until = 0.0  # monotonic time until which the store is not asked (0: it is up)
         self._backlog: deque[Event] = deque()
         self._backlog_chunk = BACKLOG_FIRST_CHUNK
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
@@ -366,15 +368,12 @@ class DecisionEngine:
             return _Observed(self._store_unavailable(events))
         try:
             self._record_backlog(rules)
-            later = getattr(self.store, "observe_later", None)
-            if later is None:
-                return _Observed(self._observed(events, self.store.observe(rules.aggregates, events)))
-            pending = later(rules.aggregates, events)
+            pending = self.store.observe_later(rules.aggregates, events)
         except StateUnavailable as exc:
             return _Observed(self._unavailable(events, exc))
         return _Observed(pending=pending, answer=lambda: self._answered(events, pending))
 
-    def _answered(self, events: list[Event], pending) -> tuple[list[tuple | None], list[str | None]]:
+    def _answered(self, events: list[Event], pending: PendingState) -> tuple[list[tuple | None], list[str | None]]:
         try:
             results = pending.result()
         except StateUnavailable as exc:
@@ -385,18 +384,13 @@ class DecisionEngine:
         if self._store_down_until == 0.0:
             log.warning("rule state unavailable, deciding without stateful rules: %s", exc,
                         extra={"dependency": "redis"})
-        # Tried again after the latency budget, then after twice as long at each failure, up to `retry_after_s`:
-        # a store that missed one deadline (a busy host) costs a few batches, a store that is down one call a
-        # `retry_after_s`.
-        first_s = min(self.latency_budget_ms / 1000.0, self.retry_after_s)
-        self._store_wait_s = min(self.retry_after_s, max(first_s, self._store_wait_s * 2))
-        self._store_down_until = time.monotonic() + self._store_wait_s
+        self._store_down_until = time.monotonic() + self.retry_after_s  # a store that is down: one call a wait
         return self._store_unavailable(events)
 
     def _observed(self, events: list[Event], results: list) -> tuple[list[tuple | None], list[str | None]]:
         if self._store_down_until:
             log.info("rule state is back; stateful rules run again (%d events to record)", len(self._backlog))
-            self._store_down_until = self._store_wait_s = 0.0
+            self._store_down_until = 0.0
         states: list[tuple | None] = []
         causes: list[str | None] = []
         for event, result in zip(events, results, strict=True):
@@ -492,7 +486,8 @@ class _Observed:
     """The states of a batch: known already (`value`), or read from the store by `result()` (`pending` is the
     store's call in flight, which `cancel()` drops)."""
 
-    def __init__(self, value: tuple | None = None, *, pending=None, answer=None) -> None:
+    def __init__(self, value: tuple | None = None, *, pending: PendingState | None = None,
+                 answer: Callable[[], tuple] | None = None) -> None:
         self._value, self._pending, self._answer = value, pending, answer
 
     def result(self) -> tuple[list[tuple | None], list[str | None]]:

@@ -87,14 +87,31 @@ Values = tuple[int | float | bool, ...]
 StateResult = Values | StateFailure
 
 
+class PendingState(Protocol):
+    """An `observe` sent to the store and not read yet."""
+
+    def result(self) -> list[StateResult]:
+        """The answer, as `observe` returns it (after the answers of the calls sent before); raises as it does."""
+        ...
+
+    def cancel(self) -> None:
+        """Drop the answer (the call itself ran or runs), keeping the calls sent after it in step."""
+        ...
+
+
 class StateStore(Protocol):
     def connect(self) -> None:
         """Check the store answers and prepare it; raises `StateUnavailable`."""
         ...
 
     def observe(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> list[StateResult]:
-        """The aggregates' values before each event (in order), recording each event once. Raises
-        `StateUnavailable`."""
+        """The aggregates' values before each event (in order), recording each event once. Waits for a busy store;
+        raises `StateUnavailable` when it is down (refused, dropped, or no answer within its patience)."""
+        ...
+
+    def observe_later(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> PendingState:
+        """`observe`, sent now and read by `result()`: the store works while the caller does other work. Calls
+        are run in the order sent. Raises `StateUnavailable` when it cannot be sent."""
         ...
 
     def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
@@ -296,6 +313,19 @@ def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A `PendingState` whose answer is known already."""
+
+    answer: list[StateResult]
+
+    def result(self) -> list[StateResult]:
+        return self.answer
+
+    def cancel(self) -> None:
+        """The call ran; nothing is in flight."""
+
+
 class InMemoryStateStore:
     """The same contract and values as `RedisStateStore`, in process: for offline replay and tests. History and
     dedupe records expire by event time; windows are trimmed as in Redis."""
@@ -311,6 +341,10 @@ class InMemoryStateStore:
 
     def connect(self) -> None:
         """Nothing to connect to."""
+
+    def observe_later(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> Answered:
+        """`observe`, run now (in process there is nothing to overlap with)."""
+        return Answered(self.observe(aggregates, events))
 
     def remember(self, decisions: Sequence[tuple[str, str]]) -> None:
         self._decisions.update(decisions)
@@ -482,10 +516,15 @@ class InMemoryStateStore:
 
 
 class RedisStateStore:
-    """Aggregates in Redis: one Lua script call per batch, with socket timeouts derived from the latency budget."""
+    """Aggregates in Redis: one Lua script call per batch.
+
+    Busy is not down. A Redis that answers late is waited for (the client's socket timeout, `make_state_store`:
+    `redis.unavailable_after_s`), and one that replies BUSY (another client's script) or LOADING (reading its
+    data after a restart) is asked again for up to `unavailable_after_s`. Only a refused or dropped connection,
+    or no answer within that time, is `StateUnavailable`."""
 
     def __init__(self, client: redis.Redis, key_prefix: str = "fm:", dedupe_ttl_s: int = 3600,
-                 verdict_window_s: int = 86_400) -> None:
+                 verdict_window_s: int = 86_400, unavailable_after_s: float = 5.0) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError(f"redis.key_prefix {key_prefix!r} must not contain braces: keys carry the entity "
                              f"as a Redis Cluster hash tag")
@@ -493,6 +532,7 @@ class RedisStateStore:
         self.key_prefix = key_prefix
         self.dedupe_ttl_s = dedupe_ttl_s
         self.verdict_window_s = verdict_window_s
+        self.unavailable_after_s = unavailable_after_s
         self._script = client.register_script(AGGREGATES_LUA)  # re-loads itself on NOSCRIPT (Redis restarted)
         self._unsettled: redis.connection.Connection | None = None  # `remember` sent, its answer not read yet
         self._in_flight: deque[PendingObserve] = deque()  # scripts sent on one connection, answers unread, oldest first
@@ -509,15 +549,22 @@ class RedisStateStore:
         if not aggregates:
             return [()] * len(events)
         plan = plan_for(aggregates)
-        try:
-            snapshots = orjson.loads(self._script(args=self._args(plan, events)))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StateUnavailable(f"Redis did not answer: {exc}") from exc
-        except redis.ResponseError as exc:  # Redis answered but refused the script: not an outage
-            return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(events)
-        except redis.RedisError as exc:
-            raise StateUnavailable(f"Redis failed: {exc}") from exc
-        return [_result(plan, snapshot) for snapshot in snapshots]
+        args, pause_s = self._args(plan, events), BUSY_FIRST_PAUSE_S
+        deadline = time.monotonic() + self.unavailable_after_s
+        while True:
+            try:
+                snapshots = orjson.loads(self._script(args=args))
+            except redis.RedisError as exc:
+                if _busy(exc) and time.monotonic() + pause_s < deadline:  # busy, not down: ask again
+                    time.sleep(pause_s)
+                    pause_s = min(BUSY_LONGEST_PAUSE_S, pause_s * 2)
+                    continue
+                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or _busy(exc):
+                    raise StateUnavailable(f"Redis did not answer: {exc}") from exc
+                if isinstance(exc, redis.ResponseError):  # Redis answered but refused the script: not an outage
+                    return [StateFailure(f"Redis refused the state update: {str(exc)[:160]}")] * len(events)
+                raise StateUnavailable(f"Redis failed: {exc}") from exc
+            return [_result(plan, snapshot) for snapshot in snapshots]
 
     def observe_later(self, aggregates: Sequence[Aggregate], events: Sequence[Event]) -> PendingObserve:
         """`observe`, sent now and answered by `PendingObserve.result()`: Redis runs the script (after the ones sent
@@ -532,8 +579,8 @@ class RedisStateStore:
             head = in_flight[0]
             try:
                 reply = head._connection.read_response()
-            except redis.ResponseError as exc:  # an answer (the script refused): the connection is still in step
-                reply = exc
+            except (redis.ResponseError, redis.BusyLoadingError) as exc:  # an answer (refused, or LOADING): the
+                reply = exc  # connection is still in step
             except BaseException as exc:  # no answer: this call and those sent after it are lost
                 self._drop_in_flight(exc)
                 continue
@@ -643,8 +690,9 @@ class PendingObserve:
             return [()] * len(self._events)
         store._read_through(self)
         reply = self._reply
-        if isinstance(reply, redis.exceptions.NoScriptError):  # Redis restarted without the script: call again,
-            return store.observe(self._aggregates, self._events)  # which loads it (and maps an outage meanwhile)
+        if isinstance(reply, redis.exceptions.NoScriptError) or _busy(reply):  # Redis restarted without the
+            return store.observe(self._aggregates, self._events)  # script, or is busy: call again, which loads
+            # it and waits for a busy Redis (and maps an outage meanwhile)
         if isinstance(reply, redis.ResponseError):  # Redis answered but refused the script: not an outage
             return [StateFailure(f"Redis refused the state update: {str(reply)[:160]}")] * len(self._events)
         if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
@@ -661,17 +709,28 @@ class PendingObserve:
             self._store._read_through(self)
 
 
+BUSY_FIRST_PAUSE_S, BUSY_LONGEST_PAUSE_S = 0.01, 0.25  # between the calls to a Redis that replied BUSY or LOADING
+
+
+def _busy(reply: object) -> bool:
+    """Whether a reply says Redis is busy rather than down: BUSY (another client's script runs past Redis'
+    busy-reply threshold) or LOADING (it is reading its data)."""
+    return isinstance(reply, redis.BusyLoadingError) or (
+        isinstance(reply, redis.ResponseError) and str(reply).startswith("BUSY"))
+
+
 def _address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
 
 
 def make_state_store(settings: Settings) -> RedisStateStore:
-    """A Redis store whose calls time out at half the latency budget (at least 5 ms), so a slow Redis
-    degrades decisions instead of delaying them past the budget."""
-    timeout_s = max(0.005, settings.worker.latency_budget_ms * 0.5 / 1000.0)
+    """A Redis store that waits for a slow Redis up to `redis.unavailable_after_s` (its calls' socket timeout):
+    a busy Redis delays decisions (the consumer falls behind, and the lag and latency alerts say so) rather
+    than degrading them."""
+    timeout_s = settings.redis.unavailable_after_s
     client = redis.Redis.from_url(  # no client-side retries: the engine retries after `redis_retry_after_s`
         settings.redis.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
     )
     return RedisStateStore(client, settings.redis.key_prefix, settings.redis.dedupe_ttl_s,
-                           settings.worker.verdict_window_s)
+                           settings.worker.verdict_window_s, timeout_s)

@@ -83,6 +83,16 @@ def test_reused_ids_are_new_events(store):
     assert [(s[SAME_ID], s[VELOCITY]) for s in states] == [(0, 0), (1, 1), (2, 2), (3, 3)]
 
 
+def test_observe_later_answers_as_observe(store):
+    """Both stores keep the whole `StateStore` protocol: a call sent now and read later, in the order sent."""
+    first = store.observe_later(AGGS, [event("l1"), event("l2", t_s=1)])
+    dropped = store.observe_later(AGGS, [event("l3", t_s=2)])
+    second = store.observe_later(AGGS, [event("l4", t_s=3)])
+    assert [s[COUNT] for s in first.result()] == [0, 1]
+    dropped.cancel()
+    assert second.result()[0][COUNT] == 3, "a dropped call still ran"
+
+
 def test_remembered_decisions_are_recalled(store):
     store.remember([("tx1", "flag"), ("tx2", "pass")])
     assert (store.recall("tx1"), store.recall("tx2"), store.recall("tx3")) == ("flag", "pass", None)
@@ -122,7 +132,7 @@ def test_a_refused_script_fails_the_batch_as_state_failures(redis_url, monkeypat
     store = RedisStateStore(client, key_prefix=f"refused-{uuid.uuid4().hex[:8]}:")
 
     def refuse(*args, **kwargs):
-        raise redis.ResponseError("BUSY Redis is busy running a script")
+        raise redis.ResponseError("ERR user_script:1: Script attempted to access a non local key")
 
     monkeypatch.setattr(store, "_script", refuse)
     states = store.observe(AGGS, [event("r1"), event("r2")])

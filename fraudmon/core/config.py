@@ -125,6 +125,9 @@ class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "fm:"
     dedupe_ttl_s: int = Field(3600, ge=1)  # how long a transaction id is remembered against redelivery
+    # Redis is unavailable (decisions degrade) when it refuses or drops the connection, or gives no answer for
+    # this long; until then a busy Redis is waited for: the decisions come late but complete
+    unavailable_after_s: float = Field(5.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
