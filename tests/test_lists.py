@@ -14,6 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner
 
+from fraudmon.cli.lists import lists_app
 from fraudmon.core.config import Settings
 from fraudmon.tools import lists as tool
 from fraudmon.tools.stack import free_port
@@ -371,7 +372,7 @@ def test_the_commands_print_escaped_values_and_exit_cleanly(lists_settings: Sett
     config.write_text(orjson.dumps(lists_settings.model_dump(mode="json")).decode())  # JSON is YAML
     runner = CliRunner()
     monkeypatch.setenv("USER", "dee")
-    added = runner.invoke(tool.lists_app, ["add", "blocked_ips", "203.0.113.7", "--ttl", "24h", "--reason",
+    added = runner.invoke(lists_app, ["add", "blocked_ips", "203.0.113.7", "--ttl", "24h", "--reason",
                                            "card testing", "-c", str(config)])
     assert added.exit_code == 0, added.output
     assert "added 203.0.113.7 to blocked_ips" in added.output and "by dee" in added.output
@@ -383,25 +384,25 @@ def test_the_commands_print_escaped_values_and_exit_cleanly(lists_settings: Sett
         "expired", ttl_ms=1000, now_ms=NOW).to_json())
     producer.flush()
     producer.close()
-    shown = runner.invoke(tool.lists_app, ["show", "blocked_ips", "-c", str(config)])
+    shown = runner.invoke(lists_app, ["show", "blocked_ips", "-c", str(config)])
     assert shown.exit_code == 0, shown.output
     assert "blocked_ips: 1 entries (1 expired, hidden; --expired shows them)" in shown.output
     assert "203.0.113.7" in shown.output and "card testing" in shown.output and "never" not in shown.output
     assert "\x1b" not in shown.output and "malformed" in shown.output  # the rogue value is refused, not printed
-    with_expired = runner.invoke(tool.lists_app, ["show", "blocked_ips", "--expired", "-c", str(config)])
+    with_expired = runner.invoke(lists_app, ["show", "blocked_ips", "--expired", "-c", str(config)])
     assert "(expired)" in with_expired.output
-    as_json = runner.invoke(tool.lists_app, ["show", "blocked_ips", "--json", "-c", str(config)])
+    as_json = runner.invoke(lists_app, ["show", "blocked_ips", "--json", "-c", str(config)])
     (tmp_path / "lists.jsonl").write_text(as_json.stdout)
     assert "203.0.113.7" in load_static_lists(tmp_path / "lists.jsonl")["blocked_ips"]
-    every = runner.invoke(tool.lists_app, ["show", "-c", str(config)])
+    every = runner.invoke(lists_app, ["show", "-c", str(config)])
     assert "blocked_ips" in every.output and "1 entries (1 expired)" in every.output
-    removed = runner.invoke(tool.lists_app, ["remove", "blocked_ips", "203.0.113.7", "-c", str(config)])
+    removed = runner.invoke(lists_app, ["remove", "blocked_ips", "203.0.113.7", "-c", str(config)])
     assert removed.exit_code == 0 and "removed 203.0.113.7 from blocked_ips" in removed.output
-    refused = runner.invoke(tool.lists_app, ["add", "Blocked", "1.2.3.4", "-c", str(config)])
+    refused = runner.invoke(lists_app, ["add", "Blocked", "1.2.3.4", "-c", str(config)])
     assert refused.exit_code == 2 and "error: list name 'Blocked'" in refused.output
-    refused = runner.invoke(tool.lists_app, ["add", "blocked_ips", "1.2.3.4", "--ttl", "soon", "-c", str(config)])
+    refused = runner.invoke(lists_app, ["add", "blocked_ips", "1.2.3.4", "--ttl", "soon", "-c", str(config)])
     assert refused.exit_code == 2 and "is not a duration" in refused.output
-    refused = runner.invoke(tool.lists_app, ["add", "blocked_ips", "1.2.3.4\x1b", "-c", str(config)])
+    refused = runner.invoke(lists_app, ["add", "blocked_ips", "1.2.3.4\x1b", "-c", str(config)])
     assert refused.exit_code == 2 and "control character" in refused.output and "\x1b" not in refused.output
 
 
@@ -410,7 +411,7 @@ def test_the_commands_exit_1_with_a_clear_message_when_kafka_is_down(tmp_path) -
     config.write_text(f"kafka:\n  bootstrap_servers: 127.0.0.1:{free_port()}\n")
     runner = CliRunner()
     for args in (["add", "blocked_ips", "1.2.3.4"], ["remove", "blocked_ips", "1.2.3.4"], ["show", "blocked_ips"]):
-        result = runner.invoke(tool.lists_app, [*args, "-c", str(config)])
+        result = runner.invoke(lists_app, [*args, "-c", str(config)])
         assert result.exit_code == 1, (args, result.output)
         assert "error: no Kafka broker answers at 127.0.0.1:" in result.output and "fraudmon stack up" in result.output
         assert isinstance(result.exception, SystemExit)  # typer.Exit: no traceback
@@ -419,5 +420,5 @@ def test_the_commands_exit_1_with_a_clear_message_when_kafka_is_down(tmp_path) -
 def test_every_lists_command_has_help() -> None:
     runner = CliRunner()
     for args in ([], ["add"], ["remove"], ["show"]):
-        result = runner.invoke(tool.lists_app, [*args, "--help"])
+        result = runner.invoke(lists_app, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output

@@ -22,6 +22,7 @@ from kafka.errors import IllegalStateError, KafkaTimeoutError
 from kafka.future import Future
 from typer.testing import CliRunner
 
+from fraudmon.cli.produce import produce_command
 from fraudmon.core.config import Settings, load_settings
 from fraudmon.core.errors import InputDataError
 from fraudmon.core.eventfiles import (
@@ -33,7 +34,7 @@ from fraudmon.core.eventfiles import (
     write_ground_truth,
 )
 from fraudmon.core.events import InvalidEvent, parse_event
-from fraudmon.tools.produce import Deliveries, StallWatch, malformed_messages, produce_command, produce_events
+from fraudmon.tools.produce import Deliveries, StallWatch, malformed_messages, produce_events
 from fraudmon.tools.stack import LocalStack, create_topics
 from tests.conftest import CREDITCARD, PROJECT_ROOT, free_port, needs_creditcard
 from training.simulate import SimulationConfig, simulate

@@ -26,12 +26,10 @@ from pathlib import Path
 
 import orjson
 import redis
-import typer
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraudmon.core.config import Settings, load_settings
-from fraudmon.core.console import settings_or_fail
 from fraudmon.tools.harness import OutputReader, start_worker, stop_process, wait_for_group
 from fraudmon.tools.poison import PoisonMessage, interleave, names_field, poison_messages, valid_event
 from fraudmon.tools.stack import LocalStack, create_topics, free_port, isolated_settings
@@ -360,32 +358,3 @@ def run_scenario(name: str, base: Settings | None = None, workdir: Path | None =
         finally:
             rig.down()
         return acc
-
-
-def chaos_command(
-    scenario: list[str] = typer.Option(
-        list(SCENARIOS), "--scenario", "-s", help=f"Scenarios to run (repeat the option): {', '.join(SCENARIOS)}."),
-    keep: Path | None = typer.Option(None, help="Keep the stacks' data and worker logs in this directory."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (ports are chosen anew)."),
-) -> None:
-    """Attack a real worker (poison messages, worker SIGKILL, Redis crash, broker restart) and print what was
-    sent, decided, lost, duplicated and dead-lettered. Each scenario gets a stack of its own on free ports.
-
-    Example: fraudmon chaos -s poison -s worker-kill
-    """
-    unknown = sorted(set(scenario) - set(SCENARIOS))
-    if unknown:
-        typer.secho(f"error: unknown scenario(s) {', '.join(unknown)}; use {', '.join(SCENARIOS)}", err=True,
-                    fg=typer.colors.RED)
-        raise typer.Exit(2)
-    base = settings_or_fail(config)
-    typer.echo(TABLE_HEADER)
-    results = []
-    for name in scenario:
-        acc = run_scenario(name, base=base, workdir=keep)
-        results.append(acc)
-        typer.echo(acc.row())
-        for note in acc.notes + acc.misnamed[:5]:
-            typer.echo(f"    {note}")
-    if not all(acc.ok for acc in results):
-        raise typer.Exit(1)

@@ -8,7 +8,6 @@ the admin API for topics, partitions, end offsets and each consumer group's comm
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -16,17 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import typer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from fraudmon.core.config import Settings
-from fraudmon.core.console import fail, settings_or_fail
-from fraudmon.core.errors import FraudMonitorError, WatchError
+from fraudmon.core.errors import WatchError
 
 VERDICTS_TOPIC = "transaction-verdicts"
 CONNECT_TIMEOUT_MS = 5_000  # kafka-python waits 30 s for a first broker by default; a CLI should answer sooner
@@ -221,10 +217,10 @@ def tail(settings: Settings, topic: str, *, follow: bool = False, from_beginning
             if not match(entry):
                 continue
             if as_json and not entry.is_json:
-                typer.echo(f"skipped a value that is not JSON: partition {entry.record.partition} offset "
-                           f"{entry.record.offset}: {_truncate(entry.raw_text(), 60)}", err=True)
+                print(f"skipped a value that is not JSON: partition {entry.record.partition} offset "
+                      f"{entry.record.offset}: {_truncate(entry.raw_text(), 60)}", file=sys.stderr, flush=True)
                 continue
-            typer.echo(json.dumps(entry.value, ensure_ascii=False) if as_json else format_entry(entry))
+            print(json.dumps(entry.value, ensure_ascii=False) if as_json else format_entry(entry), flush=True)
             printed += 1
             if max_records is not None and printed >= max_records:
                 break
@@ -285,83 +281,3 @@ def format_report(report: dict[str, list[dict[str, Any]]]) -> list[str]:
         for topic, lag in group["lag"].items():
             lines.append(f"{group['group']:<{width}}  {state:<12}  {topic:<{width}}  {lag:>10,}")
     return lines
-
-
-# ---------------------------------------------------------------------------------------------------- commands
-
-ConfigOption = typer.Option(
-    None, "--config", "-c", help="YAML config (default config/monitor.yaml or $FRAUDMON_CONFIG)."
-)
-
-
-
-
-def _quiet_broken_pipe() -> NoReturn:
-    """`fraudmon tail --json | head -3`: the reader left; end without a traceback (and without one at exit)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(0)
-
-
-def tail_command(
-    topic: str = typer.Argument("flagged", help="flagged, scores, dlq, verdicts, or any topic name."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep waiting for new records (Ctrl-C ends)."),
-    from_beginning: bool = typer.Option(
-        False, "--from-beginning", help="Start at the oldest record instead of showing the last --last ones."),
-    last: int = typer.Option(
-        20, "--last", "-n", min=0, help="How many of the records already there to show first (0: only new ones)."),
-    account: str | None = typer.Option(None, "--account", help="Only records of this account (key or account_id)."),
-    as_json: bool = typer.Option(False, "--json", help="Print each value as one line of JSON (for jq)."),
-    max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after printing this many records."),
-    config: Path | None = ConfigOption,
-) -> None:
-    """Print a topic's records, one readable line each: decisions, dead letters, verdicts, or key and value.
-
-    Shows the last --last records, or all from the oldest with --from-beginning;
-    without --follow it stops at the end of the topic as it was at start.
-    Short names: flagged, scores, dlq (the configured topics), verdicts (transaction-verdicts).
-    Nothing is committed: tail never disturbs the worker's consumer group.
-
-    Examples:
-      fraudmon tail                               the last 20 flags
-      fraudmon tail scores -f --account acc-17    one account's decisions, live
-      fraudmon tail dlq --from-beginning --max 5  the first five dead letters
-      fraudmon tail --json -n 100 | jq .reasons   the last 100 flags' reasons
-    """
-    settings = settings_or_fail(config)
-    name = resolve_topic(settings, topic)
-    try:
-        printed = tail(settings, name, follow=follow, from_beginning=from_beginning, last=last, account=account,
-                       as_json=as_json, max_records=max_records)
-    except FraudMonitorError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-    if not printed and not follow:
-        typer.echo(f"no records on {name}" + (f" for {account}" if account else ""), err=True)
-
-
-def topics_command(
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    config: Path | None = ConfigOption,
-) -> None:
-    """List the topics with their partitions and messages, and each consumer group's lag per topic.
-
-    Messages: the sum of the partitions' end offsets (everything ever written).
-    Lag: end offset minus committed offset, summed over the partitions the group has committed.
-    Internal topics (__*) are left out.
-
-    Examples:
-      fraudmon topics
-      fraudmon topics --json | jq '.groups[].lag'
-    """
-    settings = settings_or_fail(config)
-    try:
-        report = topic_report(settings)
-    except FraudMonitorError as exc:
-        fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        typer.echo("\n".join(format_report(report)))
