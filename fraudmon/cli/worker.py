@@ -14,7 +14,8 @@ def worker_command(
     config: Path | None = ConfigOption,
     metrics_port: int | None = typer.Option(None, help="Port of /metrics (default from config)."),
     json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per log line."),
-    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    log_level: str | None = typer.Option(
+        None, help="debug, info, warning or error (default: logging.level, FRAUDMON_LOGGING__LEVEL)."),
     processes: int = typer.Option(1, "--processes", "-p", min=1, max=64,
                                   help="Worker processes in the consumer group (one per core; metrics on the port, "
                                        "port+1, ...). Each takes some of the input partitions."),
@@ -32,7 +33,8 @@ def worker_command(
         os.environ["FRAUDMON_METRICS_PORT"] = str(metrics_port)
     if json_logs:
         os.environ["FRAUDMON_LOG_JSON"] = "true"
-    os.environ.setdefault("FRAUDMON_LOG_LEVEL", log_level.upper())
+    if log_level:
+        os.environ["FRAUDMON_LOG_LEVEL"] = log_level.upper()
     settings = settings_or_fail(config)
     try:  # fail fast with a clear message before Faust starts
         from stream_app.runtime import build_engine, check_ports
@@ -49,7 +51,7 @@ def worker_command(
 
     web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]
     quiet = ["--quiet"] if settings.logging.json_logs else []  # no banner between the JSON lines
-    sys.argv = ["faust", *quiet, "-A", "stream_app.app", "worker", "-l", log_level, *web]
+    sys.argv = ["faust", *quiet, "-A", "stream_app.app", "worker", "-l", settings.logging.level.lower(), *web]
     faust_cli()
 
 
