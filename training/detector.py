@@ -2,7 +2,8 @@
 `infer_threshold`, `score_samples`, `predict` (the worker's `Prediction`), `refit` on every row with the
 settings a fit chose, and `to_onnx` (parity-checked against Keras).
 
-Parameters are set in `__init__`; what fitting learns ends in `_`: `scaler_`, `autoencoder_`, `head_`,
+Parameters are set in `__init__`; what fitting learns ends in `_`: `columns_` (the money-shaped columns taken
+to logs), `scaler_`, `autoencoder_`, `head_` (logistic `SupervisedHead` or `TreeHead`, chosen on validation),
 `combination_` (None without a head), `threshold_`, and the normal validation scores behind the threshold
 (`normal_scores_`, `expected_alert_rate_`).
 """
@@ -19,17 +20,21 @@ import tensorflow as tf
 
 from fraudmon.core.errors import TrainingError
 from stream_app.scoring import Prediction
-from training.data import StandardScaler, split_point
-from training.export import check_parity, convert, sha256_bytes
+from training.data import LogColumns, StandardScaler, split_point
+from training.export import check_parity, convert, merge_trees, sha256_bytes
 from training.hybrid import Combination, SupervisedHead, head_inputs, head_problem
 from training.model import AutoencoderConfig, TrainedAutoencoder, predict, serving_graph, train_autoencoder
 from training.threshold import choose_threshold
+from training.trees import TreeHead
 
 PARITY_MAX_ROWS = 20_000
 PARITY_MIN_ROWS = 1000
 CARRY_LEVELS = np.unique(np.r_[np.linspace(0.0, 1.0, 1001), 1 - np.geomspace(1e-3, 1e-6, 13)])
 """The ranks at which `carry_over` matches two fits' scores: every 0.1%, and finer in the top 0.1%."""
 TINY_SCORE = 1e-30
+LEARNERS = ("auto", "logistic", "trees")
+"""The supervised part: `auto` fits both and keeps the one whose combined validation PR-AUC is higher (ties: the
+logistic head, the simpler), or one of them only."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,16 @@ class FraudDetector:
 
     `labels`: `auto` fits a head when the labels allow one, `off` never does. `val_fraction`: the last share of
     the rows given to `fit` is the validation slice. `threshold_method`/`threshold_param`: how `fit` infers the
-    threshold (`training.threshold`)."""
+    threshold (`training.threshold`). `learner`: the supervised part (`LEARNERS`)."""
 
     def __init__(self, config: AutoencoderConfig | None = None, *, labels: str = "auto", val_fraction: float = 0.2,
-                 threshold_method: str = "mean_std", threshold_param: float | None = None, verbose: int = 0) -> None:
+                 threshold_method: str = "mean_std", threshold_param: float | None = None, verbose: int = 0,
+                 learner: str = "auto") -> None:
+        if learner not in LEARNERS:
+            raise TrainingError(f"unknown supervised learner {learner!r}: use {', '.join(LEARNERS)}")
         self.config = config or AutoencoderConfig()
         self.labels = labels
+        self.learner = learner
         self.val_fraction = val_fraction
         self.threshold_method = threshold_method
         self.threshold_param = threshold_param
@@ -106,15 +115,14 @@ class FraudDetector:
         if not normal_train.size or not normal_val.size:
             raise TrainingError(f"fit needs normal rows both before and in the validation slice (the last "
                                 f"{self.val_fraction:.0%} of the {len(x)} rows)")
-        self.scaler_ = StandardScaler.fit(x[normal_train])
+        self.columns_ = LogColumns.fit(x[normal_train])
+        self.scaler_ = StandardScaler.fit(self.columns_(x[normal_train]))
         self.autoencoder_ = self._train_autoencoder(x[normal_train], x[normal_val], self.config)
         self._graph = self._autoencoder_graph = None
         self.head_problem_ = head_problem(y, train, val, self.labels)
-        self.head_, self.combination_ = None, None
+        self.head_, self.combination_, self.learner_choice_ = None, None, None
         if self.head_problem_ is None:
-            ae_scores, inputs = self._autoencoder_parts(x)
-            self.head_ = SupervisedHead(seed=self.config.seed).fit(inputs[train], y[train], inputs[val], y[val])
-            self.combination_ = Combination().fit(ae_scores[val], self.head_.validation_logits_, y[val])
+            self._fit_supervised(x, y, train, val)
         self.fitted_on_ = {"rows": len(x), "frauds": None if y is None else int(y.sum()),
                            "autoencoder_rows": int(normal_train.size)}
         self._fitted(x, normal_train)
@@ -131,15 +139,18 @@ class FraudDetector:
         normal = np.arange(len(x)) if y is None else np.flatnonzero(y == 0)
         new = FraudDetector(replace(self.config, epochs=self.autoencoder_.best_epoch), labels=self.labels,
                             val_fraction=self.val_fraction, threshold_method=self.threshold_method,
-                            threshold_param=self.threshold_param, verbose=self.verbose)
-        new.scaler_ = StandardScaler.fit(x[normal])
+                            threshold_param=self.threshold_param, verbose=self.verbose, learner=self.learner)
+        new.columns_ = self.columns_
+        new.scaler_ = StandardScaler.fit(new.columns_(x[normal]))
         new.autoencoder_ = new._train_autoencoder(x[normal], None, new.config)
         new._graph = new._autoencoder_graph = None
         new.head_problem_, new.head_, new.combination_ = self.head_problem_, None, None
+        new.learner_choice_ = self.learner_choice_
         if self.head_ is not None:
             ae_scores, inputs = new._autoencoder_parts(x)
-            new.head_ = self.head_.refit(inputs, y)
-            new.combination_ = self.combination_.refit(ae_scores, new.head_.score(inputs), y)
+            features = self._head_features(x, inputs)
+            new.head_ = self.head_.refit(features, y)
+            new.combination_ = self.combination_.refit(ae_scores, new.head_.score(features), y)
         new.fitted_on_ = {"rows": len(x), "frauds": None if y is None else int(y.sum()),
                           "autoencoder_rows": int(normal.size)}
         new._fitted(x, normal)
@@ -164,9 +175,17 @@ class FraudDetector:
         self.expected_alert_rate_ = float((normal > self.threshold_.value).mean())
         return self
 
+    def outputs(self, X: np.ndarray) -> list[np.ndarray]:  # noqa: N803
+        """What the exported graph computes (float32): anomaly scores `[n]`, per-feature errors `[n, f]` and,
+        with a supervised part, each part's contribution `[n, 2]` (autoencoder, supervised)."""
+        x = _rows(X, None)[0]
+        feed = [x, self.head_.score(x)[:, None]] if isinstance(self.head_, TreeHead) else x
+        return predict(self._serving(), feed)
+
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
         """Anomaly scores `[n]` and per-feature errors `[n, f]` (float32), as the exported graph computes them."""
-        return predict(self._serving(), _rows(X, None)[0])
+        scores, errors, *_ = self.outputs(X)
+        return scores, errors
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """The anomaly score of each row (float32; higher is more anomalous)."""
@@ -176,8 +195,9 @@ class FraudDetector:
         """With a head, the scores of the parts alone (`autoencoder`, `head` logit); empty without."""
         if self.head_ is None:
             return {}
-        ae_scores, inputs = self._autoencoder_parts(_rows(X, None)[0])
-        return {"autoencoder": ae_scores, "head": self.head_.score(inputs)}
+        x = _rows(X, None)[0]
+        ae_scores, inputs = self._autoencoder_parts(x)
+        return {"autoencoder": ae_scores, "head": self.head_.score(self._head_features(x, inputs))}
 
     def predict(self, X: np.ndarray) -> Prediction:  # noqa: N803
         """Outlier verdicts against `threshold_`, scores and per-feature errors: what the worker decides with."""
@@ -186,41 +206,79 @@ class FraudDetector:
 
     def to_onnx(self, path: Path, X: np.ndarray | None = None) -> OnnxExport:  # noqa: N803
         """Write the serving graph to `path` and check it against Keras on `X` (default: up to 20,000 of the rows
-        fitted on, at least 1,000); a graph that differs is deleted and raises `ModelError`."""
-        graph = self._serving()
-        data = convert(graph, int(graph.input_shape[-1])).SerializeToString()
+        fitted on, at least 1,000); a graph that differs is deleted and raises `ModelError`. Trees are merged
+        into the same graph, and the check covers the merged graph against Keras and scikit-learn."""
+        n_features = int(self.autoencoder_.model.input_shape[-1])
+        proto = convert(self._serving(), n_features)
+        if isinstance(self.head_, TreeHead):
+            proto = merge_trees(proto, self.head_.to_onnx(n_features))
+        data = proto.SerializeToString()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         rows = self._parity_rows if X is None else parity_rows(_rows(X, None)[0], self.config.seed)
-        return OnnxExport(path, sha256_bytes(data), check_parity(self.score, path, rows))
+        return OnnxExport(path, sha256_bytes(data), check_parity(self.outputs, path, rows))
 
     def parts(self) -> dict[str, Any]:
         """The card's `parts`: which parts the graph holds, what they learned from and how they combine."""
         rows = self.fitted_on_
+        logged = [int(j) for j in np.flatnonzero(self.columns_.log)]
         parts: dict[str, Any] = {"autoencoder": {
             "hidden": list(self.config.hidden), "trained_on": f"{rows['autoencoder_rows']:,} normal rows",
-            "score": "mean squared reconstruction error of the scaled features"}}
+            "score": "mean squared reconstruction error of the scaled features",
+            "log_columns": {"columns": logged, "scales": [float(self.columns_.scale[j]) for j in logged],
+                            "transform": "sign(x) log(1 + |x| / scale) before scaling, for the columns whose "
+                                         "99th percentile of |x| is at least 30 times their median non-zero |x|"}}}
         if self.head_ is None:
             return {**parts, "head_skipped": self.head_problem_, "combination": "score = autoencoder score (no head)"}
-        return {**parts, "head": self.head_.to_dict(), "combination": self.combination_.describe(),
-                "combination_weights": self.combination_.to_dict()}
+        return {**parts, "head": {**self.head_.to_dict(), "learner": self.learner_choice_},
+                "combination": self.combination_.describe(), "combination_weights": self.combination_.to_dict()}
+
+    def _fit_supervised(self, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:
+        """Fit the supervised learners asked for (`learner`), each cross-fitted on the validation slice with its
+        own combination, and keep the one whose combined out-of-fold validation PR-AUC is the highest."""
+        ae_scores, inputs = self._autoencoder_parts(x)
+        seed = self.config.seed
+        heads: dict[str, SupervisedHead | TreeHead] = {}
+        if self.learner in ("auto", "logistic"):
+            heads["logistic"] = SupervisedHead(seed=seed).fit(inputs[train], y[train], inputs[val], y[val])
+        if self.learner in ("auto", "trees"):
+            heads["trees"] = TreeHead(seed=seed).fit(x[train], y[train], x[val], y[val])
+        combinations = {name: Combination().fit(ae_scores[val], head.validation_logits_, y[val])
+                        for name, head in heads.items()}
+        combined = {name: max(c.validation_pr_auc_.values()) for name, c in combinations.items()}
+        chosen = max(combined, key=lambda name: (combined[name], name == "logistic"))
+        self.head_, self.combination_ = heads[chosen], combinations[chosen]
+        self.learner_choice_ = {
+            "chosen": chosen, "asked": self.learner,
+            "validation_pr_auc_combined": {name: round(v, 6) for name, v in combined.items()},
+            "validation_pr_auc_alone": {name: round(max(h.validation_pr_auc_.values()), 6)
+                                        for name, h in heads.items()},
+            "why": (f"{chosen}: the higher PR-AUC of the combined score on out-of-fold validation scores ("
+                    + ", ".join(f"{name} {v:.4f}" for name, v in combined.items()) + "; ties: logistic)"
+                    if len(combined) > 1 else f"{chosen}: the only learner asked for")}
+
+    def _head_features(self, x: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """What the supervised part reads: the raw features (trees) or the head inputs (logistic)."""
+        return x if isinstance(self.head_, TreeHead) else inputs
 
     def _train_autoencoder(self, x_train: np.ndarray, x_val: np.ndarray | None,
                            config: AutoencoderConfig) -> TrainedAutoencoder:
-        scale = self.scaler_
-        return train_autoencoder(scale(x_train).astype(np.float32),
-                                 None if x_val is None else scale(x_val).astype(np.float32), config, self.verbose)
+        def scale(rows: np.ndarray) -> np.ndarray:
+            return self.scaler_(self.columns_(rows)).astype(np.float32)
+
+        return train_autoencoder(scale(x_train), None if x_val is None else scale(x_val), config, self.verbose)
 
     def _autoencoder_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The autoencoder's scores and the head's inputs (scaled features, log errors) for `x`."""
+        """The autoencoder's scores and the logistic head's inputs (scaled features, log errors) for `x`."""
         if self._autoencoder_graph is None:
-            self._autoencoder_graph = serving_graph(self.scaler_, self.autoencoder_.model)
+            self._autoencoder_graph = serving_graph(self.columns_, self.scaler_, self.autoencoder_.model)
         scores, errors = predict(self._autoencoder_graph, x)
-        return scores, head_inputs(self.scaler_(x), errors)
+        return scores, head_inputs(self.scaler_(self.columns_(x)), errors)
 
     def _serving(self) -> tf.keras.Model:
         if self._graph is None:
-            self._graph = serving_graph(self.scaler_, self.autoencoder_.model, self.head_, self.combination_)
+            self._graph = serving_graph(self.columns_, self.scaler_, self.autoencoder_.model, self.head_,
+                                        self.combination_)
         return self._graph
 
     def _fitted(self, x: np.ndarray, seen_normal: np.ndarray) -> None:

@@ -32,8 +32,13 @@ from fraudmon.core.modelcard import (
 )
 from stream_app.drift import decile_bins
 from stream_app.features import NORMAL_COVERAGE, normal_ranges
+from training.trees import TREES_INPUT, TREES_LOGIT
 
 OPSET = 17
+SCORE_CONTRIBUTIONS = "score_contributions"
+"""The graph's third output when it holds a supervised part: float32 [batch, 2], the autoencoder's and the
+supervised part's contributions to the log score above a typical normal row's (`Combination.contributions`)."""
+PASSED_FEATURES = "features_to_autoencoder"
 PARITY_MIN_ROWS = 1000
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-3
@@ -45,14 +50,18 @@ far above rounding, and a conversion bug (a wrong op) is off by orders of magnit
 
 
 def convert(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
-    """Convert the serving model; input `features` `[batch, n]`, outputs `score` `[batch]` and
-    `feature_errors` `[batch, n]`, renamed if tf2onnx named them otherwise."""
-    spec = (tf.TensorSpec((None, n_features), tf.float32, name=ONNX_INPUT),)
+    """Convert the serving model: input `features` `[batch, n]` (and `trees_logit` `[batch, 1]` when the trees
+    are a second input), outputs `score` `[batch]`, `feature_errors` `[batch, n]` and, with a supervised part,
+    `score_contributions` `[batch, 2]`, renamed if tf2onnx named them otherwise."""
+    names = [ONNX_INPUT, TREES_LOGIT][:len(model.inputs)]
+    spec = tuple(tf.TensorSpec((None, width), tf.float32, name=name)
+                 for name, width in zip(names, (n_features, 1), strict=False))
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     graph = proto.graph
-    if [i.name for i in graph.input] != [ONNX_INPUT]:
-        raise ModelError(f"tf2onnx produced inputs {[i.name for i in graph.input]}, expected [{ONNX_INPUT!r}]")
-    renames = {out.name: want for out, want in zip(graph.output, ONNX_OUTPUTS, strict=True) if out.name != want}
+    if [i.name for i in graph.input] != names:
+        raise ModelError(f"tf2onnx produced inputs {[i.name for i in graph.input]}, expected {names}")
+    wanted = [*ONNX_OUTPUTS, SCORE_CONTRIBUTIONS][:len(graph.output)]
+    renames = {out.name: want for out, want in zip(graph.output, wanted, strict=True) if out.name != want}
     for node in graph.node:
         node.output[:] = [renames.get(name, name) for name in node.output]
         node.input[:] = [renames.get(name, name) for name in node.input]
@@ -65,39 +74,73 @@ def convert(model: tf.keras.Model, n_features: int) -> onnx.ModelProto:
     return proto
 
 
+def merge_trees(serving: onnx.ModelProto, trees: onnx.ModelProto) -> onnx.ModelProto:
+    """One graph from the serving graph that takes the trees' logit as its second input and the trees' graph
+    (`training.trees.trees_to_onnx`), joined with `onnx.compose.merge_models`: `features` feeds both, the trees'
+    logit feeds the combination; the inputs and outputs are the serving graph's without `trees_logit`."""
+    trees = onnx.ModelProto.FromString(trees.SerializeToString())
+    trees.graph.node.append(onnx.helper.make_node("Identity", [TREES_INPUT], [PASSED_FEATURES]))
+    width = serving.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    trees.graph.output.append(onnx.helper.make_tensor_value_info(PASSED_FEATURES, onnx.TensorProto.FLOAT,
+                                                                 ["batch", width]))
+    trees = onnx.compose.add_prefix(trees, "trees/")
+    opsets = {o.domain: o.version for model in (trees, serving) for o in model.opset_import}
+    for model in (trees, serving):
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
+        model.ir_version = max(trees.ir_version, serving.ir_version)
+    merged = onnx.compose.merge_models(trees, serving, io_map=[(f"trees/{PASSED_FEATURES}", ONNX_INPUT),
+                                                                (f"trees/{TREES_LOGIT}", TREES_LOGIT)])
+    graph = merged.graph
+    for node in graph.node:
+        node.input[:] = [ONNX_INPUT if name == f"trees/{TREES_INPUT}" else name for name in node.input]
+    graph.input[0].name = ONNX_INPUT
+    onnx.checker.check_model(merged)
+    return merged
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def check_parity(
-    keras_score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], onnx_path: Path, x: np.ndarray,
+    python_score: Callable[[np.ndarray], list[np.ndarray]], onnx_path: Path, x: np.ndarray,
     atol: float = PARITY_ATOL, rtol: float = PARITY_RTOL,
 ) -> dict[str, float | int]:
-    """Compare the Keras scores (`keras_score(x)`: scores, feature errors) with onnxruntime's on `x` (>= 1,000
-    rows); on failure delete `onnx_path` and raise."""
+    """Compare the Python models' outputs (`python_score(x)`: scores, feature errors and, with a supervised part,
+    the contributions) with onnxruntime's on `x` (>= 1,000 rows): scores and contributions within `atol` +
+    `rtol` * |value|; on failure delete `onnx_path` and raise."""
     if len(x) < PARITY_MIN_ROWS:
         raise ModelError(f"parity check needs at least {PARITY_MIN_ROWS} rows, got {len(x)}")
     x = np.asarray(x, dtype=np.float32)
+    expected = python_score(x)
+    names = [*ONNX_OUTPUTS, SCORE_CONTRIBUTIONS][:len(expected)]
     try:
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        onnx_scores, onnx_errors = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
+        got = session.run(names, {ONNX_INPUT: x})
     except Exception as exc:
         onnx_path.unlink(missing_ok=True)
         raise ModelError(f"exported graph {onnx_path} does not run in onnxruntime: {exc}") from exc
-    keras_scores, keras_errors = keras_score(x)
+    (onnx_scores, onnx_errors, *onnx_parts), (keras_scores, keras_errors, *keras_parts) = got, expected
     diff = np.abs(onnx_scores.astype(np.float64) - keras_scores)
     allowed = atol + rtol * np.abs(keras_scores.astype(np.float64))
     worst = int(np.argmax(diff - allowed)) if diff.size else 0
-    if not np.isfinite(onnx_scores).all() or (diff > allowed).any() or onnx_errors.shape != keras_errors.shape:
+    parts_diff = [np.abs(o.astype(np.float64) - k) for o, k in zip(onnx_parts, keras_parts, strict=True)]
+    parts_off = any((d > atol + rtol * np.abs(k)).any() for d, k in zip(parts_diff, keras_parts, strict=True))
+    if not np.isfinite(onnx_scores).all() or (diff > allowed).any() or onnx_errors.shape != keras_errors.shape \
+            or parts_off:
         onnx_path.unlink(missing_ok=True)
         raise ModelError(
-            f"ONNX export differs from Keras on row {worst}: score {float(onnx_scores[worst]):.6g} vs "
+            f"ONNX export differs from the Python models on row {worst}: score {float(onnx_scores[worst]):.6g} vs "
             f"{float(keras_scores[worst]):.6g} (max abs diff {float(diff.max()):.3g}, allowed {atol:g} + "
-            f"{rtol:g}*|score|); {onnx_path} removed"
+            f"{rtol:g}*|score|{'; the contributions differ' if parts_off else ''}); {onnx_path} removed"
         )
     relative = diff / np.maximum(np.abs(keras_scores.astype(np.float64)), np.finfo(np.float32).tiny)
-    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()), "max_rel_diff": float(relative.max()),
-            "max_feature_error_diff": float(np.abs(onnx_errors - keras_errors).max())}
+    result = {"rows": int(len(x)), "max_abs_diff": float(diff.max()), "max_rel_diff": float(relative.max()),
+              "max_feature_error_diff": float(np.abs(onnx_errors - keras_errors).max())}
+    if parts_diff:
+        result["max_contribution_diff"] = float(parts_diff[0].max())
+    return result
 
 
 def publish(partial_onnx: Path, onnx_path: Path, card: dict[str, Any], card_path: Path) -> None:

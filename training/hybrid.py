@@ -81,7 +81,7 @@ def head_problem(labels: np.ndarray | None, split_past: np.ndarray, split_val: n
     return None
 
 
-def _pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
@@ -130,7 +130,7 @@ class SupervisedHead:
                 coef, intercept = _logistic(c, np.vstack([inputs, val_inputs[kept]]),
                                             np.concatenate([labels, val_labels[kept]]), self.seed)
                 logits[held] = _logits(val_inputs[held], coef, intercept)
-            out_of_fold[c], self.validation_pr_auc_[c] = logits, _pr_auc(val_labels, logits)
+            out_of_fold[c], self.validation_pr_auc_[c] = logits, pr_auc(val_labels, logits)
         best = max(self.validation_pr_auc_.values())
         self.c_ = min(c for c, auc in self.validation_pr_auc_.items() if auc == best)  # ties: the stronger L2
         self.validation_logits_ = out_of_fold[self.c_]
@@ -172,7 +172,7 @@ class Combination:
         (mu_a, sd_a), (mu_h, sd_h) = _robust(a[normal]), _robust(h[normal])
         self.validation_pr_auc_: dict[float, float] = {}
         for alpha in self.alpha_grid:
-            self.validation_pr_auc_[alpha] = _pr_auc(labels, alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a)
+            self.validation_pr_auc_[alpha] = pr_auc(labels, alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a)
         best = max(self.validation_pr_auc_.values())
         self._set(max(alpha for alpha, auc in self.validation_pr_auc_.items() if auc == best), mu_a, sd_a, mu_h, sd_h)
         return self
@@ -188,7 +188,7 @@ class Combination:
         return combination
 
     def _set(self, alpha: float, mu_a: float, sd_a: float, mu_h: float, sd_h: float) -> None:
-        self.alpha_ = alpha
+        self.alpha_, self.mu_a_, self.mu_h_ = alpha, mu_a, mu_h
         self.beta_ = (1 - alpha) * sd_a / sd_h
         self.gamma_ = (1 - alpha) * (mu_a - sd_a * mu_h / sd_h)
 
@@ -198,6 +198,14 @@ class Combination:
             self.beta_ * np.asarray(logits, np.float64) + self.gamma_
         return np.exp(soft_limit(log_score))
 
+    def contributions(self, ae_scores: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """`[n, 2]`: how far each part moves the log score above a typical normal row's (the median), the
+        autoencoder's `alpha (log(ae + eps) - mu_a)` and the supervised part's `beta (logit - mu_h)`; they sum to
+        `s - mu_a`, and the larger one drove the score."""
+        a = self.alpha_ * (np.log(np.asarray(ae_scores, np.float64) + SCORE_EPSILON) - self.mu_a_)
+        h = self.beta_ * (np.asarray(logits, np.float64) - self.mu_h_)
+        return np.stack([a, h], axis=1)
+
     def describe(self) -> str:
         return (f"score = exp(s), s = {self.alpha_:g} * "
                 f"log(autoencoder + {SCORE_EPSILON:g}) + {self.beta_:.6g} * head_logit + {self.gamma_:.6g} (alpha "
@@ -205,5 +213,6 @@ class Combination:
                 f"+-{LOG_SCORE_KNEE:g})")
 
     def to_dict(self) -> dict:
-        return {"alpha": self.alpha_, "beta": self.beta_, "gamma": self.gamma_, "alpha_tried": list(self.alpha_grid),
+        return {"alpha": self.alpha_, "beta": self.beta_, "gamma": self.gamma_, "mu_autoencoder": self.mu_a_,
+                "mu_head": self.mu_h_, "alpha_tried": list(self.alpha_grid),
                 "validation_pr_auc": {str(a): round(v, 6) for a, v in self.validation_pr_auc_.items()}}

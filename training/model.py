@@ -1,5 +1,6 @@
-"""The Keras autoencoder, trained on scaled normal rows, and the one serving graph built around it: scaling,
-reconstruction errors and, when a supervised head exists, the head and the combination (`serving_graph`).
+"""The Keras autoencoder, trained on scaled normal rows, and the one serving graph built around it: the log of
+money-shaped columns, scaling, reconstruction errors and, when a supervised part exists, the logistic head (or
+the trees' logit as an input) and the combination (`serving_graph`).
 
 The serving graph takes the raw feature vector and returns `score` (per-row mean squared reconstruction error
 in scaled space, or the hybrid score) and `feature_errors` (per-feature squared errors), both float32.
@@ -14,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from fraudmon.core.errors import TrainingError
-from training.data import StandardScaler
+from training.data import LogColumns, StandardScaler
 from training.hybrid import LOGIT_LIMIT, SCORE_EPSILON, Combination, SupervisedHead, soft_limit
+from training.trees import TREES_LOGIT, TreeHead
 
 LOSSES = ("mse", "mae", "huber")
 
@@ -88,15 +90,21 @@ def train_autoencoder(scaled_train: np.ndarray, scaled_val: np.ndarray | None, c
     return TrainedAutoencoder(model, history, best, time.perf_counter() - started)
 
 
-def serving_graph(scaler: StandardScaler, autoencoder: tf.keras.Model, head: SupervisedHead | None = None,
+def serving_graph(columns: LogColumns, scaler: StandardScaler, autoencoder: tf.keras.Model,
+                  head: SupervisedHead | TreeHead | None = None,
                   combination: Combination | None = None) -> tf.keras.Model:
-    """One graph: raw features → scaling → autoencoder → per-feature squared errors → `score`, their mean; with a
-    head, its logit on the scaled features and log errors combines with it into `score` = exp(soft_limit(s)),
-    s = alpha log(ae + eps) + beta logit + gamma (`Combination`). `feature_errors` stays the autoencoder's, which
-    the explanations use."""
+    """One graph: raw features → log of the money-shaped columns → scaling → autoencoder → per-feature squared
+    errors → `score`, their mean. With a head, its logit combines with it into `score` = exp(soft_limit(s)),
+    s = alpha log(ae + eps) + beta logit + gamma (`Combination`), and `score_contributions` [batch, 2] gives
+    each part's share of s (`Combination.contributions`). The logistic head is a layer on the scaled features
+    and log errors; trees are a second input `trees_logit` [batch, 1], which `training.export.merge_trees` feeds
+    from their own ONNX graph. `feature_errors` stays the autoencoder's, which the explanations use."""
     raw = tf.keras.Input(shape=(autoencoder.input_shape[-1],), name="features")
+    log, scale = columns.log, columns.scale.astype(np.float32)
+    logged = raw if not log.any() else tf.keras.layers.Lambda(  # no Log1p in ONNX
+        lambda x: tf.where(log, tf.sign(x) * tf.math.log(1.0 + tf.abs(x) / scale), x), name="log_columns")(raw)
     scaled = tf.keras.layers.Normalization(mean=scaler.mean.astype(np.float32),
-                                           variance=np.square(scaler.std).astype(np.float32), name="scale")(raw)
+                                           variance=np.square(scaler.std).astype(np.float32), name="scale")(logged)
     t = scaled
     for layer in autoencoder.layers[1:]:
         t = layer(t)
@@ -104,23 +112,31 @@ def serving_graph(scaler: StandardScaler, autoencoder: tf.keras.Model, head: Sup
     score = tf.keras.layers.Lambda(lambda e: tf.reduce_mean(e, axis=-1), name="score")(errors)
     if head is None:
         return tf.keras.Model(raw, [score, errors], name="fraud_autoencoder")
-    log_errors = tf.keras.layers.Lambda(lambda e: tf.math.log(e + 1.0), name="log_errors")(errors)  # no Log1p in ONNX
-    inputs = tf.keras.layers.Concatenate(name="head_inputs")([scaled, log_errors])
-    dense = tf.keras.layers.Dense(1, name="head")
-    logit = dense(inputs)
-    dense.set_weights([head.coef_.reshape(-1, 1).astype(np.float32), np.array([head.intercept_], np.float32)])
-    alpha, beta, gamma = (float(v) for v in (combination.alpha_, combination.beta_, combination.gamma_))
+    if isinstance(head, TreeHead):
+        inputs = [raw, tf.keras.Input(shape=(1,), name=TREES_LOGIT)]
+        logit = inputs[1]
+    else:
+        inputs = raw
+        log_errors = tf.keras.layers.Lambda(lambda e: tf.math.log(e + 1.0), name="log_errors")(errors)
+        dense = tf.keras.layers.Dense(1, name="head")
+        logit = dense(tf.keras.layers.Concatenate(name="head_inputs")([scaled, log_errors]))
+        dense.set_weights([head.coef_.reshape(-1, 1).astype(np.float32), np.array([head.intercept_], np.float32)])
+    alpha, beta, gamma, mu_a, mu_h = (float(v) for v in (combination.alpha_, combination.beta_, combination.gamma_,
+                                                         combination.mu_a_, combination.mu_h_))
 
-    def combine(parts: list[tf.Tensor]) -> tf.Tensor:
-        logit = tf.clip_by_value(parts[1][:, 0], -LOGIT_LIMIT, LOGIT_LIMIT)
-        log_score = alpha * tf.math.log(parts[0] + SCORE_EPSILON) + beta * logit + gamma
-        return tf.exp(soft_limit(log_score, tf))
+    def parts(tensors: list[tf.Tensor]) -> tf.Tensor:
+        logit = tf.clip_by_value(tensors[1][:, 0], -LOGIT_LIMIT, LOGIT_LIMIT)
+        return tf.stack([alpha * (tf.math.log(tensors[0] + SCORE_EPSILON) - mu_a), beta * (logit - mu_h)], axis=1)
 
-    hybrid = tf.keras.layers.Lambda(combine, name="hybrid_score")([score, logit])
-    return tf.keras.Model(raw, [hybrid, errors], name="fraud_hybrid")
+    contributions = tf.keras.layers.Lambda(parts, name="score_contributions")([score, logit])
+    hybrid = tf.keras.layers.Lambda(lambda c: tf.exp(soft_limit(tf.reduce_sum(c, axis=1) + mu_a, tf)),
+                                    name="hybrid_score")(contributions)
+    return tf.keras.Model(inputs, [hybrid, errors, contributions], name="fraud_hybrid")
 
 
-def predict(model: tf.keras.Model, x: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """A serving graph's scores `[n]` and per-feature errors `[n, f]` (float32)."""
-    scores, errors = model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0)
-    return scores.astype(np.float32), errors.astype(np.float32)
+def predict(model: tf.keras.Model, x: np.ndarray | list[np.ndarray],
+            batch_size: int = 8192) -> list[np.ndarray]:
+    """A serving graph's outputs (float32): scores `[n]`, per-feature errors `[n, f]` and, with a head, the
+    parts' contributions `[n, 2]`. `x`: the features, or with trees [features, trees' logits]."""
+    inputs = [np.asarray(v, dtype=np.float32) for v in x] if isinstance(x, list) else np.asarray(x, np.float32)
+    return [out.astype(np.float32) for out in model.predict(inputs, batch_size=batch_size, verbose=0)]
