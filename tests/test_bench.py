@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fraudmon.cli import app
 from fraudmon.core.config import Settings
 from fraudmon.tools import bench
-from fraudmon.tools.bench import SYSTEMS, missing, report_lines, run_bench
+from fraudmon.tools.bench import SYSTEMS, lag_after, missing, report_lines, run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def _bench_leftovers(settings: Settings) -> tuple[list[str], list[bytes]]:
 @pytest.mark.slow
 def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Path) -> None:
     report = run_bench(settings, events=3000, rates=[300], seconds=3, out_dir=tmp_path, systems=SYSTEMS,
-                       max_share=0)
+                       max_share=0, overload=((1.5, 2.0), (0.5, 3.0)))
 
     for system, module in (("confluent", "confluent_kafka"), ("quix", "quixstreams")):
         if importlib.util.find_spec(module) is None:  # skipped and said so, never a crash
@@ -63,7 +63,15 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
         assert 0 < row.machine_busy <= 1, "the share of all cores busy while the load was produced"
         assert row.cpu_us_per_event is not None and row.cpu_us_per_event > 0, "the system's own CPU per event"
 
+    overload = report.overload  # the worker under 150% of its drain maximum for 2 s, then 50% for 3 s
+    assert overload.burst_rate == round(worker.events_per_s * 1.5)
+    assert overload.after_rate == round(worker.events_per_s / 2)
+    assert overload.events == overload.burst_rate * 2 + overload.after_rate * 3
+    assert (overload.lost, overload.decided, overload.degraded) == (0, overload.events, 0), overload
+    assert overload.peak_lag > 0 and overload.recovery_s is not None and overload.recovery_s >= 0, overload
+
     data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["overload"]) >= {"degraded", "lost", "peak_lag", "recovery_s"}
     assert data["cpu_count"] and data["partitions"] == settings.topics.partitions and data["events"] == 3000
     assert data["broker_on_this_host"] is True
     generator = "confluent-kafka" if importlib.util.find_spec("confluent_kafka") else "kafka-python"
@@ -74,7 +82,7 @@ def test_small_run_of_every_system(settings: Settings, local_stack, tmp_path: Pa
     assert "ms for the reference workload" in data["depends_on"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = "\n".join(report_lines(report))
-    assert "| worker |" in table and "depends on:" in table
+    assert "| worker |" in table and "depends on:" in table and "overload (the worker:" in table
 
     assert _bench_leftovers(settings) == ([], [])  # topics and the worker's rule state are removed
 
@@ -105,3 +113,12 @@ def test_the_command_documents_its_options_and_refuses_unknown_systems() -> None
 
     result = runner.invoke(app, ["bench", "--systems", "worker,flink"])
     assert result.exit_code == 2 and "unknown flink" in result.output
+
+
+def test_lag_is_read_off_the_append_times():
+    """(input, output) append times in ms: the most events appended and not yet decided at once, and how long
+    after the burst's last input no event older than 100 ms is left undecided."""
+    times = [(0, 50), (100, 160), (200, 500), (300, 510), (400, 520), (600, 620)]
+    assert lag_after(times, burst_end_ms=300) == (3, 220)
+    assert lag_after([(0, 5), (100, None), (200, 205)], burst_end_ms=200) == (2, None), "an undecided event: never"
+    assert lag_after([(0, 5), (10, 12)], burst_end_ms=10) == (1, 0)

@@ -12,6 +12,9 @@ their own, and the bench reads the topics back only after a run.
   installed, so that the load generator takes little of the cores the system under test needs) into a fresh
   input topic; latency = output append time - input append time of the same transaction id, joined after the
   run.
+- Overload: the worker, warm, gets a burst at 150% of its measured drain maximum for 10 s, then 50% for 30 s:
+  its degraded and lost decisions, its peak lag (events appended and not yet decided, by the broker's clock) and
+  the seconds from the burst's end until the lag is back to 0 (no event older than 100 ms undecided).
 - The worker's CPU time per event (/proc/<pid>/stat utime + stime while it drained the topic) and peak RSS
   (VmHWM) come from /proc; so do the peers'.
 """
@@ -28,8 +31,9 @@ import subprocess
 import sys
 import time
 import uuid
+from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +58,10 @@ THROUGHPUT_SEED = 11
 POLL_S = 0.05  # how often the bench looks at the output's end offsets and the system's CPU time
 STALL_S = 90.0  # no new output for this long (start-up included): the system is stuck, stop waiting
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+Phases = tuple[tuple[float, float], tuple[float, float]]
+OVERLOAD: Phases = ((1.5, 10.0), (0.5, 30.0))  # (share of the worker's drain maximum, seconds): a burst, then less
+CAUGHT_UP_MS = 100  # the lag is back to 0 once no event appended this long ago or earlier is undecided
+OVERLOAD_POOL = 50_000  # simulated events cycled (with new transaction ids) through the overload run
 
 
 class BenchError(FraudMonitorError):
@@ -99,6 +107,26 @@ class Latency:
 
 
 @dataclass
+class Overload:
+    """The worker, warm, under a burst above its drain maximum and then a rate below it (`OVERLOAD`)."""
+
+    burst_share: float  # of the worker's drain maximum
+    burst_rate: int  # events/s asked of the producer during the burst
+    burst_s: float
+    after_rate: int  # events/s asked after it
+    after_s: float
+    achieved_burst_rate: float  # burst records / (last - first burst input append time)
+    events: int
+    decided: int  # events with a decision when the run ended
+    lost: int  # events without one (must be 0)
+    degraded: int  # decisions taken without the model or the rule state (must be 0 while Redis is up)
+    peak_lag: int  # the most events appended to the input and not yet decided at once (the broker's clock)
+    recovery_s: float | None  # from the burst's last input to the lag back to 0; None: not within the run
+    p99_ms: float | None  # end-to-end latency over the whole run
+    max_ms: float | None
+
+
+@dataclass
 class Report:
     measured_at: str
     cpu_count: int | None
@@ -112,6 +140,7 @@ class Report:
     host_reference_ms: list[float] = field(default_factory=list)  # `host_reference_ms()` at the start and the end
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
+    overload: Overload | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -470,6 +499,57 @@ def measure_latency(settings: Settings, running: Running, reader: TopicReader, s
     return rows
 
 
+def measure_overload(settings: Settings, running: Running, reader: TopicReader, source: str,
+                     drain_per_s: float, phases: Phases = OVERLOAD) -> Overload:
+    """Produce the two `phases` into `source` (which the warm worker `running` consumes), wait for the
+    decisions, then read the lag off the broker's append times: at each moment, the events appended to the
+    input and not yet decided."""
+    (burst_share, burst_s), (after_share, after_s) = phases
+    burst_rate, after_rate = round(drain_per_s * burst_share), max(1, round(drain_per_s * after_share))
+    pool = _events(OVERLOAD_POOL, seed=300)
+    total = round(burst_rate * burst_s) + round(after_rate * after_s)
+    events = [replace(pool[i % len(pool)], transaction_id=f"{pool[i % len(pool)].transaction_id}-o{i // len(pool)}")
+              for i in range(total)]
+    burst = events[:round(burst_rate * burst_s)]
+    expected = reader.count(running.output) + len(events)
+    _produce(settings, burst, source, burst_rate)
+    _produce(settings, events[len(burst):], source, after_rate)
+    _wait_for_outputs(running, reader, expected)
+    inputs, _ = _append_times(reader.read(source))
+    outputs, degraded = _append_times(reader.read(running.output))
+    ids = [e.transaction_id for e in events if e.transaction_id in inputs]
+    latencies = [float(outputs[tx] - inputs[tx]) for tx in ids if tx in outputs]
+    burst_times = sorted(inputs[e.transaction_id] for e in burst if e.transaction_id in inputs)
+    lag, recovery_ms = lag_after(sorted((inputs[tx], outputs.get(tx)) for tx in ids), burst_times[-1])
+    return Overload(
+        burst_share=burst_share, burst_rate=burst_rate, burst_s=burst_s, after_rate=after_rate, after_s=after_s,
+        achieved_burst_rate=round(len(burst_times) / max((burst_times[-1] - burst_times[0]) / 1000, 1e-3), 1),
+        events=len(events), decided=len(latencies), lost=len(events) - len(latencies),
+        degraded=sum(1 for tx in ids if tx in degraded), peak_lag=lag,
+        recovery_s=None if recovery_ms is None else round(recovery_ms / 1000, 2),
+        p99_ms=percentile(latencies, 99) if latencies else None, max_ms=max(latencies, default=None),
+    )
+
+
+def lag_after(times: list[tuple[int, int | None]], burst_end_ms: int) -> tuple[int, int | None]:
+    """From (input, output) append times (ms; output None: never decided), sorted by input: the peak lag (events
+    appended and not yet decided at once), and the ms from `burst_end_ms` until the lag is back to 0, i.e. no
+    event appended `CAUGHT_UP_MS` or more before is undecided (None: never within the times given)."""
+    ins = sorted(t for t, _ in times)
+    outs = sorted(o for _, o in times if o is not None)
+    peak = max((i + 1 - bisect_right(outs, t) for i, t in enumerate(ins)), default=0)
+    latest_out, undecided_by = [], -1  # per event in input order: the latest output among it and those before
+    for _, out in times:
+        undecided_by = max(undecided_by, out if out is not None else 2**62)
+        latest_out.append(undecided_by)
+    end = max(max(outs, default=burst_end_ms), ins[-1] + CAUGHT_UP_MS if ins else burst_end_ms)
+    for t in range(burst_end_ms, end + 1, 10):
+        older = bisect_right(ins, t - CAUGHT_UP_MS)
+        if older == 0 or latest_out[older - 1] <= t:
+            return peak, t - burst_end_ms
+    return peak, None
+
+
 def _append_times(records: list[tuple[int, bytes]]) -> tuple[dict[str, int], set[str]]:
     """Each transaction id's first append time, and the ids of the decisions marked degraded."""
     times: dict[str, int] = {}
@@ -527,10 +607,12 @@ def _on_this_host(bootstrap: str) -> bool:
 
 
 def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: float, out_dir: Path,
-              systems: list[str] | tuple[str, ...] = SYSTEMS, max_share: float = 0.8) -> Report:
+              systems: list[str] | tuple[str, ...] = SYSTEMS, max_share: float = 0.8,
+              overload: Phases | None = OVERLOAD) -> Report:
     """Pre-fill, throughput of each system in turn (the worker last), then latency at each rate (plus
     `max_share` of the worker's measured maximum, when it ran) for the worker and the aiokafka and faust
-    passthroughs. Writes bench.json and bench.png to `out_dir`."""
+    passthroughs, then the worker's `overload` run (when it drained; None: none). Writes bench.json and bench.png
+    to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"), cpu_count=os.cpu_count(),
@@ -580,6 +662,9 @@ def run_bench(settings: Settings, *, events: int, rates: list[int], seconds: flo
                 continue
             report.latency += measure_latency(settings, current, reader, latency_source, latency_rates, seconds,
                                               seed=100 + 10 * index)
+            if system == "worker" and worker and overload:
+                report.overload = measure_overload(settings, current, reader, latency_source, worker.events_per_s,
+                                                   overload)
             current.stop()
     finally:
         for current in running.values():
@@ -654,6 +739,16 @@ def report_lines(report: Report) -> list[str]:
         busy = "-" if row.machine_busy is None else f"{row.machine_busy:.0%}"
         lines.append(f"| {row.system} | {rate} | {row.achieved_rate:,.0f} | {ms} | {row.joined:,}/{row.events:,} "
                      f"| {_cell(row.degraded)} | {_cell(row.cpu_us_per_event)} | {busy} |")
+    if report.overload:
+        o = report.overload
+        recovery = "not within the run" if o.recovery_s is None else f"{o.recovery_s:g}"
+        lines += ["", f"overload (the worker: {o.burst_rate:,}/s for {o.burst_s:g} s, {o.burst_share:.0%} of its drain "
+                      f"maximum, then {o.after_rate:,}/s for {o.after_s:g} s; lag in events, by the broker's clock)",
+                  "", "| achieved burst/s | events | decided | lost | degraded | peak lag | lag back to 0 after, s | "
+                      "p99 ms | max ms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {o.achieved_burst_rate:,.0f} | {o.events:,} | {o.decided:,} | {o.lost:,} | {o.degraded:,} | "
+                  f"{o.peak_lag:,} | {recovery} | {_cell(o.p99_ms)} | {_cell(o.max_ms)} |"]
     lines += [f"skipped {system}: {why}" for system, why in report.skipped.items()]
     lines += ["", f"depends on: {report.depends_on}"]
     return lines
@@ -665,3 +760,4 @@ def _cell(value: float | None) -> str:
 
 def print_report(report: Report) -> None:
     print("\n" + "\n".join(report_lines(report)))
+    print("\nbench: the local stack it ran on is left running for the next run (`fraudmon stack down` stops it)")
