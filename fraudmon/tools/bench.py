@@ -730,6 +730,9 @@ def report_lines(report: Report) -> list[str]:
         ratio = f"{row.events_per_s / base:.2f}" if base else "-"
         lines.append(f"| {row.system} | {row.events_per_s:,.0f} | {ratio} | {row.outputs:,}/{row.events:,} | "
                      f"{_cell(row.degraded)} | {_cell(row.cpu_us_per_event)} | {_cell(row.peak_rss_mb)} |")
+    drains = {row.system: row.events_per_s for row in report.throughput if row.drained}
+    if drains.get("worker") and drains.get("quix"):
+        lines += ["", f"the worker drains {drains['worker'] / drains['quix']:.1f}x the Quix Streams peer"]
     lines += ["", "end-to-end latency (output append time - input append time, ms)", "",
               "| system | rate | achieved | p50 | p95 | p99 | max | joined | degraded | CPU µs/event | machine busy |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
