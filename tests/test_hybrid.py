@@ -38,7 +38,7 @@ def _train(data: Path, out: Path, **request):
 
 @pytest.fixture(scope="module")
 def hybrid(data, tmp_path_factory):
-    return _train(data, tmp_path_factory.mktemp("hybrid-model"))
+    return _train(data, tmp_path_factory.mktemp("hybrid-model"), learner="logistic")
 
 
 def test_head_and_combination_are_sklearn_style_and_chosen_on_validation():
@@ -117,12 +117,19 @@ def test_report_puts_parts_and_baselines_side_by_side(hybrid):
         assert summary["roc_auc"] is not None and summary["pr_auc"] is not None
     assert set(metrics["validation"]) == {"model", "autoencoder", "head", "isolation_forest", "pca", "kmeans"}
     assert metrics["parts"]["head"]["per_scenario"]
+    reference = metrics["reference"]["gradient_boosting"]
+    assert reference["rows"] == metrics["model"]["rows"] and reference["pr_auc"] is not None
     report = hybrid.report_path.read_text()
     for label in ("combined (served)", "autoencoder alone", "head alone", "IsolationForest", "PCA reconstruction",
-                  "k-means distance", "recall at 0.5%", "false-flag rate", "## Recall per fraud scenario"):
+                  "k-means distance", "recall at 0.5%", "false-flag rate", "## Recall per fraud scenario",
+                  "| default gradient boosting (reference) |"):
         assert label in report, label
     row = next(line for line in report.splitlines() if line.startswith("| combined (served) |"))
     assert f"| {metrics['model']['pr_auc']:.4f} |" in row
+    gap = metrics["model"]["pr_auc"] - reference["pr_auc"]
+    assert "The served model minus the reference: ROC-AUC " in report and f"PR-AUC {gap:+.4f}" in report
+    learner = hybrid.card["parts"]["head"]["learner"]
+    assert learner["chosen"] == "logistic" and learner["why"] == "logistic: the only learner asked for"
 
 
 @pytest.mark.slow
@@ -217,11 +224,15 @@ def test_defaults_on_the_card_holder_sample_train_a_hybrid_that_serves(tmp_path)
 
     result = CliRunner().invoke(app, ["train", "--data", str(CREDITCARD), "--out-dir", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "supervised head: yes, its choices on out-of-fold scores of the validation slice" in result.output
+    assert "supervised part: logistic head or gradient-boosted trees, chosen on out-of-fold scores of the " \
+        "validation slice" in result.output
     assert "served model: refitted on all 9,528 rows" in result.output
     card = json.loads((tmp_path / "default.json").read_text())
     head = card["parts"]["head"]
     assert head["fitted_on"]["frauds"] == 38 and "out-of-fold" in head["chosen_on"]
+    choice = head["learner"]
+    assert choice["chosen"] == max(choice["validation_pr_auc_combined"],
+                                   key=lambda name: (choice["validation_pr_auc_combined"][name], name == "logistic"))
     assert card["training"]["split"]["train"]["frauds"] + card["training"]["split"]["val"]["frauds"] == 12
     assert card["parts"]["combination"].startswith("score = exp(s), s = ")
     metrics = card["metrics"]

@@ -148,3 +148,22 @@ def test_a_worker_serves_a_table_model(table, table_model, kafka_bootstrap, work
         item = decision["model"]["top_features"][0]
         assert item["value"] == pytest.approx(events[decision["transaction_id"]].features[item["field"]], abs=1e-4)
     assert len(truth.read_text().splitlines()) == 61
+
+
+def test_a_time_split_without_frauds_in_a_part_falls_back_to_a_seeded_random_split(tmp_path):
+    """All frauds early in time: a time split would leave validation and held-out rows without one."""
+    from training.data import load_dataset, split_dataset
+
+    rng = np.random.default_rng(0)
+    rows = ["t,a,b,label"] + [f"{i},{rng.normal():.4f},{rng.normal():.4f},{int(i < 3000 and i % 40 == 0)}"
+                              for i in range(6000)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    dataset = load_dataset(tmp_path / "t.csv", table=TableSpec("label", time_column="t"))
+    split = split_dataset(dataset, seed=7)
+    assert split.mode == "random" and "validation and held-out part without frauds" in split.fallback
+    assert dataset.labels[split.val].any() and dataset.labels[split.test].any()
+    assert split.summary(dataset)["fallback"] == split.fallback
+    again = split_dataset(dataset, seed=7)
+    np.testing.assert_array_equal(again.test, split.test)
+    frauds_late = load_dataset(tmp_path / "t.csv", table=TableSpec("label"))
+    assert split_dataset(frauds_late).fallback is None, "a table without a time column is split at random anyway"

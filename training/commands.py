@@ -96,6 +96,9 @@ def train_command(
                                         help="Train on N freshly simulated events (simulator defaults, seed 42)."),
     labels: str = typer.Option("auto", "--labels", help="auto: add a supervised head to the autoencoder when the "
                                "training part holds enough frauds; off: the autoencoder alone."),
+    supervised: str = typer.Option("auto", "--supervised", help="The supervised part: auto (logistic head or "
+                                   "gradient-boosted trees, whichever scores higher on validation), logistic or "
+                                   "trees."),
     verdicts: Path | None = typer.Option(None, "--verdicts", exists=True, dir_okay=False,
                                          help="Analysts' verdicts (JSON lines, fraud or legit): they override the "
                                               "labels of their transactions."),
@@ -151,7 +154,7 @@ def train_command(
     request = TrainRequest(
         data=data, truth=truth, fmt=event_format(fmt), table=table, simulate=simulate, name=name, out_dir=out_dir,
         candidates_dir=settings.resolve(settings.worker.model_path).parent / CANDIDATES, report_dir=report_dir,
-        labels=labels, verdicts=verdicts,
+        labels=labels, learner=supervised, verdicts=verdicts,
         preset=preset, threshold_method=threshold_method, threshold_param=threshold_param, overrides=overrides,
         test_fraction=test_fraction, val_fraction=val_fraction,
         on_nonfinite="raise" if refuse_nonfinite else "drop",

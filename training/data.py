@@ -145,10 +145,14 @@ class Split:
     normal_only: bool
     past: np.ndarray
     mode: str = "time"
+    fallback: str | None = None
+    """Why the split is not the one asked for (a time split that left a part without frauds), or None."""
 
     def summary(self, dataset: Dataset) -> dict[str, Any]:
         ts = dataset.timestamps
         out: dict[str, Any] = {"normal_only": self.normal_only, "mode": self.mode}
+        if self.fallback:
+            out["fallback"] = self.fallback
         for part in ("train", "val", "test"):
             rows = getattr(self, part)
             out[part] = {
@@ -249,17 +253,27 @@ def split_dataset(
     order (or, for a table without a time column, in an order shuffled with `seed`).
 
     With labels, training keeps normal rows only (validation and test keep everything); `normal_only=False`
-    keeps every training row anyway (to repeat a split made before the labels were known).
+    keeps every training row anyway (to repeat a split made before the labels were known). When a time split
+    leaves the validation or held-out part without a fraud while the data holds some, the split falls back to
+    the seeded random order and `fallback` says why.
     """
     if not (0 < test_fraction < 1 and 0 < val_fraction < 1):
         raise InputDataError("test and validation fractions must be within (0, 1)")
-    mode = dataset.split_mode
+    mode, fallback = dataset.split_mode, None
     order = np.random.default_rng(seed).permutation(len(dataset)) if mode == "random" else \
         np.argsort(dataset.timestamps, kind="stable")
-    cut = split_point(len(order), test_fraction)
-    past, test = order[:cut], order[cut:]
-    cut = split_point(len(past), val_fraction)
-    train, val = past[:cut], past[cut:]
+    test, train, val = _cut(order, test_fraction, val_fraction)
+    labels = dataset.labels
+    if mode == "time" and labels is not None and labels.any():
+        empty = [name for name, rows in (("validation", val), ("held-out", test)) if not labels[rows].any()]
+        if empty:
+            mode = "random"
+            fallback = (f"the time split left the {' and '.join(empty)} part without frauds ("
+                        f"{int(labels.sum())} frauds in all, {int(labels[train].sum())} of them in the training "
+                        f"part): split at random with seed {seed} instead; the held-out figures are not on later "
+                        "data")
+            test, train, val = _cut(np.random.default_rng(seed).permutation(len(dataset)), test_fraction,
+                                    val_fraction)
     period = train
     normal_only = dataset.labels is not None and normal_only is not False
     if normal_only:
@@ -274,7 +288,16 @@ def split_dataset(
         )
     if val.size == 0 or test.size == 0:
         raise InputDataError(f"the {mode} split left no validation or test rows; provide more data")
-    return Split(train=train, val=val, test=test, normal_only=normal_only, past=period, mode=mode)
+    return Split(train=train, val=val, test=test, normal_only=normal_only, past=period, mode=mode,
+                 fallback=fallback)
+
+
+def _cut(order: np.ndarray, test_fraction: float, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out test (the last `test_fraction` of `order`), then training and validation from the rest."""
+    cut = split_point(len(order), test_fraction)
+    past, test = order[:cut], order[cut:]
+    cut = split_point(len(past), val_fraction)
+    return test, past[:cut], past[cut:]
 
 
 def _no_normal_rows(dataset: Dataset) -> str:

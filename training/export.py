@@ -234,5 +234,7 @@ def build_card(
         "onnx_sha256": onnx_sha256,
         "inputs": [{"name": ONNX_INPUT, "dtype": "float32", "shape": ["batch", n]}],
         "outputs": [{"name": ONNX_SCORE, "dtype": "float32", "shape": ["batch"]},
-                    {"name": ONNX_FEATURE_ERRORS, "dtype": "float32", "shape": ["batch", n]}],
+                    {"name": ONNX_FEATURE_ERRORS, "dtype": "float32", "shape": ["batch", n]},
+                    *([{"name": SCORE_CONTRIBUTIONS, "dtype": "float32", "shape": ["batch", 2],
+                        "columns": ["autoencoder", "supervised"]}] if (parts or {}).get("head") else [])],
     }

@@ -20,11 +20,12 @@ from fraudmon.core.events import format_timestamp
 from stream_app.features import BUILTIN, default_feature_names, vectorize
 from training import evaluate as ev
 from training.data import Dataset, Split, load_dataset, split_dataset
-from training.detector import FraudDetector
+from training.detector import LEARNERS, FraudDetector
 from training.export import build_card, explanation_card, model_version, publish
 from training.hybrid import LABEL_MODES, head_problem
 from training.model import AutoencoderConfig
 from training.report import few_frauds_caveat, write_report
+from training.trees import default_gradient_boosting
 
 FEATURES_SHOWN = 10
 MAX_SERVED_FEATURES = 256
@@ -77,6 +78,8 @@ class TrainRequest:
     report_dir: Path | None = None
     labels: str = "auto"
     """`auto`: a supervised head when the training part holds enough frauds; `off`: the autoencoder alone."""
+    learner: str = "auto"
+    """The supervised part (`training.detector.LEARNERS`): both fitted and chosen on validation, or one."""
     verdicts: Path | None = None
     table: TableSpec | None = None
     preset: str = "auto"
@@ -192,9 +195,12 @@ def summarize_data(dataset: Dataset, split: Split, feature_names: Sequence[str],
         lines.append(f"verdicts: {v['read']:,} read ({v['fraud']:,} fraud, {v['legit']:,} legit), "
                      f"{v['labels_changed']:,} labels changed, {v['unknown_transactions']:,} name no transaction here")
     ts = dataset.timestamps
+    if split.fallback:
+        warnings.append(split.fallback)
     lines.append("split by time (train on the past, validate on the period after it, hold out the latest rows):"
                  if split.mode == "time" else
-                 f"split at random (no time column; seed {preset.config.seed}): train, validation, held-out")
+                 f"split at random ({'see the warning' if split.fallback else 'no time column'}; seed "
+                 f"{preset.config.seed}): train, validation, held-out")
     notes = ["all rows (no labels to filter by)"]
     if split.normal_only:
         notes = [f"normal only, {int(labels[split.past].sum()):,} frauds left out"]
@@ -242,6 +248,8 @@ def train(request: TrainRequest) -> TrainResult:
         raise InputDataError("pass --data FILE (and --truth for event files) or --simulate N")
     if request.labels not in LABEL_MODES:
         raise InputDataError(f"unknown --labels {request.labels!r}: use {' or '.join(LABEL_MODES)}")
+    if request.learner not in LEARNERS:
+        raise InputDataError(f"unknown --supervised {request.learner!r}: use {', '.join(LEARNERS)}")
     dataset = load_dataset(data, truth, request.fmt, request.on_nonfinite, request.table, request.verdicts)
     preset_name, preset = resolve_preset(request, dataset)
     config = preset.config
@@ -252,8 +260,10 @@ def train(request: TrainRequest) -> TrainResult:
     labels = dataset.labels
     no_head = head_problem(labels, split.past, split.val, request.labels)
     summary = summarize_data(dataset, split, names, preset)
-    summary.lines.append("supervised head: " + (f"none, the autoencoder alone ({no_head})" if no_head else
-                                                "yes, its choices on out-of-fold scores of the validation slice"))
+    summary.lines.append("supervised part: " + (
+        f"none, the autoencoder alone ({no_head})" if no_head else
+        f"{'logistic head or gradient-boosted trees' if request.learner == 'auto' else request.learner}, "
+        "chosen on out-of-fold scores of the validation slice"))
     summary.lines.append(f"served model: refitted on all {len(dataset):,} rows with the settings chosen on the "
                          "split; the held-out figures are those of the fit before it")
     if request.on_data:
@@ -266,10 +276,13 @@ def train(request: TrainRequest) -> TrainResult:
     everything = np.concatenate([past, split.test])
     detector = FraudDetector(config, labels=request.labels, val_fraction=request.val_fraction,
                              threshold_method=preset.threshold_method, threshold_param=preset.threshold_param,
-                             verbose=request.verbose).fit(x[past], None if labels is None else labels[past])
+                             verbose=request.verbose, learner=request.learner).fit(
+                                 x[past], None if labels is None else labels[past])
     assessment = ev.assess(x, detector.score_samples(x), labels, dataset.scenarios, split.test, detector.threshold_,
                            ev.reference_thresholds(detector.normal_scores_), (split.train, split.val), config.seed,
                            preset.pca_components, detector.score_parts(x) or None)
+    if not no_head:
+        add_supervised_reference(assessment, x[past], labels[past], x[split.test], config.seed)
     served = detector.refit(x[everything], None if labels is None else labels[everything])
 
     created = datetime.now(UTC)
@@ -299,6 +312,17 @@ def train(request: TrainRequest) -> TrainResult:
     return TrainResult(onnx_path, card_path, report_path, card, request.out_dir is None, detector, served)
 
 
+def add_supervised_reference(assessment: ev.Assessment, x_fit: np.ndarray, y_fit: np.ndarray,
+                             x_test: np.ndarray, seed: int) -> None:
+    """The report's supervised reference: scikit-learn's `HistGradientBoostingClassifier` with its defaults,
+    fitted on the labelled rows the detector learned from, scored on the held-out rows (flagging at probability
+    0.5, its decision function above 0): `metrics["reference"]["gradient_boosting"]`."""
+    model = default_gradient_boosting(seed).fit(np.asarray(x_fit, np.float64), y_fit)
+    scores = model.decision_function(np.asarray(x_test, np.float64))
+    assessment.metrics["reference"] = {"gradient_boosting": ev.summarize(scores, assessment.labels, 0.0)}
+    assessment.scores["gradient_boosting"] = scores
+
+
 def _training_summary(request: TrainRequest, dataset: Dataset, split: Split, preset_name: str, preset: Preset,
                       detector: FraudDetector, served: FraudDetector, everything: np.ndarray) -> dict[str, Any]:
     """The card's `training`: data, split, settings, how the evaluated fit went, and what the served model
@@ -311,7 +335,9 @@ def _training_summary(request: TrainRequest, dataset: Dataset, split: Split, pre
                 f"{served.threshold_.parameter:g}, carried over at the same rank among the normal rows each fit "
                 "learned from"}
     if served.head_ is not None:
-        settings.update(head_C=served.head_.c_, alpha=served.combination_.alpha_)
+        settings.update(supervised=served.learner_choice_["chosen"], alpha=served.combination_.alpha_)
+        settings.update({"head_C": served.head_.c_} if hasattr(served.head_, "c_") else
+                        {"class_weight": str(served.head_.class_weight_)})
     return {
         "command": request.command,
         "data": dataset.source,
@@ -348,7 +374,8 @@ def _about(card: dict[str, Any]) -> dict[str, str]:
     split = t["split"]
     parts = card["parts"]
     where = f"last {split['test_fraction']:.0%}" if split["mode"] == "time" else \
-        f"{split['test_fraction']:.0%} drawn at random with seed {t['seed']}: the table has no time column"
+        f"{split['test_fraction']:.0%} drawn at random with seed {t['seed']}: " + \
+        split.get("fallback", "the table has no time column")
     return {
         "data": f"{t['data']['path']} ({t['data']['format']}, {t['rows']} rows, sha256 {t['data']['sha256'][:12]}…)",
         f"split by {split['mode']}": f"train {split['train']['rows']} rows"
@@ -356,7 +383,7 @@ def _about(card: dict[str, Any]) -> dict[str, str]:
                                      f"{split['val']['rows']}, held-out test {split['test']['rows']} ({where})",
         "features": f"{card['n_features']}: {', '.join(card['feature_names'])}",
         "hyper-parameters": ", ".join(f"{k}={v}" for k, v in t["hyper_parameters"].items()),
-        "parts": "autoencoder + supervised head" if parts.get("head") else
+        "parts": f"autoencoder + supervised part ({parts['head']['learner']['why']})" if parts.get("head") else
                  f"autoencoder alone (no head: {parts['head_skipped']})",
         "combination": parts["combination"],
         "served model": f"refitted on {t['served']['learned_from']}; the figures below are the held-out part's, "
