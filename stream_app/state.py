@@ -579,8 +579,8 @@ class RedisStateStore:
             head = in_flight[0]
             try:
                 reply = head._connection.read_response()
-            except (redis.ResponseError, redis.BusyLoadingError) as exc:  # an answer (refused, or LOADING): the
-                reply = exc  # connection is still in step
+            except (redis.ResponseError, redis.BusyLoadingError) as exc:  # an answer (refused, LOADING): in step
+                reply = exc
             except BaseException as exc:  # no answer: this call and those sent after it are lost
                 self._drop_in_flight(exc)
                 continue
@@ -690,9 +690,8 @@ class PendingObserve:
             return [()] * len(self._events)
         store._read_through(self)
         reply = self._reply
-        if isinstance(reply, redis.exceptions.NoScriptError) or _busy(reply):  # Redis restarted without the
-            return store.observe(self._aggregates, self._events)  # script, or is busy: call again, which loads
-            # it and waits for a busy Redis (and maps an outage meanwhile)
+        if isinstance(reply, redis.exceptions.NoScriptError) or _busy(reply):  # restarted without the script, or
+            return store.observe(self._aggregates, self._events)  # busy: `observe` loads it, waits, maps an outage
         if isinstance(reply, redis.ResponseError):  # Redis answered but refused the script: not an outage
             return [StateFailure(f"Redis refused the state update: {str(reply)[:160]}")] * len(self._events)
         if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
