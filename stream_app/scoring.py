@@ -23,6 +23,8 @@ from fraudmon.core.events import Event
 from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS, FieldCard, ModelCard, read_card
 from stream_app.features import FIELD_KINDS, field_values, fields_of
 
+EXPLAINED = 3  # fields a decision names at most
+
 
 class Prediction(NamedTuple):
     """What a detector says about a batch, in alibi-detect's terms."""
@@ -145,20 +147,21 @@ class OnnxModel:
 
     @cached_property
     def _shown_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per field its name and its `normal` list (one shared list), and the feature names, as object arrays."""
+        """Per field its name and its `normal` as a decision shows it (one shared list), and the feature names, as
+        object arrays."""
         names = list(self.fields)
         normals = np.empty(len(names), dtype=object)
         for j, name in enumerate(names):
-            normal = self.fields[name].normal
-            normals[j] = None if normal is None else list(normal)
+            normals[j] = shown_normal(self.fields[name])
         return np.array(names, dtype=object), normals, np.array(self.card.feature_names, dtype=object)
 
-    def top_fields(self, errors: np.ndarray, k: int = 3) -> TopFields:
-        """The `k` fields with the largest reconstruction error summed over their features, largest first, for a
-        batch of errors `[n, f]`: the explanation of each score, as arrays `[n, k]`."""
+    def top_fields(self, errors: np.ndarray, k: int | None = None) -> TopFields:
+        """The `k` fields (all when None) with the largest reconstruction error summed over their features, largest
+        first, for a batch of errors `[n, f]`: what `explain` picks each score's explanation from, as arrays
+        `[n, k]`."""
         rows = np.asarray(errors, dtype=np.float64)
         names, matrix = self._grouping
-        n, k = rows.shape[0], min(k, len(names))
+        n, k = rows.shape[0], len(names) if k is None else min(k, len(names))
         if k == 0 or n == 0:
             return TopFields(np.empty((n, 0), np.intp), np.empty((n, 0), np.intp), np.empty((n, 0)))
         summed = rows @ matrix
@@ -182,29 +185,42 @@ class OnnxModel:
                   for row in zip(top.field.tolist(), top.feature.tolist(), top.error.tolist(), strict=True)]
         return result[0] if errors.ndim == 1 else result
 
-    def explain(self, events: Sequence[Event], top: TopFields) -> list[list[dict[str, Any]]]:
-        """Each event's top fields (`top` row i explains `events[i]`) as the decision shows them: `name`, `field`,
-        the event's raw `value`, the `normal` range seen in training (None when the card has none) and the summed
-        `error` (6 significant digits)."""
-        n, k = top.field.shape
-        if k == 0:
+    def explain(self, events: Sequence[Event], top: TopFields, k: int = EXPLAINED) -> list[list[dict[str, Any]]]:
+        """Each event's explanation (`top` row i ranks the fields of `events[i]`): the first `k` fields of its
+        ranking whose value lies outside the normal range seen in training, or whose range the card lacks. A
+        field within its range is never named, so a score that no single value explains has an empty list.
+
+        Each item: `name` (the field's feature with the largest error), `field`, the event's `value` and the
+        `normal` range as a person reads them (hours `18:14`, weekdays by name), `beyond` (how far outside the
+        range, see `outside_normal`) and the summed `error` (6 significant digits)."""
+        n, ranked = top.field.shape
+        chosen: list[list[int]] = [[] for _ in range(n)]  # per row: the ranks it names, in order
+        if ranked == 0 or k <= 0:
             return [[] for _ in range(n)]
         field_names, normals, feature_names = self._shown_parts
-        fields = top.field.ravel()
-        values = np.empty(n * k, dtype=object)
-        for j in np.unique(fields).tolist():
-            at = np.flatnonzero(fields == j)
-            rows = at // k  # a field is at most once in a row: distinct, ascending
-            if len(rows) * 2 < n:  # read the field of these events only
-                values[at] = _shown_rows(field_values([events[i] for i in rows.tolist()], field_names[j]),
-                                         np.arange(len(rows)))
-            else:
-                values[at] = _shown_rows(field_values(events, field_names[j]), rows)
-        items = [{"name": name, "field": field, "value": value, "normal": normal, "error": float(f"{error:.6g}")}
-                 for name, field, value, normal, error in zip(
-                     feature_names[top.feature.ravel()].tolist(), field_names[fields].tolist(), values.tolist(),
-                     normals[fields].tolist(), top.error.ravel().tolist(), strict=True)]
-        return [items[i:i + k] for i in range(0, n * k, k)]
+        judged: dict[int, Judged] = {}  # per field: its values judged for every event, read once when first needed
+        wanting = np.arange(n)
+        for rank in range(ranked):
+            fields = top.field[wanting, rank]
+            for j in np.unique(fields).tolist():
+                if j not in judged:
+                    judged[j] = outside_normal(field_values(events, field_names[j]), self.fields[field_names[j]])
+                rows = wanting[fields == j]
+                for row in rows[judged[j].outside[rows]].tolist():
+                    chosen[row].append(rank)
+            wanting = np.array([row for row in wanting.tolist() if len(chosen[row]) < k], dtype=np.intp)
+            if len(wanting) == 0:
+                break
+        explained = []
+        for row, ranks in enumerate(chosen):
+            items = []
+            for rank in ranks:
+                j, part = int(top.field[row, rank]), judged[int(top.field[row, rank])]
+                items.append({"name": feature_names[top.feature[row, rank]], "field": field_names[j],
+                              "value": part.shown[row], "normal": normals[j], "beyond": part.beyond[row],
+                              "error": float(f"{top.error[row, rank]:.6g}")})
+            explained.append(items)
+        return explained
 
 
 def _numpy_sum(x: np.ndarray) -> np.ndarray:
@@ -230,15 +246,74 @@ def _numpy_sum(x: np.ndarray) -> np.ndarray:
     return 0.0 + total
 
 
-def _shown_rows(values: np.ndarray | list, rows: np.ndarray) -> list[float | str | None]:
-    """`_shown` of `values[i]` for each of `rows`."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
-        chosen = values[rows].astype(np.float64)
-        shown = [round(number, 4) for number in chosen.tolist()]
-        for i in np.flatnonzero(~np.isfinite(chosen)).tolist():
-            shown[i] = None
-        return shown
-    return [_shown(values[i]) for i in rows.tolist()]
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_PERIODS = {"hour": 24, "weekday": 7}
+
+
+class Judged(NamedTuple):
+    """A field's values for a batch as a decision shows them, whether each lies outside the field's normal range
+    and by how much (see `outside_normal`)."""
+
+    shown: list[float | str | None]
+    outside: np.ndarray  # bool [n]
+    beyond: list[float | None]
+
+
+def outside_normal(values: np.ndarray | list, field: FieldCard) -> Judged:
+    """Each value against the field's normal range. Outside: a number below `low` or above `high`, an hour or
+    weekday out of its window, a category not among the usual ones, a missing value, or any value of a field
+    whose range is unknown. `beyond` is the signed distance to the range in the field's units (above the high
+    end positive, below the low end negative; for hour and weekday hours or days to the nearer end of the
+    window), None when inside, for categories, missing values and unknown ranges."""
+    normal, kind = field.normal, field.kind
+    if kind == "category" or normal is None:
+        shown = [_shown(value) for value in values]
+        if normal is None:
+            outside = np.ones(len(shown), dtype=bool)
+        else:
+            usual = set(normal)
+            outside = np.fromiter((value not in usual for value in shown), bool, len(shown))
+        return Judged(shown, outside, [None] * len(shown))
+    numbers = np.asarray(values, dtype=np.float64)
+    missing = ~np.isfinite(numbers)
+    if kind in _PERIODS:
+        period, (start, end) = _PERIODS[kind], (int(normal[0]), int(normal[1]))
+        unit = np.where(missing, start, np.floor(np.nan_to_num(numbers))).astype(np.int64) % period
+        after, before = (unit - end) % period, (start - unit) % period
+        outside = missing | ((unit - start) % period > (end - start) % period)
+        if kind == "hour":  # hours: from the window's end (end + 1 o'clock) or to its start, exactly
+            after = np.mod(numbers - (end + 1), period)
+            before = np.mod(start - numbers, period)
+        distance = np.where(after <= before, after, -before)
+        shown = [None if bad else (_clock(v) if kind == "hour" else WEEKDAYS[int(v) % 7])
+                 for v, bad in zip(numbers.tolist(), missing.tolist(), strict=True)]
+    else:
+        low, high = float(normal[0]), float(normal[1])
+        outside = missing | (numbers < low) | (numbers > high)
+        distance = np.where(numbers > high, numbers - high, numbers - low)
+        shown = [None if bad else round(v, 4) for v, bad in zip(numbers.tolist(), missing.tolist(), strict=True)]
+    beyond = [round(d, 4) if out and not bad else None
+              for d, out, bad in zip(distance.tolist(), outside.tolist(), missing.tolist(), strict=True)]
+    return Judged(shown, outside, beyond)
+
+
+def shown_normal(field: FieldCard) -> list[float | str] | None:
+    """A field's normal range as a decision shows it: hours as clock times from the window's first hour to the
+    end of its last (`[5, 0]` → `["05:00", "01:00"]`, `[0, 23]` → `["00:00", "24:00"]`), weekdays by name
+    (`["Monday", "Friday"]`), numbers and categories as the card has them."""
+    if field.normal is None:
+        return None
+    if field.kind == "hour":
+        return [f"{int(field.normal[0]):02d}:00", f"{int(field.normal[1]) + 1:02d}:00"]
+    if field.kind == "weekday":
+        return [WEEKDAYS[int(field.normal[0])], WEEKDAYS[int(field.normal[1])]]
+    return list(field.normal)
+
+
+def _clock(hours: float) -> str:
+    """An hour of the day (0 <= hours < 24) as a clock reads it: 18.2449 → `18:14`."""
+    minutes = int(hours * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _shown(value: Any) -> float | str | None:

@@ -40,7 +40,7 @@ from stream_app.metrics import WorkerMetrics
 from stream_app.replay import offline_engine, raw_messages, replay
 from stream_app.rules import ACTIONS, MODEL_RULE, RuleSet, load_rules
 from stream_app.scoring import OnnxModel
-from stream_app.state import StateFailure
+from stream_app.state import Answered, StateFailure
 from training.simulate import SimulationConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +256,12 @@ class _DownStore:
 
     def observe(self, aggregates, events):
         raise StateUnavailable("test: Redis does not answer")
+
+    def observe_later(self, aggregates, events):
+        return Answered(self.observe(aggregates, events))
+
+    def remember(self, decisions):
+        pass
 
 
 class _CorruptStore(_DownStore):

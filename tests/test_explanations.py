@@ -1,5 +1,6 @@
-"""Explanations in an analyst's terms: encodings grouped into fields (errors summed), each with the event's raw
-value and the normal range seen in training (stored in the card); `context` on flags."""
+"""Explanations in an analyst's terms: encodings grouped into fields (errors summed), only those whose value lies
+outside the normal range seen in training (stored in the card), hours and weekdays as a person reads them;
+`context` on flags."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 
 from fraudmon.core.config import load_settings
 from fraudmon.core.events import CHANNELS, event_to_dict
+from fraudmon.core.modelcard import FieldCard
 from stream_app.decision import CONTEXT_FIELDS
 from stream_app.engine import RawMessage
 from stream_app.features import EVENT_FEATURES, field_values, fields_of, normal_range, vectorize
 from stream_app.replay import offline_engine
-from stream_app.scoring import OnnxModel, load_model
+from stream_app.scoring import WEEKDAYS, OnnxModel, load_model, outside_normal, shown_normal
 from tests.conftest import PROJECT_ROOT
 from training.simulate import SimulationConfig, simulate
 
@@ -52,7 +54,21 @@ def decided():
     return engine.model, events, decisions
 
 
-def test_top_features_give_field_raw_value_normal_range_and_summed_error(decided):
+def within(field, value) -> bool:
+    """Whether a field's raw value lies inside its card's normal range (whole hours and weekdays in a window that
+    may wrap)."""
+    normal = field.normal
+    if field.kind == "category":
+        return value in normal
+    if value is None or np.isnan(value):
+        return False
+    if field.kind in ("hour", "weekday"):
+        period = 24 if field.kind == "hour" else 7
+        return (int(value) - normal[0]) % period <= (normal[1] - normal[0]) % period
+    return normal[0] <= value <= normal[1]
+
+
+def test_top_features_name_the_largest_errors_outside_the_normal_range(decided):
     model, events, decisions = decided
     card_fields = model.card.explanation.fields
     assert set(card_fields) == set(fields_of(model.feature_names))
@@ -60,19 +76,59 @@ def test_top_features_give_field_raw_value_normal_range_and_summed_error(decided
     assert card_fields["channel"].kind == "category" and "ecommerce" in card_fields["channel"].normal
     _, errors = model.score(vectorize(events, model.feature_names))
     position = {name: j for j, name in enumerate(model.feature_names)}
+    skipped = 0
     for event, decision, row in zip(events, decisions, errors, strict=True):
         items = decision["model"]["top_features"]
-        assert len(items) == 3 and len({item["field"] for item in items}) == 3, "one item per field"
+        summed = {name: sum(row[position[f]] for f in field.features) for name, field in card_fields.items()}
+        ranked = sorted(summed, key=lambda name: -summed[name])
+        outside = [name for name in ranked if not within(card_fields[name], field_values([event], name)[0])]
+        assert [item["field"] for item in items] == outside[:3], "the three largest errors outside their range"
+        skipped += [item["field"] for item in items] != ranked[:3]
         for item in items:
             field = card_fields[item["field"]]
-            assert item["name"] in field.features and item["normal"] == list(field.normal)
+            assert item["name"] in field.features
             expected = field_values([event], item["field"])[0]
-            assert item["value"] == (expected if isinstance(expected, str) else pytest.approx(expected, abs=1e-4))
-            assert item["error"] == pytest.approx(sum(row[position[f]] for f in field.features), rel=1e-5)
-        errors = [item["error"] for item in items]
-        assert errors == sorted(errors, reverse=True), "the largest error first"
+            if field.kind == "hour":
+                assert item["value"] == f"{int(expected):02d}:{int(expected * 60) % 60:02d}"
+            elif field.kind == "weekday":
+                assert item["value"] == WEEKDAYS[int(expected)]
+            elif field.kind == "number" and item["value"] is not None:
+                assert item["value"] == pytest.approx(expected, abs=1e-4)
+                low, high = field.normal
+                assert item["beyond"] == pytest.approx(expected - (high if expected > high else low), abs=1e-3)
+                assert (item["beyond"] > 0) == (expected > high)
+            else:
+                assert item["value"] == expected
+            assert item["error"] == pytest.approx(summed[item["field"]], rel=1e-5)
+        errors_shown = [item["error"] for item in items]
+        assert errors_shown == sorted(errors_shown, reverse=True), "the largest error first"
+    assert skipped > len(decisions) / 2, "fields within their range are left out (most events have a few)"
     amount = next(item for d in decisions for item in d["model"]["top_features"] if item["field"] == "amount")
     assert isinstance(amount["value"], float)
+
+
+def test_cyclical_ranges_read_as_clock_times_and_day_names(decided):
+    """The issue's cases: `{"field": "weekday", "value": 6.0, "normal": [0.0, 6.0]}` named although inside, and
+    `"normal": [5.0, 0.0]` for hours."""
+    model, _, decisions = decided
+    hour, weekday = model.fields["hour"], model.fields["weekday"]
+    assert shown_normal(hour) == [f"{int(hour.normal[0]):02d}:00", f"{int(hour.normal[1]) + 1:02d}:00"]
+    assert shown_normal(FieldCard(features=("hour_sin",), kind="hour", normal=(5.0, 0.0))) == ["05:00", "01:00"]
+    assert shown_normal(FieldCard(features=("hour_sin",), kind="hour", normal=(0.0, 23.0))) == ["00:00", "24:00"]
+    assert shown_normal(FieldCard(features=("dow_sin",), kind="weekday", normal=(5.0, 0.0))) == ["Saturday", "Monday"]
+    items = [item for d in decisions for item in d["model"]["top_features"]]
+    assert all(item["normal"] == shown_normal(hour) for item in items if item["field"] == "hour")
+    assert all(item["normal"] == shown_normal(weekday) for item in items if item["field"] == "weekday")
+    if weekday.normal == (0.0, 6.0):
+        assert not any(item["field"] == "weekday" for item in items), "every weekday is usual"
+    night = FieldCard(features=("hour_sin",), kind="hour", normal=(22.0, 1.0))
+    judged = outside_normal(np.array([23.5, 1.99, 2.0, 3.0, 21.25, 11.0, 13.0]), night)
+    assert judged.shown == ["23:30", "01:59", "02:00", "03:00", "21:15", "11:00", "13:00"]
+    assert judged.outside.tolist() == [False, False, True, True, True, True, True]
+    assert judged.beyond == [None, None, 0.0, 1.0, -0.75, 9.0, -9.0], "hours after the window's end or before its start"
+    days = outside_normal(np.array([0.0, 4.0, 5.0, 6.0]), FieldCard(features=("dow_sin",), kind="weekday",
+                                                                   normal=(0.0, 4.0)))
+    assert days.shown == ["Monday", "Friday", "Saturday", "Sunday"] and days.beyond == [None, None, 1.0, -1.0]
 
 
 def test_weekday_no_longer_explains_most_flags(decided):
@@ -80,7 +136,7 @@ def test_weekday_no_longer_explains_most_flags(decided):
     seldom is."""
     _, _, decisions = decided
     flags = [d for d in decisions if "model" in d["reasons"]]
-    top = Counter(d["model"]["top_features"][0]["field"] for d in flags)
+    top = Counter(d["model"]["top_features"][0]["field"] for d in flags if d["model"]["top_features"])
     assert flags and top["weekday"] <= 0.15 * len(flags), top
 
 

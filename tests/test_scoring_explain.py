@@ -1,4 +1,5 @@
-"""The batch explanation (`OnnxModel.top_fields` and `explain`) gives exactly what a plain per-row loop gives."""
+"""The batch explanation (`OnnxModel.top_fields` and `explain`) gives exactly what a plain per-row loop gives:
+the largest-error fields whose value lies outside the normal range, read as a person reads them."""
 
 from __future__ import annotations
 
@@ -32,16 +33,53 @@ def reference_top(model: OnnxModel, errors: np.ndarray, k: int = 3) -> list[list
             for row, fields in zip(errors, top.tolist(), strict=True)]
 
 
-def reference_explain(model: OnnxModel, events: list[Event], tops: list[list[TopField]]) -> list[list[dict]]:
-    def shown(value):
-        if isinstance(value, str) or value is None:
-            return value
-        number = float(value)
-        return round(number, 4) if math.isfinite(number) else None
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
-    return [[{"name": top.name, "field": top.field, "value": shown(field_values(events, top.field)[i]),
-              "normal": None if model.fields[top.field].normal is None else list(model.fields[top.field].normal),
-              "error": float(f"{top.error:.6g}")} for top in row] for i, row in enumerate(tops)]
+
+def reference_item(field, value) -> tuple[bool, object, object, object]:
+    """One value against its field's range, plainly: (outside, value shown, normal shown, beyond)."""
+    normal, kind = field.normal, field.kind
+    missing = value is None or (not isinstance(value, str) and math.isnan(value))
+    if normal is None:
+        return True, None if missing else (value if isinstance(value, str) else round(float(value), 4)), None, None
+    if kind == "category":
+        return value not in normal, value, list(normal), None
+    if kind in ("hour", "weekday"):
+        period, (start, end) = (24, 7)[kind == "weekday"], (int(normal[0]), int(normal[1]))
+        window = [(start + i) % period for i in range((end - start) % period + 1)]
+        shown_normal = [f"{start:02d}:00", f"{end + 1:02d}:00"] if kind == "hour" else [DAYS[start], DAYS[end]]
+        if missing:
+            return True, None, shown_normal, None
+        unit = int(value // 1) % period
+        if kind == "hour":
+            shown = f"{int(value * 60) // 60:02d}:{int(value * 60) % 60:02d}"
+            after, before = (value - end - 1) % period, (start - value) % period
+        else:
+            shown, after, before = DAYS[unit], (unit - end) % period, (start - unit) % period
+        outside = unit not in window
+        return outside, shown, shown_normal, (round(after if after <= before else -before, 4) if outside else None)
+    low, high = normal
+    if missing:
+        return True, None, list(normal), None
+    value = float(value)
+    outside = not low <= value <= high
+    beyond = value - high if value > high else value - low
+    return outside, round(value, 4), list(normal), round(beyond, 4) if outside else None
+
+
+def reference_explain(model: OnnxModel, events: list[Event], tops: list[list[TopField]], k: int) -> list[list[dict]]:
+    """Row by row: the first `k` ranked fields whose value lies outside their normal range (or range unknown)."""
+    explained = []
+    for i, row in enumerate(tops):
+        items = []
+        for top in row:
+            outside, value, normal, beyond = reference_item(model.fields[top.field],
+                                                            field_values([events[i]], top.field)[0])
+            if outside and len(items) < k:
+                items.append({"name": top.name, "field": top.field, "value": value, "normal": normal,
+                              "beyond": beyond, "error": float(f"{top.error:.6g}")})
+        explained.append(items)
+    return explained
 
 
 def random_errors(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
@@ -54,9 +92,11 @@ def random_errors(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
 def assert_same(model: OnnxModel, events: list[Event], errors: np.ndarray, k: int = 3) -> None:
     expected = reference_top(model, errors.astype(np.float64), k)
     assert model.top_features(errors, k) == expected
-    got = model.explain(events, model.top_fields(errors, k))
-    want = reference_explain(model, events, expected)
+    got = model.explain(events, model.top_fields(errors), k)
+    want = reference_explain(model, events, reference_top(model, errors.astype(np.float64), len(model.fields)), k)
     assert got == want
+    named = [[item["field"] for item in row] for row in got]
+    assert named != [[top.field for top in row] for row in expected], "some field within its range is skipped"
     assert [[type(item["value"]) for item in row] for row in got] == [[type(i["value"]) for i in r] for r in want]
 
 
