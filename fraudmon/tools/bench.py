@@ -35,6 +35,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 
 import orjson
@@ -358,6 +359,15 @@ def _wait_for_outputs(running: Running, reader: TopicReader, expected: int,
         time.sleep(POLL_S)
 
 
+def _wait_until_quiet(running: Running, reader: TopicReader, quiet_s: float = 3.0) -> None:
+    """Wait until `running`'s output topic has had no new record for `quiet_s` (or the process ended)."""
+    count, since = reader.count(running.output), time.monotonic()
+    while time.monotonic() - since < quiet_s and running.process.poll() is None:
+        time.sleep(POLL_S)
+        if (now := reader.count(running.output)) != count:
+            count, since = now, time.monotonic()
+
+
 def _events(n: int, seed: int) -> list[Event]:
     from training.simulate import SimulationConfig, simulate
 
@@ -515,12 +525,14 @@ def measure_overload(settings: Settings, running: Running, reader: TopicReader, 
     _produce(settings, burst, source, burst_rate)
     _produce(settings, events[len(burst):], source, after_rate)
     _wait_for_outputs(running, reader, expected)
+    _wait_until_quiet(running, reader)  # redeliveries count too: the last decisions may still be coming
     inputs, _ = _append_times(reader.read(source))
     outputs, degraded = _append_times(reader.read(running.output))
     ids = [e.transaction_id for e in events if e.transaction_id in inputs]
     latencies = [float(outputs[tx] - inputs[tx]) for tx in ids if tx in outputs]
     burst_times = sorted(inputs[e.transaction_id] for e in burst if e.transaction_id in inputs)
-    lag, recovery_ms = lag_after(sorted((inputs[tx], outputs.get(tx)) for tx in ids), burst_times[-1])
+    lag, recovery_ms = lag_after(sorted(((inputs[tx], outputs.get(tx)) for tx in ids), key=itemgetter(0)),
+                                 burst_times[-1])
     return Overload(
         burst_share=burst_share, burst_rate=burst_rate, burst_s=burst_s, after_rate=after_rate, after_s=after_s,
         achieved_burst_rate=round(len(burst_times) / max((burst_times[-1] - burst_times[0]) / 1000, 1e-3), 1),
