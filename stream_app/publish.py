@@ -17,6 +17,7 @@ import orjson
 
 from fraudmon.core.config import TopicSettings
 from stream_app.engine import BatchOutcome
+from stream_app.faust_fork import partition_for, wait_on_metadata
 from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,15 @@ class Publisher:
         self._producer = producer
         self._partition_cache: dict[str, tuple[frozenset[int], dict[bytes, int]]] = {}
 
-    async def publish(self, records: list[OutputRecord]) -> None:
-        """Return once every record is acknowledged by the brokers (acks=all); retry failures until then."""
+    async def publish(self, records: list[OutputRecord], handed: Callable[[], None] | None = None) -> None:
+        """Return once every record is acknowledged by the brokers (acks=all); retry failures until then.
+        `handed` is called once the producer has every record of the first attempt (the batch trace)."""
         pending, pause = records, self._first_retry_s
         while pending:
             sent = await (self._send_batches(pending) if self._producer is not None else self._send_each(pending))
+            if handed is not None:
+                handed()
+                handed = None
             results = await asyncio.gather(*(delivery for _, delivery in sent), return_exceptions=True)
             failed = [(record, result) for (group, _), result in zip(sent, results, strict=True)
                       if isinstance(result, Exception) for record in group]
@@ -98,18 +103,17 @@ class Publisher:
         try:
             known = {}
             for topic in {record.topic for record in records}:
-                await producer.client._wait_on_metadata(topic)
+                await wait_on_metadata(producer, topic)
                 known[topic] = self._partitions_of(topic)
-            partition = producer._partition  # the producer's own partitioner, as `send` uses it
             for record in records:
                 topic, key = record.topic, record.key
                 cache = known[topic]
                 if key is None:  # spread over the available partitions: chosen anew each time
-                    where = (topic, partition(topic, None, None, None, None, record.value))
+                    where = (topic, partition_for(producer, topic, None, record.value))
                 elif (number := cache.get(key)) is not None:
                     where = (topic, number)
                 else:
-                    number = cache[key] = partition(topic, None, None, None, key, record.value)
+                    number = cache[key] = partition_for(producer, topic, key, record.value)
                     where = (topic, number)
                 by_partition.setdefault(where, []).append(record)
         except Exception as exc:  # no metadata (the brokers are away): every record failed this time

@@ -59,7 +59,8 @@ def check_ports(settings: Settings) -> None:
     """The worker's /metrics port (and Faust's web port, when on) must be free; say which setting to change."""
     ports = {"worker.metrics_port (FRAUDMON_METRICS_PORT)": (settings.worker.metrics_address,
                                                              settings.worker.metrics_port),
-             "worker.web_port (FRAUDMON_WORKER__WEB_PORT, 0 turns it off)": ("0.0.0.0", settings.worker.web_port)}
+             "worker.web_port (FRAUDMON_WORKER__WEB_PORT, 0 turns it off)": (settings.worker.web_bind,
+                                                                             settings.worker.web_port)}
     for setting, (address, port) in ports.items():
         if not port:
             continue

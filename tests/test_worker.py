@@ -321,7 +321,7 @@ def test_worker_process_never_imports_tensorflow(settings):
     import os
 
     code = (
-        "import sys; import stream_app.app, stream_app.replay, fraudmon.cli; "
+        "import sys; import stream_app.app, stream_app.replay, fraudmon.cli; stream_app.app.app; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -330,6 +330,70 @@ def test_worker_process_never_imports_tensorflow(settings):
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_importing_the_app_module_does_no_work(tmp_path):
+    """`import stream_app.app` reads no settings and builds nothing; `stream_app.app.app` (Faust's `-A`) builds
+    the app, and a configuration that cannot start ends the process with exit code 2 and one line."""
+    import os
+
+    env = {**os.environ, "FRAUDMON_MODEL": str(tmp_path / "missing.onnx")}
+    imported = subprocess.run([sys.executable, "-c", "import stream_app.app as a; print('app' in vars(a))"],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert (imported.returncode, imported.stdout, imported.stderr) == (0, "False\n", "")
+    built = subprocess.run([sys.executable, "-c", "import stream_app.app; stream_app.app.app"], cwd=PROJECT_ROOT,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 2, built.stderr[-2000:]
+    assert "fraud-monitor worker cannot start" in built.stderr and "missing.onnx" in built.stderr
+    assert "Traceback" not in built.stderr
+
+
+@pytest.mark.parametrize(("env", "bind", "data_dir"), [
+    ({}, "127.0.0.1", "{stack}/faust"),
+    ({"FRAUDMON_WORKER__WEB_BIND": "0.0.0.0", "FRAUDMON_WORKER__DATA_DIR": "{tmp}/own"}, "0.0.0.0", "{tmp}/own"),
+])
+def test_faust_web_server_is_local_and_its_data_follows_the_stack(settings, tmp_path, env, bind, data_dir):
+    """Faust's web server listens on `worker.web_bind` (this host only unless set), and its data directory is
+    `worker.data_dir` or `faust/` in `stack.data_dir`, never the working directory's `.stack`."""
+    import os
+
+    stack = tmp_path / "stack"
+    code = ("from fraudmon.core.config import load_settings\nfrom stream_app.app import create_app\n"
+            "app = create_app(load_settings())\nprint(app.conf.web_bind, app.conf.datadir)")
+    full = {**os.environ, "FRAUDMON_REDIS_URL": settings.redis.url, "FRAUDMON_METRICS_PORT": str(free_port()),
+            "FRAUDMON_WORKER__WEB_PORT": str(free_port()), "FRAUDMON_STACK__DATA_DIR": str(stack),
+            **{name: value.format(tmp=tmp_path) for name, value in env.items()}}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=full, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [bind, data_dir.format(stack=stack, tmp=tmp_path)]
+    assert Path(data_dir.format(stack=stack, tmp=tmp_path)).is_dir()
+
+
+def test_a_fresh_brokers_coordinator_lookup_is_not_an_error(caplog):
+    """aiokafka logs "Group Coordinator Request failed: [Error 15] CoordinatorNotAvailableError" at error level
+    while a fresh broker creates its offsets topic, then retries: the worker logs it at debug for the first
+    seconds, as a warning after that, and lets every other lookup failure through as an error."""
+    import logging
+
+    from aiokafka import errors
+
+    from stream_app.app import _QuietCoordinatorLookup
+
+    logger = logging.getLogger("aiokafka.consumer.group_coordinator")
+    quiet = _QuietCoordinatorLookup(quiet_s=3600)
+    logger.addFilter(quiet)
+    try:
+        with caplog.at_level(logging.DEBUG, logger=logger.name):
+            logger.error("Group Coordinator Request failed: %s", errors.CoordinatorNotAvailableError())
+            logger.error("Group Coordinator Request failed: %s", errors.KafkaConnectionError())
+            quiet.quiet_s = 0
+            logger.error("Group Coordinator Request failed: %s", errors.CoordinatorNotAvailableError())
+    finally:
+        logger.removeFilter(quiet)
+    assert [(r.levelname, r.args[0].__class__.__name__) for r in caplog.records] == [
+        ("DEBUG", "GroupCoordinatorNotAvailableError"), ("ERROR", "KafkaConnectionError"),
+        ("WARNING", "GroupCoordinatorNotAvailableError")]
 
 
 @pytest.mark.parametrize("batch_fetch", ["true", "false"])

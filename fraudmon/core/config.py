@@ -166,7 +166,7 @@ class WorkerSettings(_Section):
     app_id: str = "fraud-monitor"
     model_path: str = "models/default.onnx"
     rules_path: str = "config/rules.yaml"
-    data_dir: str = ".stack/faust"  # Faust's own data directory
+    data_dir: str | None = None  # Faust's own data directory; None: faust/ in stack.data_dir
     shadow_model_path: str | None = None  # a second model scored on every batch; never changes a decision
     verdict_window_s: int = Field(86_400, ge=60)  # how long a decision is kept to count an analyst's verdict
     drift_window: int = Field(5_000, ge=100)  # events per feature-drift (PSI) estimate
@@ -181,14 +181,16 @@ class WorkerSettings(_Section):
     metrics_port: int = Field(8000, ge=0, le=65535)
     metrics_address: str = "0.0.0.0"  # where /metrics listens: every interface (containers); 127.0.0.1 keeps it local
     web_port: int = Field(6066, ge=0, le=65535)  # Faust's web server; 0 = off
+    web_bind: str = "127.0.0.1"  # where Faust's web server listens: this host only; 0.0.0.0 for every interface
     reload_interval_s: float = Field(2.0, gt=0)
     redis_retry_after_s: float = Field(1.0, gt=0)
     max_state_backlog: int = Field(100_000, ge=0)  # events decided while Redis was down, recorded when it is back
     startup_timeout_s: float = Field(120.0, gt=0)  # give up when Kafka or Redis do not answer at start
     session_timeout_s: float = Field(10.0, ge=6)  # a dead worker's partitions move after about this long
     heartbeat_interval_s: float = Field(3.0, gt=0)
+    trace_path: str | None = None  # a JSON line per fetched batch with the time of each step (docs/performance.md)
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "web_bind")
     @classmethod
     def _ip_address(cls, value: str) -> str:
         try:
