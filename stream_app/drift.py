@@ -4,6 +4,14 @@ The model card lists each feature's training deciles and the share of training r
 bound (`feature_quantiles`). Over a sliding window of recent events, the Population Stability Index per feature is
 sum((observed - expected) * ln(observed / expected)) over the bins: below 0.1 is stable, 0.1-0.25 a moderate
 shift, above 0.25 a large one (alert `FraudFeatureDrift`).
+
+The clock features (hour of day and day of week: `hour_sin`, `hour_cos`, `dow_sin`, `dow_cos`, every feature of
+a field of kind `hour` or `weekday`) are left out. A window of 5,000 events covers seconds to an hour of traffic,
+so they hold one or two hours and one weekday against a training set that spans every hour and weekday: their
+PSI is large (5-8) on any healthy stream. A fair comparison would hold the window against the training rows of
+the same hours and weekday, which is the window's own distribution by construction and would say nothing.
+Traffic whose mix moves with the clock still shows in the other features (amount, channel, ...), and a wrong
+clock in the timestamps shows in `fraud_end_to_end_seconds` and in refused events.
 """
 
 from __future__ import annotations
@@ -11,10 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 from fraudmon.core.modelcard import ModelCard
+from stream_app.features import FIELD_KINDS, field_of
 
 BINS = 10
 MAX_FEATURES = 64  # label cardinality of fraud_feature_psi is bounded by the model's first 64 features
 EPSILON = 1e-4  # an empty bin counts as this share, so the logarithm stays finite
+CLOCK_KINDS = ("hour", "weekday")
+
+
+def is_clock_feature(name: str) -> bool:
+    """Whether a feature encodes the event's time of day or day of week (left out of drift, see above)."""
+    return FIELD_KINDS.get(field_of(name)) in CLOCK_KINDS
 
 
 def decile_bins(deciles: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -28,11 +43,13 @@ def decile_bins(deciles: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 class FeatureDrift:
-    """PSI per feature over the last `window` events, against the card's training deciles."""
+    """PSI per feature over the last `window` events, against the card's training deciles (clock features left
+    out)."""
 
     def __init__(self, card: ModelCard, window: int) -> None:
         quantiles = card.get("feature_quantiles") or {}
-        self.features = [name for name in card.feature_names if name in quantiles][:MAX_FEATURES]
+        self.features = [name for name in card.feature_names
+                         if name in quantiles and not is_clock_feature(name)][:MAX_FEATURES]
         self._columns = [card.feature_names.index(name) for name in self.features]
         self._deciles = np.asarray([quantiles[name]["deciles"] for name in self.features],
                                    dtype=np.float64).reshape(len(self.features), BINS - 1)
