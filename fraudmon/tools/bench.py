@@ -213,15 +213,24 @@ class TopicReader:
         """Records ever written to `topic` (the bench's topics start empty and are never compacted)."""
         return sum(self.end_offsets(topic).values())
 
-    def read(self, topic: str) -> list[tuple[int, bytes]]:
-        """(append time in ms, value) of every record up to the current end offsets."""
-        todo = {tp: end for tp, end in self.end_offsets(topic).items() if end > 0}
+    def read(self, topic: str, start: dict[TopicPartition, int] | None = None) -> list[tuple[int, bytes]]:
+        """(append time in ms, value) of every record from `start` (default: the beginning) up to the current end
+        offsets. Raises `BenchError` when no record came for `STALL_S` before the end."""
+        start = start or {}
+        todo = {tp: end for tp, end in self.end_offsets(topic).items() if end > start.get(tp, 0)}
+        if not todo:
+            return []
         self._consumer.assign(list(todo))
-        self._consumer.seek_to_beginning(*todo)
+        for tp in todo:
+            self._consumer.seek(tp, start.get(tp, 0))
         records: list[tuple[int, bytes]] = []
-        deadline = time.monotonic() + 120
-        while todo and time.monotonic() < deadline:
+        last_record = time.monotonic()
+        while todo:
+            if time.monotonic() - last_record > STALL_S:
+                raise BenchError(f"reading {topic} back stalled ({len(records):,} records read, "
+                                 f"{sum(todo.values()):,} the end offsets left to reach)")
             for tp, batch in self._consumer.poll(timeout_ms=500).items():
+                last_record = time.monotonic()
                 for record in batch:
                     if record.offset >= todo.get(tp, 0):
                         continue
@@ -521,13 +530,14 @@ def measure_overload(settings: Settings, running: Running, reader: TopicReader, 
     events = [replace(pool[i % len(pool)], transaction_id=f"{pool[i % len(pool)].transaction_id}-o{i // len(pool)}")
               for i in range(total)]
     burst = events[:round(burst_rate * burst_s)]
-    expected = reader.count(running.output) + len(events)
+    source_start, output_start = reader.end_offsets(source), reader.end_offsets(running.output)
+    expected = sum(output_start.values()) + len(events)
     _produce(settings, burst, source, burst_rate)
     _produce(settings, events[len(burst):], source, after_rate)
     _wait_for_outputs(running, reader, expected)
     _wait_until_quiet(running, reader)  # redeliveries count too: the last decisions may still be coming
-    inputs, _ = _append_times(reader.read(source))
-    outputs, degraded = _append_times(reader.read(running.output))
+    inputs, _ = _append_times(reader.read(source, source_start))
+    outputs, degraded = _append_times(reader.read(running.output, output_start))
     ids = [e.transaction_id for e in events if e.transaction_id in inputs]
     latencies = [float(outputs[tx] - inputs[tx]) for tx in ids if tx in outputs]
     burst_times = sorted(inputs[e.transaction_id] for e in burst if e.transaction_id in inputs)
