@@ -13,6 +13,7 @@ from fraudmon.core.errors import ModelError
 from fraudmon.core.eventfiles import json_lines
 from fraudmon.core.events import Event, event_to_dict
 from stream_app.engine import DecisionEngine, RawMessage, fit_problem
+from stream_app.fit import events_problem, scores_problem
 from stream_app.rules import NO_LISTS, RuleSet
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
@@ -22,6 +23,7 @@ from stream_app.state import InMemoryStateStore
 class ReplayResult:
     decisions: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
+    misfits: list[str] = field(default_factory=list)  # why the model does not fit the events (`stream_app.fit`)
 
     def confusion(self, labels: dict[str, int]) -> dict[str, int]:
         """Confusion matrix against ground truth (`transaction_id -> label`), over decided events."""
@@ -114,7 +116,9 @@ def replay(
     messages: Iterable[RawMessage], engine: DecisionEngine, batch_size: int = 500
 ) -> ReplayResult:
     """Decide every message in order, batch by batch, exactly as the worker does. Raises `ModelError` after the
-    first batch when most of its events lack the features the model needs (a model for other data)."""
+    first batch when most of its events lack the features the model needs (it cannot score them); a model that
+    scores them but does not fit them (its first batch's fields, or its alert rate over the whole replay, see
+    `stream_app.fit`) is named in `misfits`, and its decisions are kept."""
     result = ReplayResult()
     batch: list[RawMessage] = []
 
@@ -124,6 +128,9 @@ def replay(
             problem = fit_problem(engine.model, outcome.events)
             if problem:
                 raise ModelError(problem)
+            problem = events_problem(engine.model, outcome.events)
+            if problem:
+                result.misfits.append(problem)
         result.decisions.extend(outcome.decisions)
         result.dead_letters.extend(letter for _, letter in outcome.dead_letters)
         batch.clear()
@@ -134,6 +141,9 @@ def replay(
             flush()
     if batch:
         flush()
+    problem = scores_problem(engine.model, [d["model"]["score"] for d in result.decisions if d["model"] is not None])
+    if problem:
+        result.misfits.append(problem)
     return result
 
 

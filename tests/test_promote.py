@@ -137,3 +137,52 @@ def test_force_promotes_a_refused_candidate_and_the_card_says_so(home):
     assert result.exit_code == 0, result.output
     card = json.loads(home["served"].with_suffix(".json").read_text())
     assert card["version"] == "blind-1" and card["promotion"]["forced"] and card["promotion"]["gate"]
+
+
+def test_a_candidate_for_other_data_is_refused(home, tmp_path):
+    """A card-holder style model (it reads features.V1..V4) on simulated traffic: it cannot score it."""
+    from tests.test_export import tiny_model
+
+    _, _, onnx_path, _ = tiny_model(tmp_path / "v-model")
+    result = run("promote", str(onnx_path), "--data", str(home["data"]), "--truth", str(home["truth"]),
+                 "--config", str(home["config"]))
+    assert result.exit_code == 1, result.output
+    assert "promotion refused: the candidate does not fit the backtest data" in result.output
+    assert "needs 4 precomputed features" in result.output and "no baseline" not in result.output
+    assert served_version(home) == "served-1"
+
+
+def test_a_served_model_for_other_data_is_no_baseline_and_says_so(home, tmp_path):
+    """The issue's promote, the other way round: the served model does not fit the backtest data (here it cannot
+    score it), so its recall is no baseline; the candidate that fits is judged on its own and promoted."""
+    from tests.test_export import tiny_model
+
+    _, _, onnx_path, _ = tiny_model(tmp_path / "v-model")
+    shutil.copy(onnx_path, home["served"])
+    shutil.copy(onnx_path.with_suffix(".json"), home["served"].with_suffix(".json"))
+    result = promote_twin(home)
+    assert result.exit_code == 0, result.output
+    assert "warning: the served model is no baseline for this data" in result.output
+    assert "needs 4 precomputed features" in result.output and "promoted twin-2" in result.output
+    assert served_version(home) == "twin-2"
+    card = json.loads(home["served"].with_suffix(".json").read_text())
+    assert "needs 4 precomputed features" in card["promotion"]["backtest"]["served"]["misfit"]
+    assert card["promotion"]["backtest"]["candidate"]["misfit"] is None
+
+
+def test_on_card_holder_data_the_simulator_models_are_named_unfit(home, tmp_path):
+    """The issue's case: served and candidate trained on simulated events, backtested on card-holder rows, flag
+    every row; the served one is said to be no baseline and the candidate is refused for not fitting."""
+    from fraudmon.core.eventfiles import read_events_file
+    from tests.conftest import CREDITCARD
+
+    events, truth = read_events_file(CREDITCARD)
+    write_events(tmp_path / "cc.jsonl", events[:600])
+    write_ground_truth(tmp_path / "cc-truth.csv", truth[:600])
+    result = run("promote", "twin", "--data", str(tmp_path / "cc.jsonl"), "--truth", str(tmp_path / "cc-truth.csv"),
+                 "--config", str(home["config"]))
+    assert result.exit_code == 1, result.output
+    assert "warning: the served model is no baseline" in result.output
+    assert "the candidate does not fit the backtest data: model default (twin-2) does not fit" in result.output
+    assert "channel in 500 of 500" in result.output and "flags 600 of 600 events" in result.output
+    assert "fits the data" in result.output and served_version(home) == "served-1"

@@ -56,7 +56,9 @@ def promote_command(
     """Make a candidate the served model after a backtest gate; running workers switch through hot reload.
 
     Both models decide the labelled data through the worker's exact code (same rules). The candidate is refused,
-    with the table, when its recall drops or its alert rate rises beyond the limits.
+    with the table, when it does not fit the data (stream_app/fit.py), or its recall drops or its alert rate rises
+    beyond the limits. A served model that does not fit the data is said to be no baseline, and the candidate is
+    judged on its own fit.
 
     Examples: fraudmon promote mymodel-20261123-ab12cd --data recent.jsonl --truth recent_truth.csv
               fraudmon promote --rollback
@@ -83,6 +85,9 @@ def promote_command(
     except FraudMonitorError as exc:
         fail(str(exc))
     typer.echo(table(served, tested))
+    if served.misfit:
+        typer.secho(f"warning: the served model is no baseline for this data, so the gate judged the candidate on "
+                    f"its own fit: {served.misfit}", fg=typer.colors.YELLOW, err=True)
     if problems and not force:
         fail("promotion refused: " + "; ".join(problems) + " (--force overrides; the card records it)", code=1)
     target = settings.resolve(settings.worker.model_path)

@@ -37,7 +37,8 @@ def replay_command(
     config: Path | None = ConfigOption,
 ) -> None:
     """Decide a file offline through the worker's exact decision code (in-process rule state): a backtest of the
-    model and the rules, per rule and action, optionally against a second rules file."""
+    model and the rules, per rule and action, optionally against a second rules file. Exits 1, saying why, when
+    the model does not fit the file's events (`stream_app.fit`): its flags there mean nothing."""
     import json
 
     from fraudmon.core.eventfiles import is_json_lines, read_events_file, read_ground_truth
@@ -69,6 +70,10 @@ def replay_command(
     if labels:
         for name, entry in recall_by_scenario(results[0].decisions, labels).items():
             typer.echo(f"  recall {name:<28} {entry['recall']:.2f}  ({entry['flagged']}/{entry['frauds']})")
+    for problem in results[0].misfits:  # one model for every rules file: the backtest above is void
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    if results[0].misfits:
+        raise typer.Exit(1)
 
 
 def _backtest_lists(path: Path | None):

@@ -2,9 +2,11 @@
 
 `fraudmon train` writes candidates (`models/candidates/<name>-<version>/`); the served model is the file
 `worker.model_path` points at. `promote` backtests a candidate and the served model through the worker's exact
-decision code (offline replay, same rules) on labelled data, refuses a candidate that catches less fraud or
-flags much more, and otherwise switches atomically: both files are written beside the target and renamed into
-place, the card last, so running workers pick it up through hot reload. The served model it replaced is kept in
+decision code (offline replay, same rules) on labelled data, refuses a candidate that does not fit the data
+(`stream_app.fit`), catches less fraud or flags much more (a served model that does not fit the data is no
+baseline: the candidate is judged on its own fit, and the command says so), and otherwise switches atomically:
+both files are written beside the target and renamed into place, the card last, so running workers pick it up
+through hot reload. The served model it replaced is kept in
 `models/previous/`, which `promote --rollback` returns to, once: the rolled-back model goes back through the gate.
 Rollback restores the earlier files byte for byte (a shipped default is left as checked in); what happened is
 appended to `models/history.jsonl` (untracked, as everything under models/ but the default).
@@ -39,6 +41,7 @@ class Backtest:
     flags: int
     frauds: int
     caught: int
+    misfit: str | None = None  # why the model does not fit the backtest data (`stream_app.fit`); None: it does
 
     @property
     def alert_rate(self) -> float:
@@ -81,17 +84,29 @@ def resolve_candidate(settings: Settings, name: str) -> Path:
 
 
 def backtest(settings: Settings, model: OnnxModel, messages: list[RawMessage], labels: dict[str, int]) -> Backtest:
-    """Replay `messages` through the worker's decision code with `model`; count flags and caught frauds."""
+    """Replay `messages` through the worker's decision code with `model`; count flags and caught frauds, and say
+    when the model does not fit the data (then it flags nothing it can be judged by: none when it cannot score
+    most events, nonsense when it scores them)."""
     engine = offline_engine(settings)
     engine.set_model(model)
-    decisions = replay(messages, engine).decisions
-    flagged = {d["transaction_id"] for d in decisions if d["decision"] == "flag"}
     frauds = {tx for tx, label in labels.items() if label == 1}
-    return Backtest(model.version, len(decisions), len(flagged), len(frauds), len(flagged & frauds))
+    try:
+        result = replay(messages, engine)
+    except ModelError as exc:  # it cannot score most of the events
+        return Backtest(model.version, 0, 0, len(frauds), 0, misfit=str(exc))
+    flagged = {d["transaction_id"] for d in result.decisions if d["decision"] == "flag"}
+    return Backtest(model.version, len(result.decisions), len(flagged), len(frauds), len(flagged & frauds),
+                    misfit="; ".join(result.misfits) or None)
 
 
 def gate(served: Backtest, candidate: Backtest, max_recall_drop: float, max_alert_rate_rise: float) -> list[str]:
-    """Why the candidate must not replace the served model (empty: it may)."""
+    """Why the candidate must not replace the served model (empty: it may). A candidate that does not fit the
+    data is refused. A served model that does not fit it is no baseline: the candidate is then judged on its
+    own fit, and the caller says so (`served.misfit`)."""
+    if candidate.misfit:
+        return [f"the candidate does not fit the backtest data: {candidate.misfit}"]
+    if served.misfit:
+        return []
     problems = []
     if candidate.recall < served.recall - max_recall_drop:
         problems.append(f"recall drops from {served.recall:.3f} to {candidate.recall:.3f} "
@@ -108,7 +123,8 @@ def table(served: Backtest, candidate: Backtest) -> str:
             ("alert rate", f"{served.alert_rate:.4f}", f"{candidate.alert_rate:.4f}"),
             ("frauds caught", f"{served.caught}/{served.frauds}", f"{candidate.caught}/{candidate.frauds}"),
             ("recall", f"{served.recall:.3f}", f"{candidate.recall:.3f}"),
-            ("precision", f"{served.precision:.3f}", f"{candidate.precision:.3f}")]
+            ("precision", f"{served.precision:.3f}", f"{candidate.precision:.3f}"),
+            ("fits the data", "no" if served.misfit else "yes", "no" if candidate.misfit else "yes")]
     return "\n".join(f"{a:<14} {b!s:>20} {c!s:>20}" for a, b, c in rows)
 
 
