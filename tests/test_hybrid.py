@@ -247,3 +247,18 @@ def test_defaults_on_the_card_holder_sample_train_a_hybrid_that_serves(tmp_path)
     events = load_dataset(CREDITCARD).events[-2000:]
     scores, _ = model.score(vectorize(events, model.feature_names))
     assert np.isfinite(scores).all() and (scores > model.threshold).sum() > 0
+
+
+def test_combination_scale_survives_logits_that_most_normal_rows_share():
+    """Trees give most normal rows one identical logit: the interquartile range is 0, and a scale taken from it
+    alone would multiply float32 rounding of the logit into the score."""
+    rng = np.random.default_rng(2)
+    labels = (rng.random(4000) < 0.02).astype(int)
+    logits = np.where(rng.random(4000) < 0.8, -10.7289, rng.normal(-8, 2, 4000)) + 9 * labels
+    ae = rng.gamma(2.0, 1.0, 4000)
+    combination = Combination().fit(ae, logits, labels)
+    normal = logits[labels == 0]
+    assert np.percentile(normal, 75) == np.percentile(normal, 25)
+    assert combination.beta_ <= (1 - combination.alpha_) * 10, combination.to_dict()
+    shifted = combination.score(ae, logits + 2e-6) / combination.score(ae, logits)
+    assert np.abs(shifted - 1).max() < 1e-4, "a float32 step of the logit stays a float32-sized change"

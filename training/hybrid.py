@@ -86,9 +86,13 @@ def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
-    """Median and interquartile range / 1.349 (the standard deviation of a normal distribution), at least 1e-9."""
-    q25, q50, q75 = np.percentile(values, [25, 50, 75])
-    return float(q50), max(float(q75 - q25) / 1.349, 1e-9)
+    """Median and interquartile range / 1.349 (the standard deviation of a normal distribution), at least 1e-9.
+    When most rows share one value (trees give many normal rows the same logit) the interquartile range
+    collapses, and a spread under a tenth of the standard deviation of the values clipped to their 1st-99th
+    percentiles is replaced by that standard deviation."""
+    q1, q25, q50, q75, q99 = np.percentile(values, [1, 25, 50, 75, 99])
+    spread, clipped = float(q75 - q25) / 1.349, float(np.std(np.clip(values, q1, q99)))
+    return float(q50), max(clipped if spread < 0.1 * clipped else spread, 1e-9)
 
 
 def _logistic(c: float, inputs: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
