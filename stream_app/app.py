@@ -28,7 +28,7 @@ from fraudmon.core.config import KafkaSettings, Settings, load_settings
 from fraudmon.core.errors import FraudMonitorError, StateUnavailable
 from fraudmon.core.logs import configure_logging, install_outage_filter, json_logging_config
 from stream_app.engine import RawMessage
-from stream_app.faust_fork import aiokafka_producer
+from stream_app.faust_fork import aiokafka_producer, wait_on_metadata
 from stream_app.lists import ListFollower
 from stream_app.publish import OutputRecord, Publisher, outcome_records
 from stream_app.runtime import HotReloader, build_engine, check_ports, wait_for_kafka, wait_for_state_store
@@ -210,12 +210,27 @@ def create_app(settings: Settings) -> faust.App:
 
     batch_publisher: list[Publisher] = []
 
-    async def on_fetched(messages: list[RawMessage], offsets: dict) -> None:
-        """`BatchConsumer`'s hand-off: one fetched batch of `transactions` records, acked once its outcome is
-        acknowledged (unless a rebalance began meanwhile: the partitions' new owners take those records again)."""
+    def publisher_of_batches() -> Publisher:
         if not batch_publisher:
             install_outage_filter()  # Faust has set up its log handlers by now
             batch_publisher.append(Publisher(app.producer.send, engine.metrics, producer=aiokafka_producer(app)))
+        return batch_publisher[0]
+
+    @app.task
+    async def learn_output_partitions() -> None:
+        """Ask for the output topics' partitions at start, so that the first batch does not wait for them."""
+        publisher_of_batches()
+        producer = aiokafka_producer(app)
+        for topic in (topics.scores, topics.flagged, topics.dead_letter):
+            try:
+                await wait_on_metadata(producer, topic)
+            except Exception as exc:  # the first batch asks again (and retries until the brokers answer)
+                log.debug("no partitions of %s yet: %s", topic, exc)
+
+    async def on_fetched(messages: list[RawMessage], offsets: dict) -> None:
+        """`BatchConsumer`'s hand-off: one fetched batch of `transactions` records, acked once its outcome is
+        acknowledged (unless a rebalance began meanwhile: the partitions' new owners take those records again)."""
+        publisher = publisher_of_batches()
         consumer, generation = app.consumer, app.consumer_generation_id
         steps = None
         if trace is not None:
@@ -228,7 +243,7 @@ def create_app(settings: Settings) -> faust.App:
                 trace.mark(steps, "acked")
                 trace.write(steps)
 
-        await decide_and_publish(messages, batch_publisher[0], acked, steps)
+        await decide_and_publish(messages, publisher, acked, steps)
 
     BatchConsumer.batch_topics = frozenset({topics.transactions})
     BatchConsumer.on_batch = staticmethod(on_fetched)

@@ -34,9 +34,24 @@ def test_demo_prints_its_summary_and_exits_zero(local_stack, settings, tmp_path)
     assert summary["duplicate_decisions"] == 0 and summary["dead_letters"] == 5
     assert summary["recall_by_scenario"] and summary["recall"] > 0.5
     assert summary["flags"] == summary["flagged_topic_messages"]
+    # broker append time to broker append time, on the run's own topics, deleted afterwards
+    assert 0 < summary["end_to_end_ms"][50] <= summary["end_to_end_ms"][99] <= summary["end_to_end_max_ms"]
+    assert not [topic for topic in _topics(settings) if topic.startswith("demo-")]
+    worker_log = (out_dir / "worker.log").read_text(errors="replace")
+    assert "[ERROR]" not in worker_log and " ERROR " not in worker_log, worker_log[-3000:]
     assert all(s.running for s in local_stack.status()), "the demo leaves a stack it did not start running"
     urls = re.findall(r"https?://[^\s);,]+", result.stdout)
     assert any(f":{settings.stack.prometheus_port}/" in url for url in urls), "links use the configured port"
     for url in urls:
         with urllib.request.urlopen(url, timeout=5) as response:
             assert response.status == 200, url
+
+
+def _topics(settings) -> list[str]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        return admin.list_topics()
+    finally:
+        admin.close()
