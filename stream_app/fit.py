@@ -24,7 +24,7 @@ from fraudmon.core.events import Event
 from stream_app.drift import CLOCK_KINDS
 from stream_app.engine import fit_problem
 from stream_app.features import field_values
-from stream_app.scoring import OnnxModel, outside_normal
+from stream_app.scoring import Judged, OnnxModel, outside_normal
 
 MIN_EVENTS = 200
 """Events needed before a field's share outside its range is judged. A field's normal range holds 98% of the
@@ -64,7 +64,7 @@ def events_problem(model: OnnxModel, events: Sequence[Event]) -> str | None:
         count = int(judged.outside.sum())
         if count > MOST * len(events):
             outside.append(f"{_safe(name)} in {count} of {len(events)} ({_usual(field.normal)}"
-                           f"{_most_common(judged.shown, judged.outside)})")
+                           f"{_most_common(judged)})")
     if not outside:
         return None
     ignored = _ignored_features(model, events)
@@ -105,10 +105,10 @@ def _usual(normal: Sequence) -> str:
     return f"usual {normal[0]:g} to {normal[1]:g}"
 
 
-def _most_common(shown: list, outside: np.ndarray) -> str:
-    """The most common value outside the range, when one value is most of them (`channel` missing)."""
-    values = Counter("missing" if value is None else value for value, out in zip(shown, outside.tolist(), strict=True)
-                     if out)
+def _most_common(judged: Judged) -> str:
+    """The most common value outside the range, when one text is most of them (`channel` missing)."""
+    values = Counter("missing" if (value := judged.shown(row)) is None else value
+                     for row in np.flatnonzero(judged.outside).tolist())
     value, count = values.most_common(1)[0]
     if count * 2 <= sum(values.values()) or not isinstance(value, str):
         return ""

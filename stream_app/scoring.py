@@ -217,7 +217,7 @@ class OnnxModel:
             for rank in ranks:
                 j, part = int(top.field[row, rank]), judged[int(top.field[row, rank])]
                 items.append({"name": feature_names[top.feature[row, rank]], "field": field_names[j],
-                              "value": part.shown[row], "normal": normals[j], "beyond": part.beyond[row],
+                              "value": part.shown(row), "normal": normals[j], "beyond": part.beyond(row),
                               "error": float(f"{top.error[row, rank]:.6g}")})
             explained.append(items)
         return explained
@@ -251,29 +251,39 @@ _PERIODS = {"hour": 24, "weekday": 7}
 
 
 class Judged(NamedTuple):
-    """A field's values for a batch as a decision shows them, whether each lies outside the field's normal range
-    and by how much (see `outside_normal`)."""
+    """A field's values for a batch against its normal range (see `outside_normal`); `shown` and `beyond` read one
+    row, as a decision shows it (only the rows named are read)."""
 
-    shown: list[float | str | None]
+    values: np.ndarray | list  # the raw values: floats (NaN: missing), or names for a category
     outside: np.ndarray  # bool [n]
-    beyond: list[float | None]
+    distance: np.ndarray | None  # float [n]: signed distance to the range; None for categories and unknown ranges
+    kind: str
+
+    def shown(self, row: int) -> float | str | None:
+        """The value as a person reads it: an hour as `18:14`, a weekday by name, a number to 4 decimals."""
+        value = self.values[row]
+        if self.kind not in _PERIODS or isinstance(value, str) or value is None or not math.isfinite(value):
+            return _shown(value)
+        return _clock(float(value)) if self.kind == "hour" else WEEKDAYS[int(value) % 7]
+
+    def beyond(self, row: int) -> float | None:
+        """How far outside the range (None when inside, for categories, missing values and unknown ranges)."""
+        if self.distance is None or not self.outside[row] or not math.isfinite(self.distance[row]):
+            return None
+        return round(float(self.distance[row]), 4)
 
 
 def outside_normal(values: np.ndarray | list, field: FieldCard) -> Judged:
     """Each value against the field's normal range. Outside: a number below `low` or above `high`, an hour or
     weekday out of its window, a category not among the usual ones, a missing value, or any value of a field
-    whose range is unknown. `beyond` is the signed distance to the range in the field's units (above the high
-    end positive, below the low end negative; for hour and weekday hours or days to the nearer end of the
-    window), None when inside, for categories, missing values and unknown ranges."""
+    whose range is unknown. The distance is signed, in the field's units: above the high end positive, below the
+    low end negative; for hour and weekday the hours or days to the nearer end of the window."""
     normal, kind = field.normal, field.kind
-    if kind == "category" or normal is None:
-        shown = [_shown(value) for value in values]
-        if normal is None:
-            outside = np.ones(len(shown), dtype=bool)
-        else:
-            usual = set(normal)
-            outside = np.fromiter((value not in usual for value in shown), bool, len(shown))
-        return Judged(shown, outside, [None] * len(shown))
+    if normal is None:
+        return Judged(values, np.ones(len(values), dtype=bool), None, kind)
+    if kind == "category":
+        usual = set(normal)
+        return Judged(values, np.fromiter((value not in usual for value in values), bool, len(values)), None, kind)
     numbers = np.asarray(values, dtype=np.float64)
     missing = ~np.isfinite(numbers)
     if kind in _PERIODS:
@@ -284,17 +294,10 @@ def outside_normal(values: np.ndarray | list, field: FieldCard) -> Judged:
         if kind == "hour":  # hours: from the window's end (end + 1 o'clock) or to its start, exactly
             after = np.mod(numbers - (end + 1), period)
             before = np.mod(start - numbers, period)
-        distance = np.where(after <= before, after, -before)
-        shown = [None if bad else (_clock(v) if kind == "hour" else WEEKDAYS[int(v) % 7])
-                 for v, bad in zip(numbers.tolist(), missing.tolist(), strict=True)]
-    else:
-        low, high = float(normal[0]), float(normal[1])
-        outside = missing | (numbers < low) | (numbers > high)
-        distance = np.where(numbers > high, numbers - high, numbers - low)
-        shown = [None if bad else round(v, 4) for v, bad in zip(numbers.tolist(), missing.tolist(), strict=True)]
-    beyond = [round(d, 4) if out and not bad else None
-              for d, out, bad in zip(distance.tolist(), outside.tolist(), missing.tolist(), strict=True)]
-    return Judged(shown, outside, beyond)
+        return Judged(numbers, outside, np.where(after <= before, after, -before), kind)
+    low, high = float(normal[0]), float(normal[1])
+    outside = missing | (numbers < low) | (numbers > high)
+    return Judged(numbers, outside, np.where(numbers > high, numbers - high, numbers - low), kind)
 
 
 def shown_normal(field: FieldCard) -> list[float | str] | None:

@@ -123,12 +123,14 @@ def test_cyclical_ranges_read_as_clock_times_and_day_names(decided):
         assert not any(item["field"] == "weekday" for item in items), "every weekday is usual"
     night = FieldCard(features=("hour_sin",), kind="hour", normal=(22.0, 1.0))
     judged = outside_normal(np.array([23.5, 1.99, 2.0, 3.0, 21.25, 11.0, 13.0]), night)
-    assert judged.shown == ["23:30", "01:59", "02:00", "03:00", "21:15", "11:00", "13:00"]
+    assert [judged.shown(i) for i in range(7)] == ["23:30", "01:59", "02:00", "03:00", "21:15", "11:00", "13:00"]
     assert judged.outside.tolist() == [False, False, True, True, True, True, True]
-    assert judged.beyond == [None, None, 0.0, 1.0, -0.75, 9.0, -9.0], "hours after the window's end or before its start"
+    beyond = [judged.beyond(i) for i in range(7)]
+    assert beyond == [None, None, 0.0, 1.0, -0.75, 9.0, -9.0], "hours after the window's end or before its start"
     days = outside_normal(np.array([0.0, 4.0, 5.0, 6.0]), FieldCard(features=("dow_sin",), kind="weekday",
                                                                    normal=(0.0, 4.0)))
-    assert days.shown == ["Monday", "Friday", "Saturday", "Sunday"] and days.beyond == [None, None, 1.0, -1.0]
+    assert [days.shown(i) for i in range(4)] == ["Monday", "Friday", "Saturday", "Sunday"]
+    assert [days.beyond(i) for i in range(4)] == [None, None, 1.0, -1.0]
 
 
 def test_weekday_no_longer_explains_most_flags(decided):

@@ -41,7 +41,11 @@ def reference_item(field, value) -> tuple[bool, object, object, object]:
     normal, kind = field.normal, field.kind
     missing = value is None or (not isinstance(value, str) and math.isnan(value))
     if normal is None:
-        return True, None if missing else (value if isinstance(value, str) else round(float(value), 4)), None, None
+        if missing or isinstance(value, str):
+            return True, None if missing else value, None, None
+        shown = {"hour": f"{int(value * 60) // 60:02d}:{int(value * 60) % 60:02d}",
+                 "weekday": DAYS[int(value) % 7]}.get(kind, round(float(value), 4))
+        return True, shown, None, None
     if kind == "category":
         return value not in normal, value, list(normal), None
     if kind in ("hour", "weekday"):
