@@ -97,7 +97,7 @@ def test_parity_catches_a_broken_graph_and_removes_it(exported, tmp_path):
     weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) + np.float32(0.05), weights.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, broken)
-    with pytest.raises(ModelError, match=r"ONNX export differs from Keras on row \d+.*broken.onnx removed"):
+    with pytest.raises(ModelError, match=r"ONNX export differs from the Python models on row \d+.*broken.onnx removed"):
         check_parity(detector.score, broken, x)
     assert not broken.exists()
     with pytest.raises(ModelError, match="at least 1000 rows"):

@@ -227,14 +227,15 @@ def format_summary(metrics: dict) -> str:
     if caveat:
         lines += [f"caveat: {caveat}", ""]
     rates = list(model.get("recall_at_alert_rate") or {})
-    lines.append(f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} " + "".join(f"{'rec@' + r:>9} " for r in rates)
+    width = max(22, *(len(label) for _, label, _ in model_rows(metrics)))
+    lines.append(f"{'model':<{width}} {'ROC-AUC':>8} {'PR-AUC':>8} " + "".join(f"{'rec@' + r:>9} " for r in rates)
                  + "".join(f"{'rec@ff' + r:>11} " for r in rates)
                  + f"{'precision':>9} {'recall':>7} {'false-flag':>10} {'alerts':>7}")
     for _, label, summary in model_rows(metrics):
         a = summary["at_threshold"]
         at_rates = "".join(f"{_fmt(v):>9} " for v in (summary.get("recall_at_alert_rate") or {}).values()) + \
             "".join(f"{_fmt(v):>11} " for v in (summary.get("recall_at_false_flag_rate") or {}).values())
-        lines.append(f"{label:<22} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} {at_rates}"
+        lines.append(f"{label:<{width}} {_fmt(summary.get('roc_auc')):>8} {_fmt(summary.get('pr_auc')):>8} {at_rates}"
                      f"{_fmt(a.get('precision')):>9} {_fmt(a.get('recall')):>7} "
                      f"{_rate(a.get('normal_alert_rate')):>10} {a['alerts']:>7}")
     if rates:
