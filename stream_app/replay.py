@@ -8,6 +8,7 @@ from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fraudmon.core import rates
 from fraudmon.core.config import Settings
 from fraudmon.core.errors import ModelError
 from fraudmon.core.eventfiles import json_lines
@@ -46,7 +47,7 @@ def recall_by_scenario(decisions: Iterable[dict], truth: dict[str, tuple[int, st
             entry = table.setdefault(scenario, {"frauds": 0, "flagged": 0})
             entry["frauds"] += 1
             entry["flagged"] += decided.get(tx_id) == "flag"
-    return {name: {**e, "recall": e["flagged"] / e["frauds"]} for name, e in sorted(table.items())}
+    return {name: {**e, "recall": rates.recall(e["flagged"], e["frauds"])} for name, e in sorted(table.items())}
 
 
 @dataclass
@@ -62,7 +63,7 @@ class RulePerformance:
     only_catches: int = 0  # frauds that no other live rule nor the model caught
 
     def precision(self) -> float | None:
-        return self.frauds / self.labelled_hits if self.labelled_hits else None
+        return rates.precision(self.frauds, self.labelled_hits)
 
 
 def rule_performance(decisions: Iterable[dict], labels: dict[str, int]) -> list[RulePerformance]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fraudmon.cli.common import ConfigOption, fail, settings_or_fail
+from fraudmon.core import rates
 from fraudmon.core.errors import FraudMonitorError
 from training.commands import (
     FORMAT_HELP,
@@ -69,7 +70,7 @@ def replay_command(
     typer.echo(_rule_table([result.decisions for result in results], truth_labels, [str(p) for p in rule_files]))
     if labels:
         for name, entry in recall_by_scenario(results[0].decisions, labels).items():
-            typer.echo(f"  recall {name:<28} {entry['recall']:.2f}  ({entry['flagged']}/{entry['frauds']})")
+            typer.echo(f"  recall {name:<28} {rates.shown(entry['recall'], 2)}  ({entry['flagged']}/{entry['frauds']})")
     for problem in results[0].misfits:  # one model for every rules file: the backtest above is void
         typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
     if results[0].misfits:
@@ -92,8 +93,8 @@ def _action_line(decisions: list[dict], labels: dict[str, int]) -> str:
     if labels:
         flagged = counts["review"][0] + counts["block"][0]
         caught = counts["review"][1] + counts["block"][1]
-        line += (f"  | review+block: precision {caught / max(1, flagged):.3f}"
-                 f"  recall {caught / max(1, frauds):.3f} ({caught}/{frauds} frauds)")
+        line += (f"  | review+block: precision {rates.shown(rates.precision(caught, flagged))}"
+                 f"  recall {rates.shown(rates.recall(caught, frauds))} ({caught}/{frauds} frauds)")
     return line
 
 
@@ -116,9 +117,8 @@ def _rule_table(runs: list[list[dict]], labels: dict[str, int], names: list[str]
             if entry is None:
                 cells.append(f"{'-':>7} {'':>6} {'':>6} {'':>5} {'':>7}")
                 continue
-            precision = entry.precision()
-            cells.append(f"{entry.hits:>7} {'-' if precision is None else f'{precision:.3f}':>6} "
-                         f"{'-' if not labels else f'{entry.frauds / max(1, frauds):.3f}':>6} "
+            recall = rates.recall(entry.frauds, frauds) if labels else None
+            cells.append(f"{entry.hits:>7} {rates.shown(entry.precision()):>6} {rates.shown(recall):>6} "
                          f"{entry.only_catches if labels else '-':>5} {entry.hits / max(1, len(decisions)):>7.4f}")
         lines.append(f"  {key[0]:<32} {key[1]:<7} {key[2]:<7}" + " | ".join(cells))
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fraudmon.core import rates
 from fraudmon.core.config import Settings
 from fraudmon.core.errors import FraudMonitorError, ModelError
 from stream_app.engine import RawMessage
@@ -48,12 +49,12 @@ class Backtest:
         return self.flags / self.decisions if self.decisions else 0.0
 
     @property
-    def recall(self) -> float:
-        return self.caught / self.frauds if self.frauds else 0.0
+    def recall(self) -> float | None:
+        return rates.recall(self.caught, self.frauds)
 
     @property
-    def precision(self) -> float:
-        return self.caught / self.flags if self.flags else 0.0
+    def precision(self) -> float | None:
+        return rates.precision(self.caught, self.flags)
 
 
 def models_dir(settings: Settings) -> Path:
@@ -108,8 +109,8 @@ def gate(served: Backtest, candidate: Backtest, max_recall_drop: float, max_aler
     if served.misfit:
         return []
     problems = []
-    if candidate.recall < served.recall - max_recall_drop:
-        problems.append(f"recall drops from {served.recall:.3f} to {candidate.recall:.3f} "
+    if (candidate.recall or 0.0) < (served.recall or 0.0) - max_recall_drop:
+        problems.append(f"recall drops from {rates.shown(served.recall)} to {rates.shown(candidate.recall)} "
                         f"(allowed: {max_recall_drop:.3f})")
     if candidate.alert_rate > served.alert_rate * (1 + max_alert_rate_rise):
         problems.append(f"alert rate rises from {served.alert_rate:.4f} to {candidate.alert_rate:.4f} "
@@ -122,8 +123,8 @@ def table(served: Backtest, candidate: Backtest) -> str:
             ("decisions", served.decisions, candidate.decisions), ("flags", served.flags, candidate.flags),
             ("alert rate", f"{served.alert_rate:.4f}", f"{candidate.alert_rate:.4f}"),
             ("frauds caught", f"{served.caught}/{served.frauds}", f"{candidate.caught}/{candidate.frauds}"),
-            ("recall", f"{served.recall:.3f}", f"{candidate.recall:.3f}"),
-            ("precision", f"{served.precision:.3f}", f"{candidate.precision:.3f}"),
+            ("recall", rates.shown(served.recall), rates.shown(candidate.recall)),
+            ("precision", rates.shown(served.precision), rates.shown(candidate.precision)),
             ("fits the data", "no" if served.misfit else "yes", "no" if candidate.misfit else "yes")]
     return "\n".join(f"{a:<14} {b!s:>20} {c!s:>20}" for a, b, c in rows)
 
