@@ -35,7 +35,7 @@ BASE_MS = (int(time.time()) - 3600) * 1000
 def decision(i: int, account: str, flag: bool = False) -> dict:
     """A decision as the worker publishes it (stream_app.decision.build_decision), one top feature as `field`."""
     return {
-        "transaction_id": f"tx-{i}", "account_id": account, "amount": 10.0 * i + 0.5,
+        "transaction_id": f"tx-{i}", "account_id": account, "amount": 10.0 * i + 0.5, "currency": "EUR",
         "event_time": f"2026-11-01T10:00:{i:02d}.000Z", "decided_at": f"2026-11-01T10:00:{i:02d}.010Z",
         "action": "review" if flag else "allow", "decision": "flag" if flag else "pass",
         "risk_score": 99.5 if flag else 12.0, "reasons": ["model", "amount_over_limit"] if flag else [],
@@ -92,9 +92,9 @@ def test_tail_shows_the_last_records_across_partitions_oldest_first(make_topic, 
     out = lines(run("tail", topic, "--last", "3"))
 
     assert len(out) == 3
-    assert out[0] == ("2026-11-01T10:00:10.000Z  acc-1      100.50  ALLOW   reasons: -  risk 12.000"
+    assert out[0] == ("2026-11-01T10:00:10.000Z  acc-1      100.50 EUR  ALLOW   reasons: -  risk 12.000"
                       "  top: amount_log, hour_sin  (tx-10)")
-    assert out[1] == ("2026-11-01T10:00:11.000Z  acc-2      110.50  REVIEW  reasons: model,amount_over_limit"
+    assert out[1] == ("2026-11-01T10:00:11.000Z  acc-2      110.50 EUR  REVIEW  reasons: model,amount_over_limit"
                       "  risk 99.500  top: amount_log, hour_sin  (tx-11)")
     assert out[2].startswith("acc-9  (not JSON) ") and "this is not JSON" in out[2]
     assert len(lines(run("tail", topic))) == 13  # --last defaults to 20
@@ -114,6 +114,16 @@ def test_tail_short_names_dead_letters_verdicts_and_other_values(make_topic, pro
     assert lines(run("tail", verdicts)) == ["verdict  tx-1  fraud  by alice", 'acc-5  {"k":1,"nested":{"a":[1,2]}}']
     assert resolve_topic(settings, "verdicts") == VERDICTS_TOPIC
     assert resolve_topic(settings, "scores") == settings.topics.scores
+
+
+def test_tail_escapes_what_an_event_controls(make_topic, produce, run) -> None:
+    """An account id or reviewer carrying terminal escapes is printed escaped, never sent to the terminal."""
+    topic = make_topic()
+    produce(topic, [("acc-1", decision(1, "acc-\x1b[2Jevil", flag=True)),
+                    ("acc-1", {"transaction_id": "tx-2", "label": "fraud", "reviewer": "bo\x07b"})])
+    out = lines(run("tail", topic))
+    assert "acc-\\x1b[2Jevil" in out[0] and "\x1b" not in out[0]
+    assert out[1] == "verdict  tx-2  fraud  by bo\\x07b"
 
 
 def test_tail_account_filter_max_and_from_beginning(make_topic, produce, run) -> None:

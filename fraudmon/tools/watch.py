@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 
 from fraudmon.core.config import Settings
 from fraudmon.core.errors import WatchError
+from stream_app.lists import printable
 
 VERDICTS_TOPIC = "transaction-verdicts"
 CONNECT_TIMEOUT_MS = 5_000  # kafka-python waits 30 s for a first broker by default; a CLI should answer sooner
@@ -116,18 +117,19 @@ def format_entry(entry: Entry) -> str:
     if not entry.is_json:
         return f"{entry.key or '-'}  (not JSON) {_truncate(entry.raw_text())}"
     if isinstance(value, dict) and "decision" in value:
-        return _format_decision(entry, value)
+        return printable(_format_decision(entry, value))
     if isinstance(value, dict) and "error" in value and ("raw" in value or "received_at" in value):
         where = f"{value.get('topic', '?')}/{value.get('partition', '?')}@{value.get('offset', '?')}"
         return f"{value.get('received_at') or _record_time(entry)}  dead letter  {where}  {value['error']}"
     if isinstance(value, dict) and "label" in value and "transaction_id" in value:
-        return f"verdict  {value['transaction_id']}  {value['label']}  by {value.get('reviewer') or '?'}"
+        return printable(f"verdict  {value['transaction_id']}  {value['label']}  by {value.get('reviewer') or '?'}")
     return f"{entry.key or '-'}  {_truncate(json.dumps(value, separators=(',', ':'), ensure_ascii=False))}"
 
 
 def _format_decision(entry: Entry, value: dict) -> str:
     amount = value.get("amount")
     amount_text = f"{amount:>10.2f}" if isinstance(amount, int | float) else f"{amount!s:>10}"
+    amount_text += f" {value['currency']}" if value.get("currency") else ""
     reasons = ",".join(value.get("reasons") or []) or "-"
     model = value.get("model") if isinstance(value.get("model"), dict) else {}
     top = [f.get("field") or f.get("name") for f in model.get("top_features") or [] if isinstance(f, dict)]
