@@ -122,3 +122,4 @@ def test_lag_is_read_off_the_append_times():
     assert lag_after(times, burst_end_ms=300) == (3, 220)
     assert lag_after([(0, 5), (100, None), (200, 205)], burst_end_ms=200) == (2, None), "an undecided event: never"
     assert lag_after([(0, 5), (10, 12)], burst_end_ms=10) == (1, 0)
+    assert lag_after([(0, 305)], burst_end_ms=150) == (1, 160), "caught up with the last decision"

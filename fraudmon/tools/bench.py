@@ -565,7 +565,7 @@ def lag_after(times: list[tuple[int, int | None]], burst_end_ms: int) -> tuple[i
         undecided_by = max(undecided_by, out if out is not None else 2**62)
         latest_out.append(undecided_by)
     end = max(max(outs, default=burst_end_ms), ins[-1] + CAUGHT_UP_MS if ins else burst_end_ms)
-    for t in range(burst_end_ms, end + 1, 10):
+    for t in range(burst_end_ms, end + 10, 10):  # up to the last decision (inclusive)
         older = bisect_right(ins, t - CAUGHT_UP_MS)
         if older == 0 or latest_out[older - 1] <= t:
             return peak, t - burst_end_ms
