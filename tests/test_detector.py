@@ -33,7 +33,7 @@ def detector(**options):
 @pytest.fixture(scope="module")
 def fitted():
     x, y = rows(N_ROWS, seed=1)
-    return detector(threshold_method="alert_rate", threshold_param=0.01).fit(x, y), x, y
+    return detector(threshold_method="alert_rate", threshold_param=0.01, learner="logistic").fit(x, y), x, y
 
 
 def test_fit_learns_state_ending_in_underscore_and_infers_the_threshold_on_validation(fitted):
@@ -106,7 +106,9 @@ def test_a_refit_with_no_label_added_changes_nothing(fitted):
     assert first.threshold_ == second.threshold_
     np.testing.assert_array_equal(first.normal_scores_, second.normal_scores_)
     assert first.config.epochs == second.config.epochs == model.autoencoder_.best_epoch
-    assert first.head_.c_ == model.head_.c_ and first.combination_.alpha_ == model.combination_.alpha_
+    assert first.learner_choice_ == model.learner_choice_ and type(first.head_) is type(model.head_)
+    assert first.head_.to_dict()["validation_pr_auc"] == model.head_.to_dict()["validation_pr_auc"]
+    assert first.combination_.alpha_ == model.combination_.alpha_
     assert first.fitted_on_["rows"] == N_ROWS and first.head_.fitted_on_ == {"rows": N_ROWS, "frauds": int(y.sum())}
     assert first.expected_alert_rate_ == model.expected_alert_rate_
 
