@@ -296,12 +296,13 @@ class DecisionEngine:
         version, threshold = model.version, model.threshold
         risks = model.risk_scores(prediction.instance_score)
         risks = [None] * len(rows) if risks is None else risks.tolist()
-        for row, outlier, score, risk, explanation in zip(rows, prediction.is_outlier.tolist(),
-                                                          prediction.instance_score.tolist(), risks, explained,
-                                                          strict=True):
+        for row, outlier, score, risk, driver, explanation in zip(
+                rows, prediction.is_outlier.tolist(), prediction.instance_score.tolist(), risks,
+                prediction.drivers(), explained, strict=True):
             if math.isfinite(score):
                 scored[row] = _Scored(bool(outlier), risk, {"version": version, "score": _shown_score(score),
-                                                            "threshold": threshold, "top_features": explanation})
+                                                            "threshold": threshold, "driver": driver,
+                                                            "top_features": explanation})
         return scored
 
     def _shadow(self, events: list[Event]) -> list[dict | None]:

@@ -20,7 +20,15 @@ import onnxruntime as ort
 
 from fraudmon.core.errors import ModelError
 from fraudmon.core.events import Event
-from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS, FieldCard, ModelCard, read_card
+from fraudmon.core.modelcard import (
+    DRIVERS,
+    ONNX_CONTRIBUTIONS,
+    ONNX_INPUT,
+    ONNX_OUTPUTS,
+    FieldCard,
+    ModelCard,
+    read_card,
+)
 from stream_app.features import FIELD_KINDS, field_values, fields_of
 
 EXPLAINED = 3  # fields a decision names at most
@@ -32,6 +40,15 @@ class Prediction(NamedTuple):
     is_outlier: np.ndarray  # bool [n]: score above the card's threshold
     instance_score: np.ndarray  # float32 [n]: the anomaly score
     feature_score: np.ndarray  # float32 [n, f]: per-feature error, the explanation of a score
+    driver: np.ndarray | None = None  # int [n], index into DRIVERS: the part that adds most to each score (None:
+    # the autoencoder alone)
+
+    def drivers(self) -> list[str]:
+        """Per row, the part that drove its score: `autoencoder` (unusual for normal traffic) or `supervised`
+        (looks like past fraud)."""
+        if self.driver is None:
+            return [DRIVERS[0]] * len(self.instance_score)
+        return [DRIVERS[i] for i in self.driver.tolist()]
 
 
 class TopField(NamedTuple):
@@ -85,21 +102,39 @@ class OnnxModel:
     def threshold(self) -> float:
         return self.card.threshold.value
 
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Anomaly scores `[n]` and per-feature squared errors `[n, f]` (float32)."""
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        """`x` as the graph's float32 `[n, f]` input, or a `ModelError` naming the shapes."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         width = self.card.n_features
         if x.ndim != 2 or x.shape[1] != width:
             raise ModelError(f"model {self.name} takes [n, {width}] features, got shape {list(x.shape)}")
+        return x
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly scores `[n]` and per-feature squared errors `[n, f]` (float32)."""
+        x = self._checked(x)
         if x.shape[0] == 0:
-            return np.empty(0, np.float32), np.empty((0, width), np.float32)
+            return np.empty(0, np.float32), np.empty((0, x.shape[1]), np.float32)
         scores, errors = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
         return scores, errors
 
+    @cached_property
+    def _outputs(self) -> list[str]:
+        """The outputs `predict` asks for: the score, the feature errors and, with a supervised part, the parts'
+        contributions."""
+        has_parts = ONNX_CONTRIBUTIONS in {output.name for output in self.session.get_outputs()}
+        return [*ONNX_OUTPUTS, ONNX_CONTRIBUTIONS] if has_parts else list(ONNX_OUTPUTS)
+
     def predict(self, x: np.ndarray) -> Prediction:
-        """Scores, per-feature errors and the outlier verdict against the card's threshold, for a batch."""
-        scores, errors = self.score(x)
-        return Prediction(scores > self.threshold, scores, errors)
+        """Scores, per-feature errors, the outlier verdict against the card's threshold and which part drove each
+        score, for a batch (one onnxruntime call)."""
+        x = self._checked(x)
+        if x.shape[0] == 0:
+            scores, errors = self.score(x)
+            return Prediction(scores > self.threshold, scores, errors)
+        outputs = self.session.run(self._outputs, {ONNX_INPUT: x})
+        driver = outputs[2].argmax(axis=1) if len(outputs) > 2 else None
+        return Prediction(outputs[0] > self.threshold, outputs[0], outputs[1], driver)
 
     @cached_property
     def _risk_knots(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -149,7 +149,7 @@ def test_one_broken_account_degrades_only_its_own_events():
 
 def test_a_failing_model_degrades_with_model_error(monkeypatch):
     engine = engine_with(InMemoryStateStore())
-    monkeypatch.setattr(MODEL, "score", lambda x: (_ for _ in ()).throw(RuntimeError("onnxruntime says no")))
+    monkeypatch.setattr(MODEL, "predict", lambda x: (_ for _ in ()).throw(RuntimeError("onnxruntime says no")))
     decisions = engine.process([message(0), message(1)]).decisions
     assert all(d["model"] is None and d["degraded"] and "skipped:model_error" in d["reasons"] for d in decisions)
 

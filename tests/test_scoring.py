@@ -138,6 +138,33 @@ def test_graph_returning_non_finite_values_fails_the_probe(copy):
         load_model(onnx_path)
 
 
+def test_predict_names_the_part_that_drove_each_score(copy, published):
+    """With a `score_contributions` output, each row's driver is the part with the larger contribution; without
+    it (an autoencoder alone), every row's is the autoencoder."""
+    onnx_path, card_path, card = copy
+    start, end, axes = (helper.make_tensor(name, TensorProto.INT64, [1], [value])
+                        for name, value in (("start", 0), ("end", 2), ("axes", 1)))
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["features", "features"], ["feature_errors"]),
+         helper.make_node("ReduceMean", ["feature_errors"], ["score"], axes=[1], keepdims=0),
+         helper.make_node("Slice", ["features", "start", "end", "axes"], ["score_contributions"])],
+        "parts", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("feature_errors", TensorProto.FLOAT, ["batch", 5]),
+         helper.make_tensor_value_info("score_contributions", TensorProto.FLOAT, ["batch", 2])],
+        [start, end, axes],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), onnx_path)
+    write_card(card_path, card, onnx_path)
+    x = np.array([[3.0, 1.0, 0, 0, 0], [1.0, 3.0, 0, 0, 0], [-2.0, -1.0, 0, 0, 0]], dtype=np.float32)
+    prediction = load_model(onnx_path).predict(x)
+    assert prediction.drivers() == ["autoencoder", "supervised", "supervised"]
+    assert np.allclose(prediction.instance_score, (x ** 2).mean(axis=1))
+    autoencoder = load_model(published[2])
+    assert autoencoder.predict(np.zeros((2, autoencoder.card.n_features), np.float32)).drivers() == \
+        ["autoencoder", "autoencoder"]
+
+
 def test_the_shipped_default_model_serves_simulated_events():
     from stream_app.features import EVENT_FEATURES, vectorize
     from training.simulate import SimulationConfig, simulate

@@ -17,6 +17,9 @@ ONNX_INPUT = "features"  # float32 [batch, n_features], raw features (scaling li
 ONNX_SCORE = "score"  # float32 [batch]: the anomaly score the threshold applies to
 ONNX_FEATURE_ERRORS = "feature_errors"  # float32 [batch, n_features]: per-feature reconstruction error
 ONNX_OUTPUTS = (ONNX_SCORE, ONNX_FEATURE_ERRORS)
+ONNX_CONTRIBUTIONS = "score_contributions"  # float32 [batch, 2], with a supervised part only: the autoencoder's and
+# the supervised part's contributions to the log score above a typical normal row's
+DRIVERS = ("autoencoder", "supervised")  # what each column of ONNX_CONTRIBUTIONS measures, as a decision names it
 SCORE_PERCENTILE_LEVELS = (
     *range(100),
     *(round(99 + i / 10, 1) for i in range(1, 10)),
