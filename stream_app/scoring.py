@@ -40,14 +40,14 @@ class Prediction(NamedTuple):
     is_outlier: np.ndarray  # bool [n]: score above the card's threshold
     instance_score: np.ndarray  # float32 [n]: the anomaly score
     feature_score: np.ndarray  # float32 [n, f]: per-feature error, the explanation of a score
-    driver: np.ndarray | None = None  # int [n], index into DRIVERS: the part that adds most to each score (None:
-    # the autoencoder alone)
+    driver: np.ndarray | None = None  # int [n], index into DRIVERS: the part that adds most to each score; None
+    # when the graph does not say (a supervised part exported before `score_contributions`)
 
-    def drivers(self) -> list[str]:
-        """Per row, the part that drove its score: `autoencoder` (unusual for normal traffic) or `supervised`
-        (looks like past fraud)."""
+    def drivers(self) -> list[str | None]:
+        """Per row, the part that drove its score: `autoencoder` (unusual for normal traffic), `supervised` (looks
+        like past fraud), or None when the graph does not say."""
         if self.driver is None:
-            return [DRIVERS[0]] * len(self.instance_score)
+            return [None] * len(self.instance_score)
         return [DRIVERS[i] for i in self.driver.tolist()]
 
 
@@ -133,7 +133,11 @@ class OnnxModel:
             scores, errors = self.score(x)
             return Prediction(scores > self.threshold, scores, errors)
         outputs = self.session.run(self._outputs, {ONNX_INPUT: x})
-        driver = outputs[2].argmax(axis=1) if len(outputs) > 2 else None
+        if len(outputs) > 2:
+            driver = outputs[2].argmax(axis=1)
+        else:  # the autoencoder drives every score of a graph without a supervised part
+            alone = self.card.parts is None or self.card.parts.head is None
+            driver = np.zeros(len(x), dtype=np.int64) if alone else None
         return Prediction(outputs[0] > self.threshold, outputs[0], outputs[1], driver)
 
     @cached_property

@@ -163,6 +163,10 @@ def test_predict_names_the_part_that_drove_each_score(copy, published):
     autoencoder = load_model(published[2])
     assert autoencoder.predict(np.zeros((2, autoencoder.card.n_features), np.float32)).drivers() == \
         ["autoencoder", "autoencoder"]
+    shutil.copy(published[2], onnx_path)  # the same graph, but its card says it holds a supervised head
+    parts = {"autoencoder": {}, "head": {"model": "logistic regression"}, "combination": "exp(a log ae + b logit)"}
+    write_card(card_path, {**card, "parts": parts}, onnx_path)
+    assert load_model(onnx_path).predict(np.zeros((2, 5), np.float32)).drivers() == [None, None]
 
 
 def test_the_shipped_default_model_serves_simulated_events():
