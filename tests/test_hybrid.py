@@ -200,7 +200,7 @@ def test_train_writes_a_candidate_that_promote_finds(data, tmp_path):
     (tmp_path / "none.yaml").write_text("{}\n")
     result = CliRunner().invoke(app, ["train", "--data", str(data / "events.jsonl"), "--truth",
                                       str(data / "truth.csv"), "--name", "mymodel", "--epochs", "2", "--hidden",
-                                      "8,4", "--quiet"], env=env)
+                                      "8,4", "--supervised", "logistic", "--quiet"], env=env)
     assert result.exit_code == 0, result.output
     (candidate,) = (tmp_path / "models" / "candidates").iterdir()
     assert candidate.name.startswith("mymodel-") and not served.exists(), "the served model is never replaced"
