@@ -261,7 +261,12 @@ def create_app(settings: Settings) -> faust.App:
     async def decide(stream: faust.StreamT) -> None:
         """Micro-batches in, decisions and dead letters out; a batch is done (and its offsets can be committed)
         only once every outcome is acknowledged by the brokers. With `worker.batch_fetch` on (the default), the
-        records reach `on_fetched` straight from the consumer and this agent only holds the subscription."""
+        records reach `on_fetched` straight from the consumer and this agent only holds the subscription, with
+        no timer (`take_events` wakes up every `batch_window_ms` even with nothing to take)."""
+        if worker.batch_fetch:
+            async for _ in stream:  # never an event: the consumer hands this topic's records to `on_fetched`
+                pass
+            return
         install_outage_filter()  # Faust has set up its log handlers by now
         within = worker.batch_window_ms / 1000.0
         # Straight to the Kafka producer (not `topic.send`, whose per-message bookkeeping costs more than the

@@ -419,6 +419,17 @@ def test_worker_consumer_fetches_with_the_configured_wait(settings, batch_fetch)
     assert result.stdout.split()[-2:] == ["ConsumerThread", "37"], result.stdout
 
 
+def test_faust_per_message_path_decides_too(kafka_bootstrap, worker_topics, start_worker):
+    """`worker.batch_fetch: false` takes Faust's stream and agent instead of the batch hand-off."""
+    start_worker(worker_topics, env={"FRAUDMON_WORKER__BATCH_FETCH": "false"})
+    now_ms = int(time.time() * 1000)
+    events = [{"transaction_id": f"per-message-{i}", "account_id": f"acc-{i % 7}", "amount": 5.0 + i,
+               "timestamp": now_ms} for i in range(60)]
+    produce(kafka_bootstrap, worker_topics["transactions"], events)
+    decisions = collect(kafka_bootstrap, worker_topics["scores"], 60)
+    assert sorted(d["transaction_id"] for d in decisions) == sorted(e["transaction_id"] for e in events)
+
+
 def test_worker_waits_for_redis_at_start_then_serves(kafka_bootstrap, worker_topics, start_worker, tmp_path):
     port = free_port()
     worker = start_worker(worker_topics, wait=False, env={"FRAUDMON_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
