@@ -31,7 +31,8 @@ def _level(argv: list[str]) -> str:
 
 @pytest.mark.parametrize(("env", "args", "expected"), [
     ({}, [], "info"),
-    ({"FRAUDMON_LOGGING__LEVEL": "WARNING"}, [], "warning"),
+    ({"FRAUDMON_LOGGING__LEVEL": "WARNING"}, [], "warn"),
+    ({"FRAUDMON_LOGGING__LEVEL": "critical"}, [], "crit"),
     ({"FRAUDMON_LOG_LEVEL": "error"}, [], "error"),
     ({"FRAUDMON_LOGGING__LEVEL": "WARNING"}, ["--log-level", "debug"], "debug"),
 ])
@@ -50,3 +51,13 @@ def test_an_invalid_log_level_stops_the_worker_in_one_line(faust_argv, monkeypat
     assert result.exit_code == 2
     assert "'LOUD' is not a log level" in result.output
     assert faust_argv == []
+
+
+def test_every_log_level_is_one_faust_accepts() -> None:
+    from faust.cli.base import LOGLEVELS
+
+    from fraudmon.cli.worker import FAUST_LEVELS
+    from fraudmon.core.config import LOG_LEVELS
+
+    assert set(FAUST_LEVELS) == set(LOG_LEVELS)
+    assert set(FAUST_LEVELS.values()) <= set(LOGLEVELS)

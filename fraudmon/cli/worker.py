@@ -9,6 +9,9 @@ import typer
 from fraudmon.cli.common import ConfigOption, fail, settings_or_fail
 from fraudmon.core.errors import FraudMonitorError
 
+FAUST_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "crit"}
+"""Faust's `-l` names for the settings' log levels."""
+
 
 def worker_command(
     config: Path | None = ConfigOption,
@@ -51,7 +54,8 @@ def worker_command(
 
     web = ["--web-port", str(settings.worker.web_port)] if settings.worker.web_port else ["--without-web"]
     quiet = ["--quiet"] if settings.logging.json_logs else []  # no banner between the JSON lines
-    sys.argv = ["faust", *quiet, "-A", "stream_app.app", "worker", "-l", settings.logging.level.lower(), *web]
+    sys.argv = ["faust", *quiet, "-A", "stream_app.app", "worker", "-l", FAUST_LEVELS[settings.logging.level.upper()],
+                *web]
     faust_cli()
 
 
