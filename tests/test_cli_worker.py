@@ -60,4 +60,4 @@ def test_every_log_level_is_one_faust_accepts() -> None:
     from fraudmon.core.config import LOG_LEVELS
 
     assert set(FAUST_LEVELS) == set(LOG_LEVELS)
-    assert set(FAUST_LEVELS.values()) <= set(LOGLEVELS)
+    assert {level.upper() for level in FAUST_LEVELS.values()} <= set(LOGLEVELS)
