@@ -26,7 +26,8 @@ class RulesError(FraudMonitorError):
 
 
 class StateUnavailable(FraudMonitorError):
-    """The rule state store (Redis) did not answer inside the latency budget."""
+    """The rule state store (Redis) is unavailable: it refused or dropped the connection, or gave no answer for
+    `redis.unavailable_after_s`."""
 
 
 class InvalidEvent(FraudMonitorError, ValueError):

@@ -27,8 +27,7 @@ class LabelError(FraudMonitorError):
 
 
 def decision_store(settings: Settings) -> StateStore:
-    """The worker's decision store, asked with a person's patience (seconds) rather than the worker's latency
-    budget, which `make_state_store` derives its timeouts from."""
+    """The worker's decision store, asked with a person's patience: a few seconds, and no retry."""
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT_S,
                                   socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
     return RedisStateStore(client, settings.redis.key_prefix, settings.redis.dedupe_ttl_s,
