@@ -31,7 +31,8 @@ from fraudmon.core.errors import InvalidEvent, StateUnavailable
 from fraudmon.core.events import DEFAULT_LIMITS, Event, EventLimits, format_timestamp, parse_event
 from stream_app.decision import build_dead_letter, build_decision
 from stream_app.drift import FeatureDrift
-from stream_app.features import BUILTIN, vectorize
+from stream_app.features import vectorize
+from stream_app.fit import events_problem, passthrough_features, scores_problem
 from stream_app.metrics import WorkerMetrics
 from stream_app.rules import NO_LISTS, RuleSet, decide, judge, model_action
 from stream_app.scoring import OnnxModel, Prediction
@@ -54,26 +55,6 @@ def _predict(model: OnnxModel, events: list[Event]) -> tuple[list[int], np.ndarr
         else list(range(len(events)))
     x = vectorize(events if len(rows) == len(events) else [events[i] for i in rows], model.feature_names)
     return rows, x, model.predict(x)
-
-
-def passthrough_features(model: OnnxModel) -> list[str]:
-    """The model's features that events must carry in `features` (the others are computed from the event)."""
-    return [name for name in model.feature_names if name not in BUILTIN]
-
-
-def fit_problem(model: OnnxModel, events: Sequence[Event]) -> str | None:
-    """Why `model` does not fit `events` (most of them lack features it needs), or None when it fits."""
-    needed = passthrough_features(model)
-    if not needed or not events:
-        return None
-    lacking = [e for e in events if any(name not in e.features for name in needed)]
-    if len(lacking) * 2 <= len(events):
-        return None
-    example = next(name for name in needed if name not in lacking[0].features)
-    return (f"model {model.name} ({model.version}) needs {len(needed)} precomputed features "
-            f"({', '.join(needed[:4])}{', ...' if len(needed) > 4 else ''}) in each event's `features`; "
-            f"{len(lacking)} of the last {len(events)} events lack some (e.g. {lacking[0].transaction_id} has no "
-            f"features.{example}): serve a model trained on these events, or send the features")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +159,10 @@ class DecisionEngine:
         )
 
     def set_shadow(self, model: OnnxModel | None) -> None:
-        """Score `model` next to the served one on every batch (None: no shadow); it never changes a decision."""
+        """Score `model` next to the served one on every batch (None: no shadow); it never changes a decision.
+        Once it has met `RECENT_EVENTS` events, a shadow that does not fit them is dropped (`_check_shadow`)."""
         self.shadow = model
+        self._shadow_scores: list[float] = []  # its scores (NaN: not scored) until it is checked
         self.metrics.shadow_info.clear()
         if model is not None:
             self.metrics.shadow_info.labels(version=model.version, name=model.name).set(1)
@@ -193,8 +176,8 @@ class DecisionEngine:
         self._shadow([event] * 8)
 
     def fit_problem(self, model: OnnxModel) -> str | None:
-        """Why `model` would not fit the events this engine saw last, or None (see `fit_problem`)."""
-        return fit_problem(model, list(self._recent))
+        """Why `model` would not fit the events this engine saw last, or None (`stream_app.fit.events_problem`)."""
+        return events_problem(model, list(self._recent))
 
     def export_drift(self) -> None:
         """Set `fraud_feature_psi` from the drift window (the worker does it on a timer, not per batch)."""
@@ -262,6 +245,7 @@ class DecisionEngine:
             states, state_causes = observed.result()
             outcome.decisions = self._decide(batch.rules, events, event_times, scored, shadows, states,
                                              state_causes, batch.started)
+            self._check_shadow(shadows)
         self._record_metrics(len(batch.messages), outcome, time.perf_counter() - batch.started)
         return outcome
 
@@ -322,6 +306,23 @@ class DecisionEngine:
                 parts[row] = {"version": shadow.version, "score": _shown_score(score), "threshold": shadow.threshold,
                               "flag": bool(outlier)}
         return parts
+
+    def _check_shadow(self, shadows: list[dict | None]) -> None:
+        """Once the shadow has scored (or failed to score) `RECENT_EVENTS` events, stop scoring it when it does not
+        fit them (`stream_app.fit`): its flags and disagreements would read as agreement, or as noise. Logged as
+        an error and counted as a refused shadow reload."""
+        if self.shadow is None or len(self._shadow_scores) >= RECENT_EVENTS:
+            return
+        self._shadow_scores += [math.nan if part is None else part["score"] for part in shadows]
+        if len(self._shadow_scores) < RECENT_EVENTS:
+            return
+        shadow = self.shadow
+        problem = events_problem(shadow, list(self._recent)) or scores_problem(shadow, self._shadow_scores)
+        if problem:
+            log.error("shadow model %s (%s) refused, no longer scored: %s", shadow.name, shadow.version, problem,
+                      extra={"dependency": "shadow-model"})
+            self.metrics.reloads.labels(artifact="shadow", result="refused").inc()
+            self.set_shadow(None)
 
     def _decide(self, rules: RuleSet, events: list[Event], event_times: list[str], scored: list[_Scored | None],
                 shadows: list[dict | None], states: list[tuple | None], state_causes: list[str | None],

@@ -22,8 +22,7 @@ import numpy as np
 
 from fraudmon.core.events import Event
 from stream_app.drift import CLOCK_KINDS
-from stream_app.engine import fit_problem
-from stream_app.features import field_values
+from stream_app.features import BUILTIN, field_values
 from stream_app.scoring import Judged, OnnxModel, outside_normal
 
 MIN_EVENTS = 200
@@ -47,13 +46,33 @@ all traffic; a model for other data flags most of it (the simulator's model: 9,5
 SHOWN = 4  # names shown in a reason
 
 
+def passthrough_features(model: OnnxModel) -> list[str]:
+    """The model's features that events must carry in `features` (the others are computed from the event)."""
+    return [name for name in model.feature_names if name not in BUILTIN]
+
+
+def missing_features_problem(model: OnnxModel, events: Sequence[Event]) -> str | None:
+    """Why `model` does not fit `events` (most of them lack features it needs), or None when it fits."""
+    needed = passthrough_features(model)
+    if not needed or not events:
+        return None
+    lacking = [e for e in events if any(name not in e.features for name in needed)]
+    if len(lacking) * 2 <= len(events):
+        return None
+    example = next(name for name in needed if name not in lacking[0].features)
+    return (f"model {model.name} ({model.version}) needs {len(needed)} precomputed features "
+            f"({', '.join(needed[:4])}{', ...' if len(needed) > 4 else ''}) in each event's `features`; "
+            f"{len(lacking)} of the last {len(events)} events lack some (e.g. {lacking[0].transaction_id} has no "
+            f"features.{example}): serve a model trained on these events, or send the features")
+
+
 def events_problem(model: OnnxModel, events: Sequence[Event]) -> str | None:
     """Why `model` does not fit `events` (None: it does): most events lack the precomputed features it reads
-    (`stream_app.engine.fit_problem`, whatever their number), or, on at least `MIN_EVENTS` events, one of its
+    (`missing_features_problem`, whatever their number), or, on at least `MIN_EVENTS` events, one of its
     fields with a known range (hour and weekday aside: a stretch of minutes is always outside most of the day)
     lies outside the range seen in training in more than `MOST` of them. The reason names the fields, and the
     precomputed features the events carry that the model does not read (a sign of a model for other data)."""
-    lacking = fit_problem(model, events)
+    lacking = missing_features_problem(model, events)
     if lacking or len(events) < MIN_EVENTS:
         return lacking
     outside = []

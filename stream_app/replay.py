@@ -13,8 +13,8 @@ from fraudmon.core.config import Settings
 from fraudmon.core.errors import ModelError
 from fraudmon.core.eventfiles import json_lines
 from fraudmon.core.events import Event, event_to_dict
-from stream_app.engine import DecisionEngine, RawMessage, fit_problem
-from stream_app.fit import events_problem, scores_problem
+from stream_app.engine import DecisionEngine, RawMessage
+from stream_app.fit import events_problem, missing_features_problem, scores_problem
 from stream_app.rules import NO_LISTS, RuleSet
 from stream_app.runtime import build_engine, event_limits
 from stream_app.state import InMemoryStateStore
@@ -126,7 +126,7 @@ def replay(
     def flush() -> None:
         outcome = engine.process(batch)
         if not result.decisions:
-            problem = fit_problem(engine.model, outcome.events)
+            problem = missing_features_problem(engine.model, outcome.events)
             if problem:
                 raise ModelError(problem)
             problem = events_problem(engine.model, outcome.events)

@@ -254,3 +254,40 @@ def test_a_bug_while_starting_a_batch_dead_letters_that_record_only(monkeypatch)
     assert sorted(d["transaction_id"] for d in outcome.decisions) == ["tx-0", "tx-1", "tx-3"]
     (_, letter), = outcome.dead_letters
     assert letter["offset"] == 2 and letter["error"].startswith("internal: KeyError")
+
+
+def _simulated_messages(n: int) -> list[RawMessage]:
+    from datetime import UTC, datetime, timedelta
+
+    from fraudmon.core.events import event_to_dict
+    from training.simulate import SimulationConfig, simulate
+
+    events, _ = simulate(SimulationConfig(n_events=n, n_accounts=100, start=datetime.now(UTC) - timedelta(hours=2),
+                                          duration=timedelta(hours=1), seed=3))
+    return [RawMessage(orjson.dumps(event_to_dict(e)), e.account_id.encode(), "transactions", 0, i)
+            for i, e in enumerate(events)]
+
+
+def test_a_shadow_that_does_not_fit_the_traffic_is_dropped_saying_why(caplog):
+    """Events without a channel or an account age, which every training row had: the shadow's scores mean
+    nothing, so after RECENT_EVENTS events it is no longer scored, and the log and the metrics say so."""
+    engine = engine_with(InMemoryStateStore(), shadow=MODEL)
+    engine.process([message(i) for i in range(150)])
+    assert engine.shadow is MODEL, "too few events to judge"
+    with caplog.at_level(logging.ERROR, logger="stream_app.engine"):
+        decisions = engine.process([message(i) for i in range(150, 300)]).decisions
+    assert engine.shadow is None
+    assert any("shadow model default" in r.getMessage() and "channel in 200 of 200" in r.getMessage()
+               for r in caplog.records)
+    assert engine.metrics.reloads.labels(artifact="shadow", result="refused")._value.get() == 1
+    assert "shadow" in decisions[0]  # the batch that judged it was still scored
+    assert all("shadow" not in d for d in engine.process([message(300)]).decisions)
+
+
+def test_a_shadow_that_fits_the_traffic_is_kept():
+    engine = engine_with(InMemoryStateStore(), shadow=MODEL)
+    messages = _simulated_messages(400)
+    engine.process(messages[:250])
+    decisions = engine.process(messages[250:]).decisions
+    assert engine.shadow is MODEL
+    assert all(d["shadow"]["version"] == MODEL.version for d in decisions)
