@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from fraudmon.core import rates
 from fraudmon.core.config import Settings
 from fraudmon.core.errors import FraudMonitorError
 from fraudmon.tools.harness import (
@@ -67,8 +68,8 @@ def summarise(
         "actions": dict(Counter(d["action"] for d in decisions)),
         "flagged_topic_messages": len(collector.flagged),
         "flags_by_reason": flags_by_reason(decisions),
-        "precision": tp / len(flagged) if flagged else 0.0,
-        "recall": tp / frauds if frauds else 0.0,
+        "precision": rates.precision(tp, len(flagged)),
+        "recall": rates.recall(tp, frauds),
         "recall_by_scenario": recall_by_scenario(decisions, truth),
         "dead_letters": len(collector.dead_letters),
         "dead_letter_reasons": dict(Counter(letter["error"].split(":")[0] for letter in collector.dead_letters)),
@@ -89,9 +90,9 @@ def print_summary(summary: dict, out_dir: Path, alerts_url: str) -> None:
           f"{actions.get('block', 0)} (review and block on flagged-transactions: {summary['flagged_topic_messages']})")
     for reason, count in summary["flags_by_reason"].items():
         print(f"  {reason:<26} {count}")
-    print(f"precision / recall   {summary['precision']:.3f} / {summary['recall']:.3f}")
+    print(f"precision / recall   {rates.shown(summary['precision'])} / {rates.shown(summary['recall'])}")
     for name, entry in summary["recall_by_scenario"].items():
-        print(f"  recall {name:<19} {entry['recall']:.2f}  ({entry['flagged']}/{entry['frauds']})")
+        print(f"  recall {name:<19} {rates.shown(entry['recall'], 2)}  ({entry['flagged']}/{entry['frauds']})")
     print(f"dead letters         {summary['dead_letters']} {summary['dead_letter_reasons']}")
     print(f"degraded decisions   {summary['degraded']}")
     e2e = summary["end_to_end_ms"]
