@@ -70,7 +70,7 @@ def test_training_and_serving_compute_identical_features(tmp_path):
     ]
     jsonl = tmp_path / "events.jsonl"
     jsonl.write_text("".join(json.dumps(event_to_dict(e)) + "\n" for e in events))
-    from training.simulate import write_events
+    from fraudmon.core.eventfiles import write_events
 
     csv_path = tmp_path / "events.csv"
     write_events(csv_path, events)

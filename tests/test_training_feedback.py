@@ -170,7 +170,8 @@ def _verdicts(path: Path, verdicts: list[tuple[str, str]]) -> Path:
 
 def test_verdicts_override_labels_and_train_the_head(tmp_path):
     """Analysts' verdicts replace the ground truth of their transactions; the supervised head learns from them."""
-    from training.simulate import SimulationConfig, simulate, write_events, write_ground_truth
+    from fraudmon.core.eventfiles import write_events, write_ground_truth
+    from training.simulate import SimulationConfig, simulate
 
     events, truth = simulate(SimulationConfig(n_events=3000, n_accounts=200, fraud_rate=0.03, seed=5))
     write_events(tmp_path / "e.jsonl", events)

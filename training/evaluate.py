@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudmon.core import rates
 from fraudmon.core.eventfiles import Format, TableSpec
 from training import threshold as thr
 from training.data import StandardScaler
@@ -86,8 +87,8 @@ def at_threshold(scores: np.ndarray, labels: np.ndarray | None, threshold: float
     fraud = np.asarray(labels).astype(bool)
     tp, fp = int((flagged & fraud).sum()), int((flagged & ~fraud).sum())
     fn, tn = int((~flagged & fraud).sum()), int((~flagged & ~fraud).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else None
+    precision = rates.precision(tp, tp + fp)
+    recall = rates.recall(tp, tp + fn)
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     out.update(tp=tp, fp=fp, tn=tn, fn=fn, precision=precision, recall=recall, f1=f1,
                normal_alert_rate=fp / (fp + tn) if fp + tn else None)
@@ -243,11 +244,16 @@ def assess(
     return Assessment(metrics, curves, test_labels)
 
 
+FIT_SAMPLE = 5_000  # events the fit check reads
+
+
 def evaluate_file(
     model_path: Path, data: Path, truth: Path | None = None, fmt: Format = "auto", part: str = "auto",
     table: TableSpec | None = None,
 ) -> tuple[dict, Assessment]:
-    """Re-run the evaluation of a published model with onnxruntime only: (report document, assessment).
+    """Re-run the evaluation of a published model with onnxruntime only: (report document, assessment). A model
+    that does not fit the data (`stream_app.fit`: its first `FIT_SAMPLE` events, or its normal rows' scores) is
+    named in `about["does not fit"]`: its figures then mean nothing.
 
     `part`: `holdout` repeats the training split (test rows, baselines refitted on the training rows), `all`
     scores every row; `auto` picks `holdout` when `data` is the file the card was trained on. A model with a
@@ -256,6 +262,7 @@ def evaluate_file(
     says so.
     """
     from stream_app.features import vectorize
+    from stream_app.fit import events_problem, scores_problem
     from stream_app.scoring import load_model
     from training.data import load_dataset, split_dataset
 
@@ -268,6 +275,9 @@ def evaluate_file(
         raise ValueError(f"unknown part {part!r}: use auto, holdout or all")
     x = vectorize(dataset.events, model.feature_names)
     scores, errors = model.score(x)
+    normal_scores = scores if dataset.labels is None else scores[np.asarray(dataset.labels) == 0]
+    misfits = [problem for problem in (events_problem(model, dataset.events[:FIT_SAMPLE]),
+                                       scores_problem(model, normal_scores)) if problem]
     threshold = thr.Threshold(**card.threshold.model_dump())
     references = card.get("metrics", {}).get("table") or reference_thresholds(scores)
     parts = {"autoencoder": errors.mean(axis=1)} if card.parts is not None and card.parts.head else None
@@ -290,5 +300,7 @@ def evaluate_file(
     if served and dataset.source["sha256"] == training.get("data", {}).get("sha256"):
         about["in-sample"] = (f"the served model learned from every row of this file ({served['learned_from']}), "
                               "so these figures flatter it; the card's metrics are the held-out figures")
+    if misfits:
+        about["does not fit"] = "; ".join(misfits)
     return {"title": f"{model.name} {model.version} on {Path(data).name}", "about": about,
             "metrics": assessment.metrics}, assessment

@@ -119,7 +119,8 @@ class TrainResult:
 
 def simulated_data(n_events: int, directory: Path) -> tuple[Path, Path]:
     """Simulate `n_events` with the simulator's defaults (fixed seed) into JSON lines + ground truth."""
-    from training.simulate import SimulationConfig, simulate, write_events, write_ground_truth
+    from fraudmon.core.eventfiles import write_events, write_ground_truth
+    from training.simulate import SimulationConfig, simulate
 
     config = SimulationConfig(n_events=n_events)
     directory.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,11 @@ from fraudmon.cli.lists import lists_app
 from fraudmon.cli.models import models_command, promote_command
 from fraudmon.cli.produce import produce_command
 from fraudmon.cli.replay import replay_command
+from fraudmon.cli.simulate import simulate_command
 from fraudmon.cli.stack import stack_app
+from fraudmon.cli.train import evaluate_command, train_command
 from fraudmon.cli.watch import tail_command, topics_command
 from fraudmon.cli.worker import worker_command
-from training.commands import evaluate_command, train_command
-from training.simulate import simulate_command
 
 app = typer.Typer(
     help="fraud-monitor: streaming card and payment fraud detection on Kafka.",

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import typer
 
-from fraudmon.cli.common import ConfigOption
+from fraudmon.cli.common import (
+    FORMAT_HELP,
+    ConfigOption,
+    FraudValueOption,
+    LabelColumnOption,
+    TimeColumnOption,
+    event_format,
+    table_or_fail,
+)
 from fraudmon.core.config import load_settings
 from fraudmon.core.errors import FraudMonitorError, InputDataError
 from fraudmon.core.eventfiles import (
@@ -21,14 +29,6 @@ from fraudmon.core.eventfiles import (
 )
 from fraudmon.core.events import Event
 from fraudmon.tools.produce import DEFAULT_DELIVERY_TIMEOUT_S, produce_events
-from training.commands import (
-    FORMAT_HELP,
-    FraudValueOption,
-    LabelColumnOption,
-    TimeColumnOption,
-    event_format,
-    table_or_fail,
-)
 from training.simulate import SimulationConfig, simulate
 
 

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import typer
 
-from fraudmon.cli.common import ConfigOption, fail, settings_or_fail
-from fraudmon.core import rates
-from fraudmon.core.errors import FraudMonitorError
-from training.commands import (
+from fraudmon.cli.common import (
     FORMAT_HELP,
+    ConfigOption,
     FraudValueOption,
     LabelColumnOption,
     TimeColumnOption,
     event_format,
+    fail,
+    settings_or_fail,
     table_or_fail,
 )
+from fraudmon.core import rates
+from fraudmon.core.errors import FraudMonitorError
 
 
 def replay_command(

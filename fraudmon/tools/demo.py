@@ -159,9 +159,10 @@ def run_demo(
     out_dir: Path,
 ) -> dict:
     """Run the demo end to end; return the summary (also written to `out_dir/summary.json`)."""
+    from fraudmon.core.eventfiles import write_ground_truth
     from fraudmon.tools.bench import create_log_append_topics, delete_topics
     from fraudmon.tools.produce import produce_events
-    from training.simulate import SimulationConfig, simulate, write_ground_truth
+    from training.simulate import SimulationConfig, simulate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(settings)

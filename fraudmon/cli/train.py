@@ -1,6 +1,6 @@
-"""The `fraudmon train` and `fraudmon evaluate` commands. TensorFlow is imported only inside `train`, so
-`fraudmon --help`, `fraudmon evaluate` and the worker stay light; on a base install (no `train` extra) `train`
-says what to install and `evaluate` scores with onnxruntime alone."""
+"""`fraudmon train` and `fraudmon evaluate`. TensorFlow is imported only inside `train`, so `fraudmon --help`,
+`fraudmon evaluate` and the worker stay light; on a base install (no `train` extra) `train` says what to install
+and `evaluate` scores with onnxruntime alone."""
 
 from __future__ import annotations
 
@@ -12,29 +12,24 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from fraudmon.core.console import settings_or_fail
+from fraudmon.cli.common import (
+    FORMAT_HELP,
+    FraudValueOption,
+    LabelColumnOption,
+    TimeColumnOption,
+    event_format,
+    fail,
+    settings_or_fail,
+    table_or_fail,
+)
 from fraudmon.core.errors import FraudMonitorError
-from fraudmon.core.eventfiles import DATA_FORMATS, TableSpec, table_spec
+from fraudmon.tools.models import CANDIDATES_DIR
 
 if TYPE_CHECKING:
     from training.train import DataSummary, TrainResult
 
-FORMAT_HELP = (f"{', '.join(DATA_FORMATS)} (auto tells events from the card-holder CSV by the file's name and "
-               "header; table: any CSV of numeric features, with --label-column).")
 TRAINER_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn")
 """What the `train` extra installs and a base install lacks."""
-CANDIDATES = "candidates"
-"""Where under the served model's directory `fraudmon train` writes candidates (`fraudmon promote` reads them)."""
-# The feature-table options, shared by train, evaluate, produce and replay.
-LabelColumnOption = typer.Option(None, "--label-column", help="--format table: the column that marks frauds.")
-FraudValueOption = typer.Option("1", "--fraud-value", help="--format table: the label value of a fraud (default 1).")
-TimeColumnOption = typer.Option(None, "--time-column", help="--format table: a time column (seconds) to split by "
-                                "(default: a seeded random split).")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 def _show_data_summary(summary: DataSummary) -> None:
@@ -56,19 +51,6 @@ def _command_line(ctx: typer.Context, ignore: tuple[str, ...] = ("quiet",)) -> s
         flag = param.opts[0]
         parts += [flag] if getattr(param, "is_flag", False) else [flag, str(value)]
     return shlex.join(parts)
-
-
-def table_or_fail(fmt: str, label_column: str | None, fraud_value: str, time_column: str | None) -> TableSpec | None:
-    """The feature-table reading asked for on the command line (`table_spec`), or a clean exit saying why not."""
-    try:
-        return table_spec(fmt, label_column, fraud_value, time_column)
-    except FraudMonitorError as exc:
-        raise _fail(str(exc)) from None
-
-
-def event_format(fmt: str) -> str:
-    """The `--format` for event files: `table` is read by the table options instead."""
-    return "auto" if fmt == "table" else fmt
 
 
 def _where_it_went(result: TrainResult) -> None:
@@ -138,7 +120,7 @@ def train_command(
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAINER_MODULES:
             raise
-        raise _fail("fraudmon train needs the trainer: pip install 'fraud-monitor[train]'") from None
+        fail("fraudmon train needs the trainer: pip install 'fraud-monitor[train]'")
 
     overrides = {k: v for k, v in {
         "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
@@ -148,12 +130,12 @@ def train_command(
         try:
             overrides["hidden"] = tuple(int(w) for w in hidden.split(","))
         except ValueError:
-            raise _fail(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+            fail(f"--hidden must be comma-separated integers, got {hidden!r}")
     table = table_or_fail(fmt, label_column, fraud_value, time_column)
     settings = settings_or_fail(None)
     request = TrainRequest(
         data=data, truth=truth, fmt=event_format(fmt), table=table, simulate=simulate, name=name, out_dir=out_dir,
-        candidates_dir=settings.resolve(settings.worker.model_path).parent / CANDIDATES, report_dir=report_dir,
+        candidates_dir=settings.resolve(settings.worker.model_path).parent / CANDIDATES_DIR, report_dir=report_dir,
         labels=labels, learner=supervised, verdicts=verdicts,
         preset=preset, threshold_method=threshold_method, threshold_param=threshold_param, overrides=overrides,
         test_fraction=test_fraction, val_fraction=val_fraction,
@@ -164,7 +146,7 @@ def train_command(
     try:
         result = train(request)
     except (FraudMonitorError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     from training.report import format_summary
 
     card = result.card
@@ -187,7 +169,8 @@ def evaluate_command(
                              "(holdout when the file is the card's training data)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Default runs/<model>-evaluation."),
 ) -> None:
-    """Re-run the evaluation of a model with onnxruntime only (no TensorFlow) and write a report."""
+    """Re-run the evaluation of a model with onnxruntime only (no TensorFlow) and write a report. A model that does
+    not fit the data (a model for other traffic) is named, and the command exits 1."""
     from training.evaluate import evaluate_file
     from training.report import format_summary, write_report
 
@@ -195,7 +178,7 @@ def evaluate_command(
     try:
         document, assessment = evaluate_file(model, data, truth, event_format(fmt), part, table)
     except (FraudMonitorError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     report_dir = report_dir or Path("runs") / f"{model.stem}-evaluation"
     path = write_report(report_dir, document, assessment.scores, assessment.labels)
     about = document["about"]
@@ -206,3 +189,5 @@ def evaluate_command(
     typer.echo("")
     typer.echo(format_summary(document["metrics"]))
     typer.echo(f"\nreport: {path}")
+    if "does not fit" in about:
+        fail(f"{about['does not fit']} (the figures above are void)", code=1)
