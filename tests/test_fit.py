@@ -95,3 +95,11 @@ def test_replay_fails_loudly_when_the_model_does_not_fit(tmp_path):
     assert "decisions 600" in result.output and "Traceback" not in result.output
     assert "error: model default" in result.output and "does not fit these events" in result.output
     assert "flags 600 of 600 events" in result.output
+
+
+def test_evaluate_says_the_model_does_not_fit_and_exits_1(tmp_path) -> None:
+    """The simulator's model on the card-holder CSV: the report is written, then the reason, exit 1."""
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(CREDITCARD), "--report-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "does not fit these events" in result.output and "(the figures above are void)" in result.output
+    assert "does not fit" in (tmp_path / "report.md").read_text()
