@@ -176,7 +176,8 @@ def test_verdicts_and_feature_drift_reach_prometheus(live: Live) -> None:
     by_rule = query(live.prometheus_url, "sum by (verdict) (fraud_rule_verdicts_total)")["data"]["result"]
     assert {r["metric"]["verdict"] for r in by_rule} == {"fraud", "legit"}, "each verdict counts for its rules"
     psi = query(live.prometheus_url, "fraud_feature_psi")["data"]["result"]
-    assert {r["metric"]["feature"] for r in psi} >= {"amount_log", "hour_sin"}
+    features = {r["metric"]["feature"] for r in psi}
+    assert "amount_log" in features and "hour_sin" not in features  # no PSI for the clock features
 
 
 def test_the_stream_was_delivered(live: Live) -> None:
