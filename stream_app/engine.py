@@ -317,7 +317,11 @@ class DecisionEngine:
         if len(self._shadow_scores) < RECENT_EVENTS:
             return
         shadow = self.shadow
-        problem = events_problem(shadow, list(self._recent)) or scores_problem(shadow, self._shadow_scores)
+        try:
+            problem = events_problem(shadow, list(self._recent)) or scores_problem(shadow, self._shadow_scores)
+        except Exception:  # judging the shadow must never fail a batch whose decisions are made
+            log.exception("shadow model %s could not be checked against the traffic; still scored", shadow.name)
+            return
         if problem:
             log.error("shadow model %s (%s) refused, no longer scored: %s", shadow.name, shadow.version, problem,
                       extra={"dependency": "shadow-model"})

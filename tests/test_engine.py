@@ -291,3 +291,11 @@ def test_a_shadow_that_fits_the_traffic_is_kept():
     decisions = engine.process(messages[250:]).decisions
     assert engine.shadow is MODEL
     assert all(d["shadow"]["version"] == MODEL.version for d in decisions)
+
+
+def test_a_failing_shadow_check_never_fails_the_batch(monkeypatch):
+    engine = engine_with(InMemoryStateStore(), shadow=MODEL)
+    monkeypatch.setattr(engine_module, "events_problem", lambda model, events: 1 / 0)
+    outcome = engine.process([message(i) for i in range(250)])
+    assert len(outcome.decisions) == 250 and not outcome.dead_letters
+    assert engine.shadow is MODEL
