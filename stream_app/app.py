@@ -78,6 +78,17 @@ class _QuietCoordinatorLookup(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(level)
 
 
+def restore_log_level(level: str) -> None:
+    """Faust's worker, at levels WARNING and above, sets the root logger to DEBUG for its start-up spinner and
+    leaves it there, so every debug line of aiokafka and kafka-python (several per fetch and per send) is built
+    and handed to the handlers for nothing. Once the worker runs: the configured level, and no spinner."""
+    from faust.utils.terminal.spinners import SpinnerHandler
+
+    root = logging.getLogger()
+    root.handlers[:] = [handler for handler in root.handlers if not isinstance(handler, SpinnerHandler)]
+    root.setLevel(level.upper())
+
+
 def faust_data_dir(settings: Settings) -> Path:
     """Faust's own data directory: `worker.data_dir`, else `faust` in the stack's data directory."""
     if settings.worker.data_dir:
@@ -215,6 +226,11 @@ def create_app(settings: Settings) -> faust.App:
             install_outage_filter()  # Faust has set up its log handlers by now
             batch_publisher.append(Publisher(app.producer.send, engine.metrics, producer=aiokafka_producer(app)))
         return batch_publisher[0]
+
+    @app.task
+    async def set_log_level() -> None:
+        """Runs once the worker has set up logging (`restore_log_level`)."""
+        restore_log_level(settings.logging.level)
 
     @app.task
     async def learn_output_partitions() -> None:

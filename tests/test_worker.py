@@ -396,6 +396,31 @@ def test_a_fresh_brokers_coordinator_lookup_is_not_an_error(caplog):
         ("WARNING", "GroupCoordinatorNotAvailableError")]
 
 
+def test_the_worker_puts_the_root_logger_back_at_its_level_after_fausts_spinner():
+    """Faust's worker (levels WARNING and above) sets the root logger to DEBUG for its start-up spinner: aiokafka's
+    debug lines on every fetch and send were built and handled for nothing (6% of the worker's samples at 1,000
+    events/s)."""
+    import logging
+
+    from faust.utils.terminal.spinners import Spinner, SpinnerHandler
+
+    from stream_app.app import restore_log_level
+
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    kept = logging.StreamHandler()
+    try:
+        root.handlers[:] = [kept, SpinnerHandler(Spinner())]
+        root.setLevel(logging.DEBUG)
+        assert logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+        restore_log_level("warning")
+        assert root.level == logging.WARNING and root.handlers == [kept]
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
 @pytest.mark.parametrize("batch_fetch", ["true", "false"])
 def test_worker_consumer_fetches_with_the_configured_wait(settings, batch_fetch):
     """Faust fixes aiokafka's fetch wait at 1,500 ms; a fetch for idle partitions (verdicts) then held back the
