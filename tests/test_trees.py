@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from sklearn.model_selection import StratifiedKFold
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("skl2onnx")
@@ -13,8 +14,9 @@ pytest.importorskip("skl2onnx")
 from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS  # noqa: E402
 from training.detector import FraudDetector  # noqa: E402
 from training.export import SCORE_CONTRIBUTIONS  # noqa: E402
+from training.hybrid import pr_auc, validation_folds  # noqa: E402
 from training.model import AutoencoderConfig  # noqa: E402
-from training.trees import TREES_LOGIT, TreeHead, trees_to_onnx  # noqa: E402
+from training.trees import TREES_LOGIT, TreeHead, gradient_boosting, trees_to_onnx  # noqa: E402
 
 
 def interaction_table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -24,6 +26,49 @@ def interaction_table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(n, 6)).astype(np.float32)
     y = ((x[:, 0] * x[:, 1] > 1.2) & (np.abs(x[:, 2]) < 1.0)).astype(np.int8)
     return x, y
+
+
+def burst_table(n: int, bursts: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in time order where frauds come in bursts of `size` rows, each burst its own tight cluster of
+    ordinary-looking values: nothing that one burst teaches holds for the next."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, 2)), np.zeros(n, np.int8)
+    for start in rng.choice(np.arange(0, n - size, size), bursts, replace=False):
+        x[start:start + size] = rng.normal(size=2) + rng.normal(0, 0.02, size=(size, 2))
+        y[start:start + size] = 1
+    return x.astype(np.float32), y
+
+
+def test_validation_folds_are_blocks_of_consecutive_rows_unless_the_frauds_fall_in_one() -> None:
+    labels = np.zeros(1000, np.int8)
+    labels[[50, 300, 520, 700, 950]] = 1
+    folds, how = validation_folds(labels, 5, seed=0)
+    assert how == "5 blocks of consecutive validation rows"
+    assert [held.tolist() for _, held in folds] == [list(range(k * 200, (k + 1) * 200)) for k in range(5)]
+    assert all(np.intersect1d(kept, held).size == 0 and kept.size + held.size == 1000 for kept, held in folds)
+
+    bunched = np.zeros(1000, np.int8)
+    bunched[[10, 20, 30, 40, 50]] = 1
+    folds, how = validation_folds(bunched, 5, seed=0)
+    assert "stratified shuffled" in how and "one block" in how
+    assert all(bunched[kept].sum() == 4 and bunched[held].sum() == 1 for kept, held in folds)
+
+
+def test_shuffled_folds_flatter_trees_that_memorise_bursts_and_blocks_of_time_do_not() -> None:
+    x, y = burst_table(6000, 10, 40, seed=4)
+    train, val = slice(0, 4000), slice(4000, 6000)
+    head = TreeHead(class_weights=("balanced",), seed=3).fit(x[train], y[train], x[val], y[val])
+    blocked = pr_auc(y[val], head.validation_logits_)
+
+    shuffled_logits = np.empty(2000)
+    for kept, held in StratifiedKFold(5, shuffle=True, random_state=3).split(x[val], y[val]):
+        model = gradient_boosting("balanced", 3).fit(np.vstack([x[train], x[val][kept]]),
+                                                     np.concatenate([y[train], y[val][kept]]))
+        shuffled_logits[held] = model.decision_function(x[val][held].astype(np.float64))
+    shuffled = pr_auc(y[val], shuffled_logits)
+    assert shuffled > 0.7, f"a burst split across folds is recognised by its own members ({shuffled:.3f})"
+    assert blocked < 0.2, f"unseen bursts share nothing, so validation must not promise more ({blocked:.3f})"
+    assert "blocks of consecutive" in head.to_dict()["chosen_on"]
 
 
 def test_trees_graph_matches_scikit_learn_on_split_values() -> None:

@@ -5,9 +5,9 @@ The head is a class-weighted, L2-regularised logistic regression on the scaled f
 log per-feature errors, fitted on every labelled row before the held-out part: the training part (frauds
 included) and the validation slice. Labels are scarce and, split by time, often bunched in one period (3 of
 creditcard_head.csv's 38 frauds fall in its training part), so the validation slice is cross-fitted: it is cut
-into stratified folds, and each fold is scored by a head fitted without it. The head's regularisation and the
-combination's weight are chosen on those out-of-fold validation scores only, by PR-AUC (average precision);
-the head is then refitted on all of those rows:
+into blocks of consecutive rows (`validation_folds`), and each block is scored by a head fitted without it. The
+head's regularisation and the combination's weight are chosen on those out-of-fold validation scores only, by
+PR-AUC (average precision); the head is then refitted on all of those rows:
 
     score = exp(limit(s)),  s = alpha * log(ae + eps) + (1 - alpha) * (mu_a + sd_a * (logit - mu_h) / sd_h)
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 MIN_HEAD_FRAUDS = 10
 """Frauds the training part and the validation slice need together before a head is fitted: below that its
@@ -81,6 +81,22 @@ def head_problem(labels: np.ndarray | None, split_past: np.ndarray, split_val: n
     return None
 
 
+def validation_folds(labels: np.ndarray, folds: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """The cross-fitting folds of the validation slice (its rows in time order) and how they were cut: `folds`
+    blocks of consecutive rows, so that a fold's model is scored on rows apart in time from those it learns from,
+    as the held-out part is. Frauds come in bursts (one card tested many times in a minute, an account emptied in
+    a few transfers): shuffled folds put one burst on both sides, and a learner that memorises a burst's details
+    (trees do) looks far better on validation than on later traffic. When the slice's frauds all fall in one
+    block, so that a block's model would learn from none of them, the folds are stratified and shuffled."""
+    labels = np.asarray(labels)
+    blocks = list(KFold(folds).split(labels))
+    if all(labels[kept].any() for kept, _ in blocks):
+        return blocks, f"{folds} blocks of consecutive validation rows"
+    shuffled = StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels)
+    return list(shuffled), (f"{folds} stratified shuffled folds: the validation frauds all fall in one block of "
+                            "consecutive rows")
+
+
 def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
@@ -121,11 +137,12 @@ class SupervisedHead:
 
     def fit(self, inputs: np.ndarray, labels: np.ndarray, val_inputs: np.ndarray,
             val_labels: np.ndarray) -> SupervisedHead:
-        """Cross-fit the validation rows for every C (`validation_logits_`: the chosen C's out-of-fold logits),
-        keep the C with the best out-of-fold PR-AUC, and refit it on the training and validation rows."""
+        """Cross-fit the validation rows (`validation_folds`) for every C (`validation_logits_`: the chosen C's
+        out-of-fold logits), keep the C with the best out-of-fold PR-AUC, and refit it on the training and
+        validation rows."""
         inputs, val_inputs = np.asarray(inputs, np.float64), np.asarray(val_inputs, np.float64)
         labels, val_labels = np.asarray(labels), np.asarray(val_labels)
-        folds = list(StratifiedKFold(self.folds, shuffle=True, random_state=self.seed).split(val_inputs, val_labels))
+        folds, self.folds_ = validation_folds(val_labels, self.folds, self.seed)
         self.validation_pr_auc_: dict[float, float] = {}
         out_of_fold: dict[float, np.ndarray] = {}
         for c in self.c_grid:
@@ -146,7 +163,7 @@ class SupervisedHead:
     def refit(self, inputs: np.ndarray, labels: np.ndarray) -> SupervisedHead:
         """A head with this one's C (and the record of how it was chosen) fitted on `inputs`, with no choice made."""
         head = SupervisedHead(self.c_grid, self.folds, self.seed)
-        head.c_, head.validation_pr_auc_ = self.c_, self.validation_pr_auc_
+        head.c_, head.validation_pr_auc_, head.folds_ = self.c_, self.validation_pr_auc_, self.folds_
         head.coef_, head.intercept_ = _logistic(self.c_, np.asarray(inputs, np.float64), np.asarray(labels), self.seed)
         head.fitted_on_ = {"rows": int(len(labels)), "frauds": int(np.sum(labels))}
         return head
@@ -159,7 +176,7 @@ class SupervisedHead:
         return {"model": "logistic regression, class-weighted (balanced), L2", "inputs": "scaled features and "
                 "log(1 + autoencoder per-feature error)", "C": self.c_, "C_tried": list(self.c_grid),
                 "fitted_on": {**self.fitted_on_, "parts": "training part and validation slice"},
-                "chosen_on": f"out-of-fold scores of the validation slice ({self.folds} stratified folds)",
+                "chosen_on": f"out-of-fold scores of the validation slice ({self.folds_})",
                 "validation_pr_auc": {str(c): round(v, 6) for c, v in self.validation_pr_auc_.items()}}
 
 

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import StratifiedKFold
 
-from training.hybrid import CROSS_FIT_FOLDS, LOGIT_LIMIT, pr_auc
+from training.hybrid import CROSS_FIT_FOLDS, LOGIT_LIMIT, pr_auc, validation_folds
 
 TREE_CAPS = {"max_iter": 50, "max_leaf_nodes": 15, "max_depth": 4}
 """Trees' size in the served graph: 50 trees of at most 15 leaves and depth 4, what the worker's drain pays for.
@@ -59,13 +58,12 @@ class TreeHead:
 
     def fit(self, features: np.ndarray, labels: np.ndarray, val_features: np.ndarray,
             val_labels: np.ndarray) -> TreeHead:
-        """Cross-fit the validation rows for each class weighting (`validation_logits_`: the chosen one's
-        out-of-fold logits), keep the best by out-of-fold PR-AUC, and refit it on the training and validation
-        rows."""
+        """Cross-fit the validation rows (`validation_folds`) for each class weighting (`validation_logits_`: the
+        chosen one's out-of-fold logits), keep the best by out-of-fold PR-AUC, and refit it on the training and
+        validation rows."""
         features, val_features = np.asarray(features, np.float32), np.asarray(val_features, np.float32)
         labels, val_labels = np.asarray(labels), np.asarray(val_labels)
-        folds = list(StratifiedKFold(self.folds, shuffle=True, random_state=self.seed).split(val_features,
-                                                                                              val_labels))
+        folds, self.folds_ = validation_folds(val_labels, self.folds, self.seed)
         self.validation_pr_auc_: dict[str, float] = {}
         out_of_fold: dict[str | None, np.ndarray] = {}
         for weight in self.class_weights:
@@ -83,7 +81,8 @@ class TreeHead:
     def refit(self, features: np.ndarray, labels: np.ndarray) -> TreeHead:
         """Trees with this head's class weighting (and the record of how it was chosen) fitted on `features`."""
         head = TreeHead(self.class_weights, self.folds, self.seed)
-        head.class_weight_, head.validation_pr_auc_ = self.class_weight_, self.validation_pr_auc_
+        head.class_weight_, head.validation_pr_auc_, head.folds_ = (self.class_weight_, self.validation_pr_auc_,
+                                                                    self.folds_)
         return head._fit_all(np.asarray(features, np.float32), np.asarray(labels))
 
     def _fit_all(self, features: np.ndarray, labels: np.ndarray) -> TreeHead:
@@ -104,7 +103,7 @@ class TreeHead:
                 "inputs": "raw features", "caps": dict(TREE_CAPS), "class_weight": str(self.class_weight_),
                 "class_weight_tried": [str(w) for w in self.class_weights],
                 "fitted_on": {**self.fitted_on_, "parts": "training part and validation slice"},
-                "chosen_on": f"out-of-fold scores of the validation slice ({self.folds} stratified folds)",
+                "chosen_on": f"out-of-fold scores of the validation slice ({self.folds_})",
                 "validation_pr_auc": {w: round(v, 6) for w, v in self.validation_pr_auc_.items()}}
 
 
