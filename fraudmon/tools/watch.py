@@ -27,6 +27,7 @@ from stream_app.lists import printable
 
 VERDICTS_TOPIC = "transaction-verdicts"
 CONNECT_TIMEOUT_MS = 5_000  # kafka-python waits 30 s for a first broker by default; a CLI should answer sooner
+CLOSE_TIMEOUT_MS = 2000  # Ctrl-C on `tail --follow` ends it within this, whatever the broker is doing
 RAW_LIMIT = 200  # characters of a non-JSON value, or of a compact JSON value, printed on one line
 POLL_MS = 500
 
@@ -230,7 +231,7 @@ def tail(settings: Settings, topic: str, *, follow: bool = False, from_beginning
     except KafkaError as exc:
         raise WatchError(f"reading {topic} failed: {exc}") from exc
     finally:
-        consumer.close()
+        consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)  # no group: nothing to commit or leave
 
 
 # ---------------------------------------------------------------------------------------------------- topics
