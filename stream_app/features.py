@@ -272,12 +272,21 @@ def fields_of(feature_names: Sequence[str]) -> dict[str, list[str]]:
 def field_values(events: Sequence[Event], field: str) -> np.ndarray | list:
     """The field's raw value for each event (amount, hour of day, channel, ...); a field that is one feature
     gives that feature's value (NaN where an event lacks a precomputed one)."""
+    return field_reader(events)(field)
+
+
+def field_reader(events: Sequence[Event]) -> Callable[[str], np.ndarray | list]:
+    """`field_values` of one batch for any field, each raw column extracted from the events once."""
     columns = _Columns(events)
-    if field in _FIELD_VALUES:
-        return _FIELD_VALUES[field](columns)
-    if field in BUILTIN:
-        return BUILTIN[field](columns)
-    return np.fromiter((e.features.get(field, np.nan) for e in events), np.float64, len(events))
+
+    def read(field: str) -> np.ndarray | list:
+        if field in _FIELD_VALUES:
+            return _FIELD_VALUES[field](columns)
+        if field in BUILTIN:
+            return BUILTIN[field](columns)
+        return np.fromiter((e.features.get(field, np.nan) for e in events), np.float64, len(events))
+
+    return read
 
 
 def _circular_window(values: np.ndarray, period: int, share: float) -> list[float]:

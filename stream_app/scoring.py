@@ -29,7 +29,7 @@ from fraudmon.core.modelcard import (
     ModelCard,
     read_card,
 )
-from stream_app.features import FIELD_KINDS, field_values, fields_of
+from stream_app.features import FIELD_KINDS, field_reader, fields_of
 
 EXPLAINED = 3  # fields a decision names at most
 
@@ -233,32 +233,23 @@ class OnnxModel:
         `normal` range as a person reads them (hours `18:14`, weekdays by name), `beyond` (how far outside the
         range, see `outside_normal`) and the summed `error` (6 significant digits)."""
         n, ranked = top.field.shape
-        chosen: list[list[int]] = [[] for _ in range(n)]  # per row: the ranks it names, in order
-        if ranked == 0 or k <= 0:
+        if ranked == 0 or k <= 0 or n == 0:
             return [[] for _ in range(n)]
         field_names, normals, feature_names = self._shown_parts
-        judged: dict[int, Judged] = {}  # per field: its values judged for every event, read once when first needed
-        wanting = np.arange(n)
-        for rank in range(ranked):
-            fields = top.field[wanting, rank]
-            for j in np.unique(fields).tolist():
-                if j not in judged:
-                    judged[j] = outside_normal(field_values(events, field_names[j]), self.fields[field_names[j]])
-                rows = wanting[fields == j]
-                for row in rows[judged[j].outside[rows]].tolist():
-                    chosen[row].append(rank)
-            wanting = np.array([row for row in wanting.tolist() if len(chosen[row]) < k], dtype=np.intp)
-            if len(wanting) == 0:
-                break
-        explained = []
-        for row, ranks in enumerate(chosen):
-            items = []
-            for rank in ranks:
-                j, part = int(top.field[row, rank]), judged[int(top.field[row, rank])]
-                items.append({"name": feature_names[top.feature[row, rank]], "field": field_names[j],
-                              "value": part.shown(row), "normal": normals[j], "beyond": part.beyond(row),
-                              "error": float(f"{top.error[row, rank]:.6g}")})
-            explained.append(items)
+        read = field_reader(events)
+        judged = {j: outside_normal(read(field_names[j]), self.fields[field_names[j]])
+                  for j in np.unique(top.field).tolist()}
+        outside = np.zeros((n, len(field_names)), dtype=bool)  # [event, field]
+        for j, part in judged.items():
+            outside[:, j] = part.outside
+        named = outside[np.arange(n)[:, None], top.field]  # [event, rank]: the ranked field is outside its range
+        named &= np.cumsum(named, axis=1) <= k  # the first k of them
+        explained: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        for row, rank in zip(*np.nonzero(named), strict=True):  # by event, then by rank
+            j, part = int(top.field[row, rank]), judged[int(top.field[row, rank])]
+            explained[row].append({"name": feature_names[top.feature[row, rank]], "field": field_names[j],
+                                   "value": part.shown(row), "normal": normals[j], "beyond": part.beyond(row),
+                                   "error": float(f"{top.error[row, rank]:.6g}")})
         return explained
 
 
