@@ -231,8 +231,11 @@ def test_defaults_on_the_card_holder_sample_train_a_hybrid_that_serves(tmp_path)
     head = card["parts"]["head"]
     assert head["fitted_on"]["frauds"] == 38 and "out-of-fold" in head["chosen_on"]
     choice = head["learner"]
-    assert choice["chosen"] == max(choice["validation_pr_auc_combined"],
-                                   key=lambda name: (choice["validation_pr_auc_combined"][name], name == "logistic"))
+    lead = choice["trees_lead"]  # the trees only when they lead by more than one standard error
+    assert lead["pr_auc"] == pytest.approx(choice["validation_pr_auc_combined"]["trees"]
+                                           - choice["validation_pr_auc_combined"]["logistic"], abs=2e-6)
+    assert 0 < lead["standard_error"] < 1
+    assert choice["chosen"] == ("trees" if lead["pr_auc"] > lead["standard_error"] else "logistic")
     assert card["training"]["split"]["train"]["frauds"] + card["training"]["split"]["val"]["frauds"] == 12
     assert card["parts"]["combination"].startswith("score = exp(s), s = ")
     metrics = card["metrics"]

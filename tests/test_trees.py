@@ -14,7 +14,7 @@ pytest.importorskip("skl2onnx")
 from fraudmon.core.modelcard import ONNX_INPUT, ONNX_OUTPUTS  # noqa: E402
 from training.detector import FraudDetector  # noqa: E402
 from training.export import SCORE_CONTRIBUTIONS  # noqa: E402
-from training.hybrid import pr_auc, validation_folds  # noqa: E402
+from training.hybrid import pr_auc, pr_auc_difference_se, validation_folds  # noqa: E402
 from training.model import AutoencoderConfig  # noqa: E402
 from training.trees import TREES_LOGIT, TreeHead, gradient_boosting, trees_to_onnx  # noqa: E402
 
@@ -69,6 +69,23 @@ def test_shuffled_folds_flatter_trees_that_memorise_bursts_and_blocks_of_time_do
     assert shuffled > 0.7, f"a burst split across folds is recognised by its own members ({shuffled:.3f})"
     assert blocked < 0.2, f"unseen bursts share nothing, so validation must not promise more ({blocked:.3f})"
     assert "blocks of consecutive" in head.to_dict()["chosen_on"]
+
+
+def test_the_lead_of_one_learner_is_weighed_by_a_block_bootstrap_that_keeps_bursts_whole() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.zeros(2000, int)
+    for start in rng.choice(np.arange(0, 1980, 40), 10, replace=False):  # 10 bursts of 8 frauds
+        labels[start:start + 8] = 1
+    first, second = rng.normal(size=2000) + 2 * labels, rng.normal(size=2000) + 2 * labels
+    assert pr_auc_difference_se(labels, first, first, seed=0) == 0.0
+    # the second learner misses whole bursts: a lead that depends on few bursts has a wide error
+    missed = np.isin(np.arange(2000) // 40, np.flatnonzero(np.bincount(np.arange(2000) // 40, labels))[:3])
+    second = np.where(missed & (labels == 1), rng.normal(size=2000), second)
+    lead = pr_auc(labels, first) - pr_auc(labels, second)
+    by_blocks = pr_auc_difference_se(labels, first, second, seed=0)
+    by_rows = pr_auc_difference_se(labels, first, second, seed=0, blocks=len(labels))
+    assert lead > 0.1 and by_blocks > 1.3 * by_rows > 0
+    assert pr_auc_difference_se(np.zeros(50, int), first[:50], second[:50], seed=0) == np.inf
 
 
 def test_trees_graph_matches_scikit_learn_on_split_values() -> None:

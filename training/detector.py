@@ -22,7 +22,7 @@ from fraudmon.core.errors import TrainingError
 from stream_app.scoring import Prediction
 from training.data import LogColumns, StandardScaler, split_point
 from training.export import check_parity, convert, merge_trees, sha256_bytes
-from training.hybrid import Combination, SupervisedHead, head_inputs, head_problem
+from training.hybrid import Combination, SupervisedHead, head_inputs, head_problem, pr_auc_difference_se
 from training.model import AutoencoderConfig, TrainedAutoencoder, predict, serving_graph, train_autoencoder
 from training.threshold import choose_threshold
 from training.trees import TreeHead
@@ -235,7 +235,9 @@ class FraudDetector:
 
     def _fit_supervised(self, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:
         """Fit the supervised learners asked for (`learner`), each cross-fitted on the validation slice with its
-        own combination, and keep the one whose combined out-of-fold validation PR-AUC is the highest."""
+        own combination. Of both, the trees are kept only when their combined out-of-fold validation PR-AUC beats
+        the logistic head's by more than one standard error of the difference (the one-standard-error rule: a
+        lead that the validation slice cannot tell from luck does not buy the larger model)."""
         ae_scores, inputs = self._autoencoder_parts(x)
         seed = self.config.seed
         heads: dict[str, SupervisedHead | TreeHead] = {}
@@ -246,16 +248,26 @@ class FraudDetector:
         combinations = {name: Combination().fit(ae_scores[val], head.validation_logits_, y[val])
                         for name, head in heads.items()}
         combined = {name: max(c.validation_pr_auc_.values()) for name, c in combinations.items()}
-        chosen = max(combined, key=lambda name: (combined[name], name == "logistic"))
+        lead_record: dict[str, Any] = {}
+        if len(heads) == 1:
+            chosen, why = next(iter(heads)), f"{self.learner}: the only learner asked for"
+        else:
+            lead = combined["trees"] - combined["logistic"]
+            se = pr_auc_difference_se(y[val], combinations["trees"].validation_scores_,
+                                      combinations["logistic"].validation_scores_, seed)
+            chosen = "trees" if lead > se else "logistic"
+            lead_record["trees_lead"] = {"pr_auc": round(lead, 6), "standard_error": round(se, 6)}
+            why = (f"{chosen}: the trees' combined PR-AUC on out-of-fold validation scores "
+                   f"({combined['trees']:.4f}) {'beats' if lead > se else 'does not beat'} the logistic head's "
+                   f"({combined['logistic']:.4f}) by more than one standard error of the difference ({se:.4f}, "
+                   f"a block bootstrap of the validation slice); within it the simpler head is kept")
         self.head_, self.combination_ = heads[chosen], combinations[chosen]
         self.learner_choice_ = {
-            "chosen": chosen, "asked": self.learner,
+            "chosen": chosen, "asked": self.learner, **lead_record,
             "validation_pr_auc_combined": {name: round(v, 6) for name, v in combined.items()},
             "validation_pr_auc_alone": {name: round(max(h.validation_pr_auc_.values()), 6)
                                         for name, h in heads.items()},
-            "why": (f"{chosen}: the higher PR-AUC of the combined score on out-of-fold validation scores ("
-                    + ", ".join(f"{name} {v:.4f}" for name, v in combined.items()) + "; ties: logistic)"
-                    if len(combined) > 1 else f"{chosen}: the only learner asked for")}
+            "why": why}
 
     def _head_features(self, x: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         """What the supervised part reads: the raw features (trees) or the head inputs (logistic)."""

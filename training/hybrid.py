@@ -22,6 +22,7 @@ the clipped maximum).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,8 @@ LOG_SCORE_KNEE = 40.0
 LOG_SCORE_LIMIT = 50.0
 """The combined log score is kept within +-50 (`soft_limit`) so that exp stays finite in float32."""
 LABEL_MODES = ("auto", "off")
+BOOTSTRAP_BLOCKS, BOOTSTRAP_DRAWS = 50, 200
+"""The block bootstrap that weighs one learner's lead over another on validation (`pr_auc_difference_se`)."""
 
 
 def soft_limit(s: Any, xp: Any = np) -> Any:
@@ -99,6 +102,23 @@ def validation_folds(labels: np.ndarray, folds: int, seed: int) -> tuple[list[tu
 
 def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
+
+
+def pr_auc_difference_se(labels: np.ndarray, first: np.ndarray, second: np.ndarray, seed: int,
+                         blocks: int = BOOTSTRAP_BLOCKS, draws: int = BOOTSTRAP_DRAWS) -> float:
+    """The standard error of `pr_auc(first) - pr_auc(second)` on the same rows (in time order), by a block
+    bootstrap: the rows are cut into `blocks` runs of consecutive rows, drawn with replacement, so that a burst
+    of frauds is drawn whole (a row bootstrap would count its members as independent evidence). Infinite when
+    fewer than two draws hold both classes."""
+    labels, first, second = np.asarray(labels), np.asarray(first), np.asarray(second)
+    runs = [run for run in np.array_split(np.arange(len(labels)), min(blocks, len(labels))) if run.size]
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(draws):
+        rows = np.concatenate([runs[i] for i in rng.integers(0, len(runs), len(runs))])
+        if labels[rows].any() and not labels[rows].all():
+            differences.append(pr_auc(labels[rows], first[rows]) - pr_auc(labels[rows], second[rows]))
+    return float(np.std(differences, ddof=1)) if len(differences) > 1 else math.inf
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
@@ -196,6 +216,7 @@ class Combination:
             self.validation_pr_auc_[alpha] = pr_auc(labels, alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a)
         best = max(self.validation_pr_auc_.values())
         self._set(max(alpha for alpha, auc in self.validation_pr_auc_.items() if auc == best), mu_a, sd_a, mu_h, sd_h)
+        self.validation_scores_ = self.alpha_ * a + (1 - self.alpha_) * (h - mu_h) / sd_h * sd_a
         return self
 
     def refit(self, ae_scores: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Combination:

@@ -78,9 +78,9 @@ def train_command(
                                         help="Train on N freshly simulated events (simulator defaults, seed 42)."),
     labels: str = typer.Option("auto", "--labels", help="auto: add a supervised head to the autoencoder when the "
                                "training part holds enough frauds; off: the autoencoder alone."),
-    supervised: str = typer.Option("auto", "--supervised", help="The supervised part: auto (logistic head or "
-                                   "gradient-boosted trees, whichever scores higher on validation), logistic or "
-                                   "trees."),
+    supervised: str = typer.Option("auto", "--supervised", help="The supervised part: auto (the logistic head, or "
+                                   "gradient-boosted trees when they beat it on validation by more than one "
+                                   "standard error), logistic or trees."),
     verdicts: Path | None = typer.Option(None, "--verdicts", exists=True, dir_okay=False,
                                          help="Analysts' verdicts (JSON lines, fraud or legit): they override the "
                                               "labels of their transactions."),
