@@ -246,7 +246,8 @@ class OnnxModel:
         named &= np.cumsum(named, axis=1) <= k  # the first k of them
         explained: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         for row, rank in zip(*np.nonzero(named), strict=True):  # by event, then by rank
-            j, part = int(top.field[row, rank]), judged[int(top.field[row, rank])]
+            j = int(top.field[row, rank])
+            part = judged[j]
             explained[row].append({"name": feature_names[top.feature[row, rank]], "field": field_names[j],
                                    "value": part.shown(row), "normal": normals[j], "beyond": part.beyond(row),
                                    "error": float(f"{top.error[row, rank]:.6g}")})

@@ -211,12 +211,11 @@ class Combination:
         a, h = np.log(np.asarray(ae_scores, np.float64) + SCORE_EPSILON), np.asarray(logits, np.float64)
         normal = np.asarray(labels) == 0
         (mu_a, sd_a), (mu_h, sd_h) = _robust(a[normal]), _robust(h[normal])
-        self.validation_pr_auc_: dict[float, float] = {}
-        for alpha in self.alpha_grid:
-            self.validation_pr_auc_[alpha] = pr_auc(labels, alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a)
+        blended = {alpha: alpha * a + (1 - alpha) * (h - mu_h) / sd_h * sd_a for alpha in self.alpha_grid}
+        self.validation_pr_auc_ = {alpha: pr_auc(labels, scores) for alpha, scores in blended.items()}
         best = max(self.validation_pr_auc_.values())
         self._set(max(alpha for alpha, auc in self.validation_pr_auc_.items() if auc == best), mu_a, sd_a, mu_h, sd_h)
-        self.validation_scores_ = self.alpha_ * a + (1 - self.alpha_) * (h - mu_h) / sd_h * sd_a
+        self.validation_scores_ = blended[self.alpha_]  # the chosen weight's (what compares the learners)
         return self
 
     def refit(self, ae_scores: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Combination:
